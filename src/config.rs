@@ -1,0 +1,334 @@
+//! The YAML config file (seed layout): what it holds, how it is loaded and checked.
+//!
+//! Loading fails with one [`ConfigError`] that names the file and the key, so start-up
+//! can stop with a single readable line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Site settings shown on `GET /`.
+    #[serde(default)]
+    pub config: SiteConfig,
+    /// The service itself: users, log file, registry credentials, task settings.
+    pub rsyncserver: ServerConfig,
+}
+
+/// Settings shown on the home page.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Named links (name → URL) listed on `GET /`.
+    #[serde(default)]
+    pub tools: BTreeMap<String, String>,
+}
+
+/// The `rsyncserver` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Analysis log: one JSON line per sync is appended here.
+    #[serde(default = "default_logfile")]
+    pub logfile: PathBuf,
+    /// Service users for HTTP Basic auth: user name → password.
+    pub auth: BTreeMap<String, Secret>,
+    /// Registry credentials and task settings for the sync engine.
+    #[serde(default)]
+    pub rsyncconfig: RsyncConfig,
+}
+
+/// The `rsyncserver.rsyncconfig` section: what the engine needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RsyncConfig {
+    /// Registry credentials; the key names are free, only their values matter.
+    #[serde(default)]
+    pub auth: BTreeMap<String, RegistryCredential>,
+    /// Concurrency and retry settings.
+    #[serde(default)]
+    pub task: TaskConfig,
+}
+
+/// One registry credential, matched by the longest `registry` or `registry/namespace` prefix.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredential {
+    /// `host[:port]` or `host[:port]/namespace` this entry applies to.
+    pub registry: String,
+    /// User name; absent means anonymous access.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password or token for `username`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Talk plain HTTP to this registry (the seed's `insecure: true`).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// The `task` settings of the engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// Blob transfers run at once within one sync.
+    #[serde(default = "default_proc_num")]
+    pub proc_num: usize,
+    /// How many times a failed blob or manifest transfer is tried again.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            proc_num: default_proc_num(),
+            retries: default_retries(),
+        }
+    }
+}
+
+fn default_logfile() -> PathBuf {
+    PathBuf::from("logs/rsync_analysis.log")
+}
+fn default_proc_num() -> usize {
+    5
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// A config that cannot be used; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("config file {path}: cannot read it: {source} (pass --configFile with a readable YAML file)")]
+    Read {
+        /// The file that was tried.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse or does not have the expected shape.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file that was read.
+        path: PathBuf,
+        /// serde's message, which names the key and line.
+        message: String,
+    },
+    /// A value is present but cannot be used.
+    #[error("config file {path}: key {key}: {message}")]
+    Invalid {
+        /// The file that was read.
+        path: PathBuf,
+        /// Dotted path of the offending key.
+        key: String,
+        /// What is wrong with it and what to do.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses, expands `${VAR}` and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is only used in error messages.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let mut value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        expand_env(&mut value, "").map_err(|(key, var)| {
+            invalid(
+                key,
+                format!("environment variable {var} is not set (export it or write the value)"),
+            )
+        })?;
+        let config: Config = serde_yaml_ng::from_value(value).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|(key, message)| invalid(key, message))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let server = &self.rsyncserver;
+        if server.auth.is_empty() {
+            return Err((
+                "rsyncserver.auth".into(),
+                "no service users: add at least one `user: password` entry".into(),
+            ));
+        }
+        for (user, password) in &server.auth {
+            if user.is_empty() || user.contains(':') {
+                return Err((
+                    format!("rsyncserver.auth.{user}"),
+                    "a user name must be non-empty and hold no ':'".into(),
+                ));
+            }
+            if password.expose().is_empty() {
+                return Err((
+                    format!("rsyncserver.auth.{user}"),
+                    "empty password: give this user a password".into(),
+                ));
+            }
+        }
+        if server.logfile.as_os_str().is_empty() {
+            return Err((
+                "rsyncserver.logfile".into(),
+                "empty path: name the analysis log file".into(),
+            ));
+        }
+        for (name, cred) in &server.rsyncconfig.auth {
+            let key = format!("rsyncserver.rsyncconfig.auth.{name}");
+            let registry = cred.registry.trim();
+            if registry.is_empty() || registry.contains("://") || registry.contains(char::is_whitespace) {
+                return Err((
+                    format!("{key}.registry"),
+                    "must be host[:port] or host[:port]/namespace, without a scheme".into(),
+                ));
+            }
+            if cred.username.is_some() != cred.password.is_some() {
+                return Err((
+                    key,
+                    "username and password go together: give both or neither".into(),
+                ));
+            }
+        }
+        let task = &server.rsyncconfig.task;
+        if task.proc_num == 0 || task.proc_num > 64 {
+            return Err((
+                "rsyncserver.rsyncconfig.task.proc_num".into(),
+                "must be between 1 and 64".into(),
+            ));
+        }
+        if task.retries > 10 {
+            return Err((
+                "rsyncserver.rsyncconfig.task.retries".into(),
+                "must be between 0 and 10".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `${VAR}` in every string value; on a missing variable returns (key path, VAR).
+fn expand_env(value: &mut serde_yaml_ng::Value, key: &str) -> Result<(), (String, String)> {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::String(s) => {
+            if s.contains("${") {
+                *s = expand_str(s).map_err(|var| (key.to_owned(), var))?;
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let name = k.as_str().map(str::to_owned).unwrap_or_default();
+                let child = if key.is_empty() { name } else { format!("{key}.{name}") };
+                expand_env(v, &child)?;
+            }
+        }
+        Value::Sequence(seq) => {
+            for (i, v) in seq.iter_mut().enumerate() {
+                expand_env(v, &format!("{key}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        let value = std::env::var(var).map_err(|_| var.to_owned())?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl fmt::Display for RegistryCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.username {
+            Some(user) => write!(f, "{} (user {user})", self.registry),
+            None => write!(f, "{} (anonymous)", self.registry),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+config:
+  tools: {github: "https://example.com"}
+rsyncserver:
+  logfile: logs/a.log
+  auth: {admin: admin}
+  rsyncconfig:
+    auth:
+      lab: {registry: "127.0.0.1:5000/team", username: u, password: "${IMAGERSYNC_TEST_PW}", insecure: true}
+    task: {proc_num: 3, retries: 1}
+"#;
+
+    #[test]
+    fn loads_and_expands_environment() {
+        std::env::set_var("IMAGERSYNC_TEST_PW", "s3cret");
+        let c = Config::from_yaml(GOOD, Path::new("c.yaml")).unwrap();
+        let lab = &c.rsyncserver.rsyncconfig.auth["lab"];
+        assert_eq!(lab.password.as_ref().unwrap().expose(), "s3cret");
+        assert!(lab.insecure);
+        assert_eq!(c.rsyncserver.rsyncconfig.task.proc_num, 3);
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug must redact secrets");
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases: &[(&str, &str)] = &[
+            ("rsyncserver: {auth: {}}", "rsyncserver.auth"),
+            ("rsyncserver: {auth: {a: b}, bogus: 1}", "bogus"),
+            ("rsyncserver: {auth: {a: b}, rsyncconfig: {task: {proc_num: 0}}}", "task.proc_num"),
+            ("rsyncserver: {auth: {a: b}, rsyncconfig: {auth: {x: {registry: 'https://h'}}}}", "auth.x.registry"),
+            ("rsyncserver: {auth: {a: '${IMAGERSYNC_SURELY_UNSET}'}}", "IMAGERSYNC_SURELY_UNSET"),
+            ("rsyncserver: [", "c.yaml"),
+            ("config: {}", "rsyncserver"),
+        ];
+        for (yaml, needle) in cases {
+            let err = Config::from_yaml(yaml, Path::new("c.yaml")).unwrap_err().to_string();
+            assert!(err.contains("c.yaml"), "{yaml}: {err}");
+            assert!(err.contains(needle), "{yaml}: expected {needle} in {err}");
+        }
+    }
+}

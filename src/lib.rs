@@ -1,0 +1,9 @@
+//! imagersync: an HTTP service (and CLI) that copies container images between registries.
+//!
+//! Layers, from the outside in: [`cli`] parses flags, [`http`] serves the API, [`engine`]
+//! plans and runs syncs, [`registry`] speaks the distribution protocol. Dependencies only
+//! point inwards: the engine never sees axum, the registry client never sees the engine.
+
+pub mod config;
+pub mod engine;
+pub mod secret;
