@@ -168,7 +168,9 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.check().map_err(|(key, message)| invalid(key, message))?;
+        config
+            .check()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(config)
     }
 
@@ -203,7 +205,10 @@ impl Config {
         for (name, cred) in &server.rsyncconfig.auth {
             let key = format!("rsyncserver.rsyncconfig.auth.{name}");
             let registry = cred.registry.trim();
-            if registry.is_empty() || registry.contains("://") || registry.contains(char::is_whitespace) {
+            if registry.is_empty()
+                || registry.contains("://")
+                || registry.contains(char::is_whitespace)
+            {
                 return Err((
                     format!("{key}.registry"),
                     "must be host[:port] or host[:port]/namespace, without a scheme".into(),
@@ -245,7 +250,11 @@ fn expand_env(value: &mut serde_yaml_ng::Value, key: &str) -> Result<(), (String
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
                 let name = k.as_str().map(str::to_owned).unwrap_or_default();
-                let child = if key.is_empty() { name } else { format!("{key}.{name}") };
+                let child = if key.is_empty() {
+                    name
+                } else {
+                    format!("{key}.{name}")
+                };
                 expand_env(v, &child)?;
             }
         }
@@ -311,7 +320,10 @@ rsyncserver:
         assert_eq!(lab.password.as_ref().unwrap().expose(), "s3cret");
         assert!(lab.insecure);
         assert_eq!(c.rsyncserver.rsyncconfig.task.proc_num, 3);
-        assert!(!format!("{c:?}").contains("s3cret"), "Debug must redact secrets");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug must redact secrets"
+        );
     }
 
     #[test]
@@ -319,14 +331,25 @@ rsyncserver:
         let cases: &[(&str, &str)] = &[
             ("rsyncserver: {auth: {}}", "rsyncserver.auth"),
             ("rsyncserver: {auth: {a: b}, bogus: 1}", "bogus"),
-            ("rsyncserver: {auth: {a: b}, rsyncconfig: {task: {proc_num: 0}}}", "task.proc_num"),
-            ("rsyncserver: {auth: {a: b}, rsyncconfig: {auth: {x: {registry: 'https://h'}}}}", "auth.x.registry"),
-            ("rsyncserver: {auth: {a: '${IMAGERSYNC_SURELY_UNSET}'}}", "IMAGERSYNC_SURELY_UNSET"),
+            (
+                "rsyncserver: {auth: {a: b}, rsyncconfig: {task: {proc_num: 0}}}",
+                "task.proc_num",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, rsyncconfig: {auth: {x: {registry: 'https://h'}}}}",
+                "auth.x.registry",
+            ),
+            (
+                "rsyncserver: {auth: {a: '${IMAGERSYNC_SURELY_UNSET}'}}",
+                "IMAGERSYNC_SURELY_UNSET",
+            ),
             ("rsyncserver: [", "c.yaml"),
             ("config: {}", "rsyncserver"),
         ];
         for (yaml, needle) in cases {
-            let err = Config::from_yaml(yaml, Path::new("c.yaml")).unwrap_err().to_string();
+            let err = Config::from_yaml(yaml, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("c.yaml"), "{yaml}: {err}");
             assert!(err.contains(needle), "{yaml}: expected {needle} in {err}");
         }

@@ -4,6 +4,11 @@
 //! plans and runs syncs, [`registry`] speaks the distribution protocol. Dependencies only
 //! point inwards: the engine never sees axum, the registry client never sees the engine.
 
+pub mod analysis_log;
+pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod http;
+pub mod registry;
 pub mod secret;
+pub mod server;

@@ -1,27 +1,247 @@
 //! The sync engine: turns a source/target pair into copied images. Knows nothing of HTTP
 //! serving; the API and the command line both drive it through [`Engine::sync`].
 
+mod copy;
+pub mod reference;
 mod report;
+mod retry;
+pub mod rules;
+mod synclog;
+mod verify;
 
 pub use report::{FailureKind, ImageResult, ImageStatus, SyncReport, SyncStatus};
+pub use synclog::SyncLog;
 
-use crate::config::RsyncConfig;
+use chrono::Local;
+
+use self::copy::CopyJob;
+use self::reference::ImageRef;
+use self::retry::RetryPolicy;
+use self::rules::{RuleError, RuleSide, Selector};
+use crate::config::{RsyncConfig, TaskConfig};
+use crate::registry::{ClientPool, Resolved};
 
 /// Shared engine state: registry clients, credentials and limits, reused by every sync.
 pub struct Engine {
-    config: RsyncConfig,
+    pool: ClientPool,
+    task: TaskConfig,
+}
+
+/// Why a request could not be turned into image pairs.
+#[derive(Debug, thiserror::Error)]
+enum PlanError {
+    /// The request itself is unusable: nothing was contacted.
+    #[error("{0}")]
+    BadInput(String),
+    /// Listing the source's tags failed at the registry.
+    #[error("{0}")]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 impl Engine {
     /// Builds the engine from the `rsyncserver.rsyncconfig` section.
     pub fn new(config: &RsyncConfig) -> Self {
-        Self { config: config.clone() }
+        Self {
+            pool: ClientPool::new(&config.auth),
+            task: config.task.clone(),
+        }
     }
 
     /// Copies `source` to `target` (image-syncer rule syntax) and reports what happened.
     /// Never panics on bad input; every problem ends up in the report.
     pub async fn sync(&self, source: &str, target: &str) -> SyncReport {
-        let _ = (&self.config, source, target);
-        todo!("engine")
+        self.sync_to_all(source, &[target]).await
+    }
+
+    /// Copies `source` to each of `targets`; a failed image does not stop the others.
+    pub async fn sync_to_all(&self, source: &str, targets: &[&str]) -> SyncReport {
+        let start_time = Local::now();
+        let log = SyncLog::default();
+        let (images, plan_error) = match self.plan(source, targets, &log).await {
+            Ok(pairs) => (self.run(&pairs, &log).await, None),
+            Err(e) => {
+                log.error(format!("Generate sync task failed: {e}"));
+                (Vec::new(), Some(e))
+            }
+        };
+        let failed = images
+            .iter()
+            .filter(|i| i.status == ImageStatus::Failed)
+            .count();
+        log.info(format!(
+            "Finished, {failed} sync tasks failed, {} tasks generate failed",
+            usize::from(plan_error.is_some())
+        ));
+        let (status, failure, error) = match plan_error {
+            Some(e @ PlanError::BadInput(_)) => (
+                SyncStatus::Unusual,
+                Some(FailureKind::BadInput),
+                Some(e.to_string()),
+            ),
+            Some(e @ PlanError::Registry(_)) => (
+                SyncStatus::Failed,
+                Some(FailureKind::Registry),
+                Some(e.to_string()),
+            ),
+            None => match images.iter().find(|i| i.status == ImageStatus::Failed) {
+                Some(first) => (
+                    SyncStatus::Failed,
+                    Some(FailureKind::Registry),
+                    first.error.clone(),
+                ),
+                None => (SyncStatus::Successfully, None, None),
+            },
+        };
+        SyncReport {
+            status,
+            error,
+            failure,
+            log: log.text(),
+            images,
+            start_time,
+            end_time: Local::now(),
+        }
+    }
+
+    /// Turns the rule into (source, target) pairs. Everything that can be checked without
+    /// the network is checked first; only "every tag" and regex rules list the source's tags.
+    async fn plan(
+        &self,
+        source: &str,
+        targets: &[&str],
+        log: &SyncLog,
+    ) -> Result<Vec<(ImageRef, ImageRef)>, PlanError> {
+        let bad =
+            |side: &str, e: &dyn std::fmt::Display| PlanError::BadInput(format!("{side}: {e}"));
+        let src = RuleSide::parse(source).map_err(|e| bad("source", &e))?;
+        if targets.is_empty() {
+            return Err(PlanError::BadInput("target: no target given".into()));
+        }
+        let dsts = targets
+            .iter()
+            .map(|t| RuleSide::parse(t).map_err(|e| bad("target", &e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let needs_listing = matches!(src.selector, Selector::All | Selector::Regex(_));
+        // Shapes first, with a stand-in tag list, so a bad rule never costs a request.
+        for dst in &dsts {
+            let stand_in = [String::from("latest")];
+            match rules::pair(&src, dst, needs_listing.then_some(&stand_in[..])) {
+                Err(e @ RuleError::Shape(_)) => return Err(bad("rule", &e)),
+                Err(RuleError::NothingMatched(_)) | Ok(_) => {}
+            }
+        }
+        let tags = if needs_listing {
+            let client = self.client(&src.image, log)?;
+            let tags = client.tags(&src.image.repository).await?;
+            log.info(format!("Found {} tags in {}", tags.len(), src.image.name()));
+            Some(tags)
+        } else {
+            None
+        };
+        let mut pairs = Vec::new();
+        for dst in &dsts {
+            let more = rules::pair(&src, dst, tags.as_deref()).map_err(|e| bad("source", &e))?;
+            for (s, d) in more {
+                if s == d {
+                    return Err(PlanError::BadInput(format!(
+                        "source and target are the same image ({s}); nothing to copy"
+                    )));
+                }
+                pairs.push((s, d));
+            }
+        }
+        Ok(pairs)
+    }
+
+    /// Copies each planned pair in turn; a failed image does not stop the others.
+    async fn run(&self, pairs: &[(ImageRef, ImageRef)], log: &SyncLog) -> Vec<ImageResult> {
+        let mut results = Vec::with_capacity(pairs.len());
+        for (source, target) in pairs {
+            let clients = self
+                .client(source, log)
+                .and_then(|src| Ok((src, self.client(target, log)?)));
+            let result = match clients {
+                Ok((src, dst)) => {
+                    CopyJob {
+                        source,
+                        target,
+                        src,
+                        dst,
+                        log,
+                        parallel: self.task.proc_num,
+                        retry: RetryPolicy {
+                            retries: self.task.retries,
+                        },
+                    }
+                    .run()
+                    .await
+                }
+                Err(e) => {
+                    log.error(e.to_string());
+                    ImageResult {
+                        source: source.to_string(),
+                        target: target.to_string(),
+                        error: Some(e.to_string()),
+                        ..ImageResult::default()
+                    }
+                }
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// The pooled client for `image`'s repository; logs which credential applies.
+    fn client(
+        &self,
+        image: &ImageRef,
+        log: &SyncLog,
+    ) -> Result<std::sync::Arc<crate::registry::RegistryClient>, crate::registry::RegistryError>
+    {
+        let Resolved { client, entry } = self.pool.resolve(&image.registry, &image.repository)?;
+        match (client.username(), entry) {
+            (Some(user), _) => log.info(format!(
+                "Find auth information for {image}, username: {user}"
+            )),
+            (None, Some(entry)) => log.info(format!(
+                "Find auth information for {image} (entry {entry}), access will be anonymous"
+            )),
+            (None, None) => log.info(format!(
+                "Cannot find auth information for {image}, access will be anonymous"
+            )),
+        }
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_rules_are_refused_without_network() {
+        let engine = Engine::new(&RsyncConfig::default());
+        let d = format!("sha256:{}", "a".repeat(64));
+        for (s, t) in [
+            ("127.0.0.1:9/a:v1", "127.0.0.1:9/a:v1"),
+            ("127.0.0.1:9/a:v1", "127.0.0.1:9/a"),
+            ("127.0.0.1:9/a:v1", &format!("127.0.0.1:9/b@{d}") as &str),
+            ("127.0.0.1:9/Upper:v1", "127.0.0.1:9/a"),
+            ("127.0.0.1:9/a:v1", ""),
+            ("127.0.0.1:9/a", "127.0.0.1:9/b:x"),
+        ] {
+            let report = engine.sync(s, t).await;
+            assert_eq!(
+                report.status,
+                SyncStatus::Unusual,
+                "{s} -> {t}: {:?}",
+                report.error
+            );
+            assert_eq!(report.failure, Some(FailureKind::BadInput));
+            assert!(report.images.is_empty());
+            assert!(report
+                .log
+                .contains("Finished, 0 sync tasks failed, 1 tasks generate failed"));
+        }
     }
 }

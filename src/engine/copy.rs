@@ -1,0 +1,367 @@
+//! Copies one image (a manifest, or an index with every child) from a source repository
+//! to a target repository: blobs first, then child manifests, then the top manifest, so a
+//! tag never points at missing content.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::reference::ImageRef;
+use super::report::{ImageResult, ImageStatus};
+use super::retry::RetryPolicy;
+use super::synclog::SyncLog;
+use super::verify::VerifyingStream;
+use crate::registry::digest::digest_of;
+use crate::registry::media::{parse_manifest, Descriptor, ManifestKind};
+use crate::registry::{Manifest, RegistryClient, RegistryError};
+
+/// Nesting allowed for indexes inside indexes; real images use one level.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// Everything one image copy needs.
+pub(crate) struct CopyJob<'a> {
+    /// Where to read; has a tag or a digest.
+    pub source: &'a ImageRef,
+    /// Where to write; a missing tag and digest means "by digest only".
+    pub target: &'a ImageRef,
+    /// Client for the source registry.
+    pub src: Arc<RegistryClient>,
+    /// Client for the target registry.
+    pub dst: Arc<RegistryClient>,
+    /// The sync's log.
+    pub log: &'a SyncLog,
+    /// Blob transfers at once.
+    pub parallel: usize,
+    /// Retries of failed transfers.
+    pub retry: RetryPolicy,
+}
+
+/// Why an image copy failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CopyError {
+    /// A registry refused or broke a step.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The source content cannot be copied as it is.
+    #[error("source {source_ref}: manifest {digest}: {cause}")]
+    Content {
+        /// Source reference.
+        source_ref: String,
+        /// Digest of the offending manifest.
+        digest: String,
+        /// Why.
+        cause: String,
+    },
+    /// Source and target disagree on what the request asked for.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// How one blob reached the target.
+enum BlobOutcome {
+    Copied(u64),
+    Mounted,
+    Skipped,
+}
+
+/// Source content gathered before anything is written.
+struct Plan {
+    /// Child manifests in push order (deepest first).
+    children: Vec<Manifest>,
+    /// Distinct blobs to bring over.
+    blobs: Vec<Descriptor>,
+}
+
+impl CopyJob<'_> {
+    /// Copies the image and reports the outcome; never panics on registry input.
+    pub async fn run(&self) -> ImageResult {
+        let mut result = ImageResult {
+            source: self.source.to_string(),
+            target: self.target.to_string(),
+            ..ImageResult::default()
+        };
+        match self.copy(&mut result).await {
+            Ok(status) => {
+                result.status = status;
+                result.error = None;
+            }
+            Err(err) => {
+                let message = err.to_string();
+                self.log.error(format!(
+                    "Synchronization failed from {} to {}: {message}",
+                    self.source, self.target
+                ));
+                result.status = ImageStatus::Failed;
+                result.error = Some(message);
+            }
+        }
+        result
+    }
+
+    async fn copy(&self, result: &mut ImageResult) -> Result<ImageStatus, CopyError> {
+        let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
+        let source_ref = self.source.reference().expect("source has a tag or digest");
+        let top = self
+            .retry
+            .run(self.log, "fetching the source manifest", || {
+                self.src.manifest_get(src_repo, source_ref)
+            })
+            .await?;
+        self.log.info(format!(
+            "Get manifest from {} ({}, {})",
+            self.source, top.media_type, top.digest
+        ));
+        result.digest = Some(top.digest.clone());
+        if let Some(wanted) = &self.target.digest {
+            if *wanted != top.digest {
+                return Err(CopyError::Mismatch(format!(
+                    "target digest {wanted} differs from the source's {}: a copy preserves digests, so drop the digest from the target or make it equal",
+                    top.digest
+                )));
+            }
+        }
+        let target_ref = self
+            .target
+            .tag
+            .clone()
+            .unwrap_or_else(|| top.digest.clone());
+        let existing = self
+            .retry
+            .run(self.log, "checking the target manifest", || {
+                self.dst.manifest_digest(dst_repo, &target_ref)
+            })
+            .await?;
+        if existing.as_ref().is_some_and(|(d, _)| *d == top.digest) {
+            self.log.info(format!(
+                "Skip synchronization because destination {} already has {}",
+                self.target, top.digest
+            ));
+            return Ok(ImageStatus::AlreadySynced);
+        }
+
+        let plan = self.gather(&top).await?;
+        self.copy_blobs(&plan.blobs, result).await?;
+        for child in &plan.children {
+            self.put_manifest(&child.digest, child).await?;
+            result.manifests_pushed += 1;
+        }
+        self.put_manifest(&target_ref, &top).await?;
+        result.manifests_pushed += 1;
+        self.log.info(format!(
+            "Synchronization successfully from {} to {}",
+            self.source, self.target
+        ));
+        Ok(ImageStatus::Synced)
+    }
+
+    /// Reads every child manifest of an index (all before any write, so a missing child
+    /// fails the copy with nothing written) and lists the distinct blobs.
+    async fn gather(&self, top: &Manifest) -> Result<Plan, CopyError> {
+        let mut plan = Plan {
+            children: Vec::new(),
+            blobs: Vec::new(),
+        };
+        let mut seen_blobs = HashSet::new();
+        let mut seen_manifests = HashSet::new();
+        // (manifest, depth, is_child): children are pushed by digest before their parent.
+        let mut pending = vec![(top.clone(), 0usize, false)];
+        while let Some((manifest, depth, is_child)) = pending.pop() {
+            let kind = parse_manifest(&manifest.media_type, &manifest.bytes).map_err(|e| {
+                CopyError::Content {
+                    source_ref: self.source.to_string(),
+                    digest: manifest.digest.clone(),
+                    cause: e.to_string(),
+                }
+            })?;
+            match kind {
+                ManifestKind::Index(entries) => {
+                    if depth >= MAX_INDEX_DEPTH {
+                        return Err(CopyError::Content {
+                            source_ref: self.source.to_string(),
+                            digest: manifest.digest.clone(),
+                            cause: format!("indexes nest deeper than {MAX_INDEX_DEPTH} levels"),
+                        });
+                    }
+                    let fresh: Vec<_> = entries
+                        .into_iter()
+                        .filter(|e| seen_manifests.insert(e.digest.clone()))
+                        .collect();
+                    let children = self.fetch_children(&fresh).await?;
+                    for child in children {
+                        pending.push((child, depth + 1, true));
+                    }
+                }
+                ManifestKind::Image(blobs) => {
+                    for blob in blobs {
+                        if !blob.urls.is_empty() {
+                            self.log.info(format!(
+                                "Skip foreign layer {} (it has external urls; it is never fetched)",
+                                blob.digest
+                            ));
+                            continue;
+                        }
+                        if seen_blobs.insert(blob.digest.clone()) {
+                            plan.blobs.push(blob);
+                        }
+                    }
+                }
+            }
+            if is_child {
+                plan.children.push(manifest);
+            }
+        }
+        // Deepest first: a nested index must follow the manifests it lists.
+        plan.children.reverse();
+        Ok(plan)
+    }
+
+    async fn fetch_children(&self, entries: &[Descriptor]) -> Result<Vec<Manifest>, CopyError> {
+        // Futures are collected first: a closure inside the stream type trips the
+        // compiler's Send check for spawned tasks (rust-lang/rust#102211).
+        let fetches: Vec<_> = entries
+            .iter()
+            .map(|entry| self.fetch_child(entry))
+            .collect();
+        let fetched: Vec<Manifest> = futures_util::stream::iter(fetches)
+            .buffered(self.parallel)
+            .try_collect()
+            .await?;
+        Ok(fetched)
+    }
+
+    async fn fetch_child(&self, entry: &Descriptor) -> Result<Manifest, RegistryError> {
+        let repo = &self.source.repository;
+        let manifest = self
+            .retry
+            .run(self.log, "fetching a child manifest", || {
+                self.src.manifest_get(repo, &entry.digest)
+            })
+            .await?;
+        let platform = entry
+            .platform
+            .as_ref()
+            .map(|p| format!(" for {p}"))
+            .unwrap_or_default();
+        self.log.info(format!(
+            "Get manifest {}{platform} from {}",
+            entry.digest,
+            self.source.name()
+        ));
+        Ok(manifest)
+    }
+
+    /// Brings every blob over, `parallel` at a time; the first failure stops the rest.
+    async fn copy_blobs(
+        &self,
+        blobs: &[Descriptor],
+        result: &mut ImageResult,
+    ) -> Result<(), CopyError> {
+        let copies: Vec<_> = blobs.iter().map(|b| self.copy_blob(b)).collect();
+        let mut transfers = futures_util::stream::iter(copies).buffer_unordered(self.parallel);
+        while let Some(outcome) = transfers.next().await {
+            match outcome? {
+                BlobOutcome::Copied(bytes) => {
+                    result.blobs_copied += 1;
+                    result.bytes_copied += bytes;
+                }
+                BlobOutcome::Mounted => result.blobs_mounted += 1,
+                BlobOutcome::Skipped => result.blobs_skipped += 1,
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_blob(&self, blob: &Descriptor) -> Result<BlobOutcome, RegistryError> {
+        let what = format!("transferring blob {}", blob.digest);
+        self.retry
+            .run(self.log, &what, || self.copy_blob_once(blob))
+            .await
+    }
+
+    async fn copy_blob_once(&self, blob: &Descriptor) -> Result<BlobOutcome, RegistryError> {
+        let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
+        let digest = &blob.digest;
+        // HEAD first: also what makes a retry after a lost PUT answer cheap.
+        if self.dst.blob_size(dst_repo, digest).await?.is_some() {
+            self.log.info(format!(
+                "Blob {digest}({}) has been pushed to {}, will not be pulled",
+                blob.size,
+                self.target.name()
+            ));
+            return Ok(BlobOutcome::Skipped);
+        }
+        let same_registry = self.src.registry() == self.dst.registry();
+        if same_registry && src_repo != dst_repo {
+            match self.dst.blob_mount(dst_repo, digest, src_repo).await {
+                Ok(true) => {
+                    self.log.info(format!(
+                        "Mount blob {digest}({}) from {src_repo} to {}",
+                        blob.size,
+                        self.target.name()
+                    ));
+                    return Ok(BlobOutcome::Mounted);
+                }
+                Ok(false) => {}
+                Err(e) => self.log.warn(format!(
+                    "Mount of blob {digest} failed, uploading instead: {e}"
+                )),
+            }
+        }
+        let step = format!("fetching blob {digest} from {src_repo}");
+        if blob.size == 0 && digest_of(b"", digest) != *digest {
+            return Err(RegistryError::Protocol {
+                registry: self.src.registry().to_owned(),
+                step,
+                cause: "the manifest declares size 0 for a non-empty blob".into(),
+            });
+        }
+        let response = self.src.blob_get(src_repo, digest).await?;
+        let (stream, source_failure) = VerifyingStream::new(
+            response.bytes_stream(),
+            digest,
+            blob.size,
+            self.src.registry(),
+            &step,
+        );
+        let upload = self
+            .dst
+            .blob_upload(
+                dst_repo,
+                digest,
+                blob.size,
+                reqwest::Body::wrap_stream(stream),
+            )
+            .await;
+        // A failing source stream surfaces at the target as a broken upload; report the cause.
+        if let Some(source_err) = source_failure.lock().expect("source failure lock").take() {
+            return Err(source_err);
+        }
+        upload?;
+        self.log.info(format!(
+            "Put blob {digest}({}) to {} success",
+            blob.size,
+            self.target.name()
+        ));
+        Ok(BlobOutcome::Copied(blob.size))
+    }
+
+    async fn put_manifest(
+        &self,
+        reference: &str,
+        manifest: &Manifest,
+    ) -> Result<(), RegistryError> {
+        let repo = &self.target.repository;
+        self.retry
+            .run(self.log, "pushing a manifest", || {
+                self.dst.manifest_put(repo, reference, manifest)
+            })
+            .await?;
+        self.log.info(format!(
+            "Put manifest to {}:{reference} ({})",
+            self.target.name(),
+            manifest.digest
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,43 @@
+//! One log line per HTTP request: method, path, status, time taken, user, client.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::auth::AuthUser;
+
+/// Middleware that logs each request once its response is ready.
+///
+/// Only the path is logged: no query string, and no header (so never `Authorization`).
+/// A request whose caller hangs up before the answer gets no line here; its sync, if
+/// any, is still logged by the sync handler.
+pub async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.to_string())
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    let user = response
+        .extensions()
+        .get::<AuthUser>()
+        .map(|AuthUser(user)| user.as_str())
+        .unwrap_or("-");
+    tracing::info!(
+        %method,
+        // Debug formatting escapes anything odd a client put into the path.
+        path = ?path,
+        status = response.status().as_u16(),
+        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+        user,
+        client,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,20 @@
+//! The HTTP API (design.md section 2): routes, Basic auth, request and response shapes.
+//!
+//! One job per module: [`router`] wires routes and layers, [`auth`] checks credentials,
+//! [`body`] parses the sync request, [`handlers`] answer, [`response`] holds the JSON
+//! shapes and the single outcome → status mapping, [`home`] renders `GET /`,
+//! [`access_log`] writes one line per request, [`state`] and [`tracker`] hold what
+//! handlers share.
+
+pub mod access_log;
+pub mod auth;
+pub mod body;
+pub mod handlers;
+pub mod home;
+pub mod response;
+pub mod router;
+pub mod state;
+pub mod tracker;
+
+pub use router::router;
+pub use state::AppState;

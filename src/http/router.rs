@@ -1,0 +1,45 @@
+//! The route table (design.md section 2) and the layers around it.
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+
+use super::access_log::log_request;
+use super::auth::require_basic_auth;
+use super::body::MAX_BODY_BYTES;
+use super::handlers;
+use super::state::AppState;
+
+/// The sync route; the trailing-slash spelling is served too, as the seed did.
+pub const RSYNC_PATH: &str = "/v1/image/rsync";
+
+/// Builds the whole API. Used by the server and, in-process, by tests.
+pub fn router(state: AppState) -> Router {
+    let rsync: MethodRouter<AppState> = get(handlers::rsync_hint)
+        .post(handlers::rsync)
+        .fallback(handlers::method_not_allowed);
+    let protected = Router::new()
+        .route(RSYNC_PATH, rsync.clone())
+        .route(&format!("{RSYNC_PATH}/"), rsync)
+        // route_layer: the auth check runs only for methods the route takes, so a wrong
+        // method still gets its 405, and it runs before the handler reads the body.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_basic_auth,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    Router::new()
+        .route(
+            "/",
+            get(handlers::home).fallback(handlers::method_not_allowed),
+        )
+        .route(
+            "/check",
+            get(handlers::health).fallback(handlers::method_not_allowed),
+        )
+        .merge(protected)
+        .fallback(handlers::not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}

@@ -1,0 +1,691 @@
+//! One registry, one credential: the distribution-API calls the engine needs.
+//!
+//! A client lives as long as the engine, so its connections, its learnt auth challenge and
+//! its bearer tokens serve every sync that touches the same registry.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use tokio::sync::{OnceCell, RwLock};
+
+use super::auth::{Challenge, Credentials, TokenAnswer, TokenCache};
+use super::digest::digest_of;
+use super::error::{describe_transport_error, status_hint, RegistryError};
+use super::media;
+
+/// Largest manifest accepted (distribution's own limit; containers/image uses the same).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Largest token endpoint answer read.
+const MAX_TOKEN_BYTES: usize = 1 << 20;
+/// Largest error body read; the rest is dropped.
+const MAX_ERROR_BYTES: usize = 1 << 20;
+/// Tags asked for per page of a tag list.
+const TAGS_PAGE_SIZE: usize = 1000;
+/// Pages of a tag list followed at most (a million tags at the page size above).
+const MAX_TAG_PAGES: usize = 1000;
+/// Connecting takes longer than this only when something is wrong.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A read that stays idle this long means a stalled peer; there is no total timeout,
+/// so multi-GB blobs are never cut for taking long.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a request needs permission for; decides the bearer token scope.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// Read `repository`.
+    Pull(&'a str),
+    /// Read and write `repository`.
+    Push(&'a str),
+    /// Write `repository` and read `from`, for a cross-repository mount.
+    Mount {
+        /// Repository written.
+        repository: &'a str,
+        /// Repository the blob is mounted from.
+        from: &'a str,
+    },
+}
+
+impl Access<'_> {
+    fn scopes(&self) -> Vec<String> {
+        match self {
+            Access::Pull(r) => vec![format!("repository:{r}:pull")],
+            Access::Push(r) => vec![format!("repository:{r}:pull,push")],
+            Access::Mount { repository, from } => vec![
+                format!("repository:{repository}:pull,push"),
+                format!("repository:{from}:pull"),
+            ],
+        }
+    }
+}
+
+/// How to reach a registry.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// host[:port] as written in image references (`docker.io` for Docker Hub).
+    pub registry: String,
+    /// Credentials, or `None` for anonymous access.
+    pub credentials: Option<Credentials>,
+    /// Plain HTTP allowed, or HTTPS without certificate checks (the seed's `insecure`).
+    pub insecure: bool,
+}
+
+/// A manifest as served: its exact bytes, media type and digest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The exact bytes, pushed unchanged so the digest is preserved.
+    pub bytes: bytes::Bytes,
+    /// `Content-Type` the registry served (or the one inside the manifest).
+    pub media_type: String,
+    /// Digest of `bytes`.
+    pub digest: String,
+}
+
+/// The distribution API of one registry, with one credential.
+pub struct RegistryClient {
+    endpoint: Endpoint,
+    /// Host to connect to (Docker Hub's API host differs from its reference name).
+    api_host: String,
+    http: reqwest::Client,
+    /// `scheme://host`, found on first use.
+    base: OnceCell<String>,
+    challenge: RwLock<Challenge>,
+    tokens: TokenCache,
+}
+
+impl RegistryClient {
+    /// Builds a client; no network traffic until the first call.
+    pub fn new(endpoint: Endpoint) -> Result<Self, RegistryError> {
+        let api_host = if endpoint.registry == "docker.io" {
+            "registry-1.docker.io".to_owned()
+        } else {
+            endpoint.registry.clone()
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .danger_accept_invalid_certs(endpoint.insecure)
+            .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RegistryError::Protocol {
+                registry: endpoint.registry.clone(),
+                step: "building the HTTP client".into(),
+                cause: e.to_string(),
+            })?;
+        Ok(Self {
+            endpoint,
+            api_host,
+            http,
+            base: OnceCell::new(),
+            challenge: RwLock::new(Challenge::None),
+            tokens: TokenCache::default(),
+        })
+    }
+
+    /// host[:port] of this registry, as written in references.
+    pub fn registry(&self) -> &str {
+        &self.endpoint.registry
+    }
+
+    /// The user name in use, if any (for logs).
+    pub fn username(&self) -> Option<&str> {
+        self.endpoint
+            .credentials
+            .as_ref()
+            .map(|c| c.username.as_str())
+    }
+
+    /// HEAD a manifest: its digest and media type, or `None` when the registry has none.
+    pub async fn manifest_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<(String, String)>, RegistryError> {
+        let step = format!("checking manifest {repository}:{reference}");
+        let path = manifest_path(repository, reference);
+        let resp = self
+            .send(&step, Access::Pull(repository), |c, base| {
+                c.head(format!("{base}{path}"))
+                    .header(ACCEPT, media::MANIFEST_ACCEPT)
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(resp, &step, &[StatusCode::OK]).await?;
+        let digest = header_str(resp.headers(), "docker-content-digest");
+        let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
+        // Without the digest header the answer proves nothing; the caller then copies.
+        Ok(digest.map(|d| (d, media_type.unwrap_or_default())))
+    }
+
+    /// GET a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]; a digest
+    /// reference is verified against the bytes.
+    pub async fn manifest_get(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Manifest, RegistryError> {
+        let step = format!("fetching manifest {repository}:{reference}");
+        let path = manifest_path(repository, reference);
+        let resp = self
+            .send(&step, Access::Pull(repository), |c, base| {
+                c.get(format!("{base}{path}"))
+                    .header(ACCEPT, media::MANIFEST_ACCEPT)
+            })
+            .await?;
+        let resp = self.expect(resp, &step, &[StatusCode::OK]).await?;
+        let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
+        let header_digest = header_str(resp.headers(), "docker-content-digest");
+        let bytes = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
+        let like = if reference.contains(':') {
+            reference
+        } else {
+            header_digest.as_deref().unwrap_or("sha256:")
+        };
+        let digest = digest_of(&bytes, like);
+        let expected = if reference.contains(':') {
+            Some(reference.to_owned())
+        } else {
+            header_digest
+        };
+        if let Some(expected) = expected {
+            if expected != digest {
+                return Err(RegistryError::DigestMismatch {
+                    registry: self.registry().to_owned(),
+                    step,
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        let media_type = media::manifest_media_type(header_type.as_deref(), &bytes);
+        Ok(Manifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// PUT a manifest's exact bytes under a tag or its digest.
+    pub async fn manifest_put(
+        &self,
+        repository: &str,
+        reference: &str,
+        manifest: &Manifest,
+    ) -> Result<(), RegistryError> {
+        let step = format!("pushing manifest {repository}:{reference}");
+        let path = manifest_path(repository, reference);
+        let resp = self
+            .send(&step, Access::Push(repository), |c, base| {
+                c.put(format!("{base}{path}"))
+                    .header(CONTENT_TYPE, &manifest.media_type)
+                    .body(manifest.bytes.clone())
+            })
+            .await?;
+        self.expect(resp, &step, &[StatusCode::CREATED, StatusCode::OK])
+            .await?;
+        Ok(())
+    }
+
+    /// Every tag of `repository`, following `Link: <...>; rel="next"` pagination.
+    pub async fn tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let step = format!("listing tags of {repository}");
+        let base = reqwest::Url::parse(self.base(&step).await?)
+            .map_err(|e| self.protocol(&step, e.to_string()))?;
+        let mut next = Some(format!("/v2/{repository}/tags/list?n={TAGS_PAGE_SIZE}"));
+        let mut tags = Vec::new();
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Err(
+                    self.protocol(&step, format!("more than {MAX_TAG_PAGES} pages of tags"))
+                );
+            }
+            let url = base
+                .join(&path)
+                .map_err(|e| self.protocol(&step, e.to_string()))?;
+            if url.origin() != base.origin() {
+                return Err(
+                    self.protocol(&step, "tag list pagination leads to another host".into())
+                );
+            }
+            let resp = self
+                .send(&step, Access::Pull(repository), |c, _| c.get(url.as_str()))
+                .await?;
+            let resp = self.expect(resp, &step, &[StatusCode::OK]).await?;
+            next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
+            let body = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
+            let page: TagList = serde_json::from_slice(&body)
+                .map_err(|e| self.protocol(&step, format!("tag list is not valid JSON: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+        }
+        Ok(tags)
+    }
+
+    /// HEAD a blob: its size when present, `None` when absent. A 401/403 on a repository
+    /// that does not exist yet also means absent: the upload that follows will say more.
+    pub async fn blob_size(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<u64>, RegistryError> {
+        let step = format!("checking blob {digest} in {repository}");
+        let resp = self
+            .send(&step, Access::Push(repository), |c, base| {
+                c.head(format!("{base}/v2/{repository}/blobs/{digest}"))
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(Some(
+                header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
+            _ => Err(self.status_error(resp, &step).await),
+        }
+    }
+
+    /// GET a blob; the caller streams the body.
+    pub async fn blob_get(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Response, RegistryError> {
+        let step = format!("fetching blob {digest} from {repository}");
+        let resp = self
+            .send(&step, Access::Pull(repository), |c, base| {
+                c.get(format!("{base}/v2/{repository}/blobs/{digest}"))
+            })
+            .await?;
+        self.expect(resp, &step, &[StatusCode::OK]).await
+    }
+
+    /// Asks the registry to mount `digest` from `from` into `repository`. `Ok(false)` when it
+    /// declined (202: it opened an upload instead, which is cancelled here).
+    pub async fn blob_mount(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        let step = format!("mounting blob {digest} from {from} into {repository}");
+        let access = Access::Mount { repository, from };
+        let resp = self
+            .send(&step, access, |c, base| {
+                c.post(format!("{base}/v2/{repository}/blobs/uploads/"))
+                    .query(&[("mount", digest), ("from", from)])
+                    .header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Ok(location) = self.upload_location(&resp, &step).await {
+                    // Best effort: an abandoned session is purged by the registry anyway.
+                    let _ = self
+                        .send(&step, access, |c, _| c.delete(location.as_str()))
+                        .await;
+                }
+                Ok(false)
+            }
+            _ => Err(self.status_error(resp, &step).await),
+        }
+    }
+
+    /// Uploads a blob of known `size` from `body` (a stream) with one POST and one PUT.
+    pub async fn blob_upload(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        let step = format!("pushing blob {digest} to {repository}");
+        let resp = self
+            .send(&step, Access::Push(repository), |c, base| {
+                c.post(format!("{base}/v2/{repository}/blobs/uploads/"))
+                    .header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        let resp = self.expect(resp, &step, &[StatusCode::ACCEPTED]).await?;
+        let location = self.upload_location(&resp, &step).await?;
+        // The stream cannot be replayed, so this request is sent once with the token
+        // the POST just used; a failure is retried by the caller from a fresh GET.
+        let request = self
+            .http
+            .put(location.as_str())
+            .query(&[("digest", digest)])
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        let request = self
+            .authorize(request, Access::Push(repository), &step)
+            .await?;
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| self.network_error(&step, &e))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // Likely an expired token: drop it so the caller's retry fetches a new one.
+            for scope in Access::Push(repository).scopes() {
+                self.tokens.forget(&scope).await;
+            }
+        }
+        self.expect(resp, &step, &[StatusCode::CREATED]).await?;
+        Ok(())
+    }
+
+    /// Resolves the `Location` of an upload answer against the registry and refuses one
+    /// that leads to another origin, so credentials and data never go elsewhere.
+    async fn upload_location(
+        &self,
+        resp: &Response,
+        step: &str,
+    ) -> Result<reqwest::Url, RegistryError> {
+        let protocol = |cause: String| RegistryError::Protocol {
+            registry: self.registry().to_owned(),
+            step: step.to_owned(),
+            cause,
+        };
+        let raw = header_str(resp.headers(), LOCATION.as_str())
+            .ok_or_else(|| protocol("upload answer has no Location header".into()))?;
+        let base = reqwest::Url::parse(self.base(step).await?)
+            .map_err(|e| protocol(format!("bad registry URL: {e}")))?;
+        let url = base
+            .join(&raw)
+            .map_err(|e| protocol(format!("bad upload Location: {e}")))?;
+        if url.origin() != base.origin() {
+            return Err(protocol(format!(
+                "upload Location points to another host ({}); refusing to send credentials or data there",
+                url.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
+    }
+
+    /// `scheme://host` of the registry. An `insecure` registry is tried over HTTPS (without
+    /// certificate checks) first and over plain HTTP when TLS fails, as image-syncer did.
+    async fn base(&self, step: &str) -> Result<&str, RegistryError> {
+        self.base
+            .get_or_try_init(|| async {
+                let https = format!("https://{}", self.api_host);
+                if !self.endpoint.insecure {
+                    return Ok(https);
+                }
+                match self.http.get(format!("{https}/v2/")).send().await {
+                    Ok(resp) => {
+                        self.learn_challenge(resp.headers()).await;
+                        Ok(https)
+                    }
+                    Err(e) if e.is_connect() || e.is_request() => {
+                        Ok(format!("http://{}", self.api_host))
+                    }
+                    Err(e) => Err(self.network_error(step, &e)),
+                }
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// Sends a request built by `build`; on a 401 with a challenge it authenticates once and
+    /// sends it again. Statuses are left to the caller.
+    async fn send<F>(
+        &self,
+        step: &str,
+        access: Access<'_>,
+        build: F,
+    ) -> Result<Response, RegistryError>
+    where
+        F: Fn(&reqwest::Client, &str) -> RequestBuilder,
+    {
+        let base = self.base(step).await?;
+        let mut refreshed = false;
+        loop {
+            let request = self
+                .authorize(build(&self.http, base), access, step)
+                .await?;
+            let resp = request
+                .send()
+                .await
+                .map_err(|e| self.network_error(step, &e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || refreshed {
+                return Ok(resp);
+            }
+            refreshed = true;
+            let before = self.challenge.read().await.clone();
+            let after = self.learn_challenge(resp.headers()).await;
+            if after == Challenge::None {
+                return Ok(resp);
+            }
+            if matches!(after, Challenge::Basic) && before == after {
+                // Basic credentials were already sent and refused: asking again cannot help.
+                return Ok(resp);
+            }
+            for scope in access.scopes() {
+                self.tokens.forget(&scope).await;
+            }
+        }
+    }
+
+    /// Records the challenge of an answer, if it carries one; returns the current one.
+    async fn learn_challenge(&self, headers: &HeaderMap) -> Challenge {
+        let mut current = self.challenge.write().await;
+        if let Some(value) = header_str(headers, "www-authenticate") {
+            let parsed = Challenge::parse(&value);
+            if parsed != Challenge::None {
+                *current = parsed;
+            }
+        }
+        current.clone()
+    }
+
+    /// Adds the `Authorization` header the registry's challenge asks for.
+    async fn authorize(
+        &self,
+        request: RequestBuilder,
+        access: Access<'_>,
+        step: &str,
+    ) -> Result<RequestBuilder, RegistryError> {
+        let challenge = self.challenge.read().await.clone();
+        match challenge {
+            Challenge::None => Ok(request),
+            Challenge::Basic => Ok(match &self.endpoint.credentials {
+                Some(c) => request.basic_auth(&c.username, Some(c.password.expose())),
+                None => request,
+            }),
+            Challenge::Bearer { realm, service } => {
+                let scope = access.scopes().join(" ");
+                let token = match self.tokens.get(&scope).await {
+                    Some(t) => t,
+                    None => {
+                        let t = self
+                            .fetch_token(&realm, service.as_deref(), &access, step)
+                            .await?;
+                        self.tokens.put(&scope, t.clone()).await;
+                        t
+                    }
+                };
+                Ok(request.header(AUTHORIZATION, format!("Bearer {}", token.value.expose())))
+            }
+        }
+    }
+
+    /// Asks the token realm for a bearer token covering `access`.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        access: &Access<'_>,
+        step: &str,
+    ) -> Result<super::auth::Token, RegistryError> {
+        let auth_error = |cause: String| RegistryError::Auth {
+            registry: self.registry().to_owned(),
+            step: step.to_owned(),
+            cause,
+        };
+        let realm_url = reqwest::Url::parse(realm)
+            .map_err(|e| auth_error(format!("token realm {realm:?} is not a URL: {e}")))?;
+        if !matches!(realm_url.scheme(), "http" | "https") {
+            return Err(auth_error(format!("token realm {realm:?} is not http(s)")));
+        }
+        let mut query: Vec<(&str, String)> =
+            access.scopes().into_iter().map(|s| ("scope", s)).collect();
+        if let Some(service) = service {
+            query.push(("service", service.to_owned()));
+        }
+        if let Some(c) = &self.endpoint.credentials {
+            query.push(("account", c.username.clone()));
+        }
+        let mut request = self.http.get(realm_url).query(&query);
+        if let Some(c) = &self.endpoint.credentials {
+            request = request.basic_auth(&c.username, Some(c.password.expose()));
+        }
+        let resp = request.send().await.map_err(|e| {
+            auth_error(format!(
+                "token request failed: {}",
+                describe_transport_error(&e)
+            ))
+        })?;
+        let status = resp.status();
+        let body = self.read_capped(resp, MAX_TOKEN_BYTES, step).await?;
+        if !status.is_success() {
+            let detail = media::error_detail(&body);
+            return Err(auth_error(format!(
+                "token endpoint answered HTTP {}{detail}",
+                status.as_u16()
+            )));
+        }
+        serde_json::from_slice::<TokenAnswer>(&body)
+            .ok()
+            .and_then(TokenAnswer::into_token)
+            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()))
+    }
+
+    /// Passes an answer with an expected status; turns any other into an error.
+    async fn expect(
+        &self,
+        resp: Response,
+        step: &str,
+        ok: &[StatusCode],
+    ) -> Result<Response, RegistryError> {
+        if ok.contains(&resp.status()) {
+            Ok(resp)
+        } else {
+            Err(self.status_error(resp, step).await)
+        }
+    }
+
+    /// An error for an unexpected status, with the registry's own error code if it sent one.
+    async fn status_error(&self, resp: Response, step: &str) -> RegistryError {
+        let status = resp.status().as_u16();
+        let retry_after = header_str(resp.headers(), "retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = self
+            .read_capped(resp, MAX_ERROR_BYTES, step)
+            .await
+            .unwrap_or_default();
+        RegistryError::Status {
+            registry: self.registry().to_owned(),
+            step: step.to_owned(),
+            status,
+            detail: media::error_detail(&body),
+            hint: status_hint(status),
+            retry_after,
+        }
+    }
+
+    /// Reads a body up to `cap` bytes; more is an error, not an allocation.
+    async fn read_capped(
+        &self,
+        mut resp: Response,
+        cap: usize,
+        step: &str,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        let too_large = || RegistryError::Protocol {
+            registry: self.registry().to_owned(),
+            step: step.to_owned(),
+            cause: format!("answer is larger than the {} KiB limit", cap >> 10),
+        };
+        if resp.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(too_large());
+        }
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.network_error(step, &e))?
+        {
+            if out.len() + chunk.len() > cap {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    fn protocol(&self, step: &str, cause: String) -> RegistryError {
+        RegistryError::Protocol {
+            registry: self.registry().to_owned(),
+            step: step.to_owned(),
+            cause,
+        }
+    }
+
+    fn network_error(&self, step: &str, err: &reqwest::Error) -> RegistryError {
+        RegistryError::Network {
+            registry: self.registry().to_owned(),
+            step: step.to_owned(),
+            cause: describe_transport_error(err),
+        }
+    }
+}
+
+/// The request path of a manifest by tag or digest.
+fn manifest_path(repository: &str, reference: &str) -> String {
+    format!("/v2/{repository}/manifests/{reference}")
+}
+
+/// The target of a `Link` header's `rel="next"` entry.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().trim_start_matches("rel=").trim_matches('"') == "next");
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_owned())
+    })
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_next_link() {
+        assert_eq!(
+            next_link(r#"</v2/a/tags/list?last=x&n=1000>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?last=x&n=1000")
+        );
+        assert_eq!(next_link(r#"<https://h/p>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! Errors of registry access: each names the registry, the step and the cause.
+
+use std::time::Duration;
+
+/// What went wrong while talking to one registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No answer: DNS, TCP, TLS, timeout or a connection cut mid-transfer.
+    #[error("registry {registry}: {step}: {cause} (is the registry reachable from this host, and is `insecure` set right for http?)")]
+    Network {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// The transport error, without URLs' query strings.
+        cause: String,
+    },
+    /// The registry answered with an error status.
+    #[error("registry {registry}: {step}: HTTP {status}{detail}{hint}")]
+    Status {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// HTTP status code.
+        status: u16,
+        /// The registry's own error code and message, if it sent any, prefixed with ": ".
+        detail: String,
+        /// What the operator can do about it, prefixed with ". ".
+        hint: &'static str,
+        /// `Retry-After` of a 429 or 503 answer.
+        retry_after: Option<Duration>,
+    },
+    /// The registry asked for credentials that were refused or missing.
+    #[error("registry {registry}: {step}: authentication failed: {cause} (check the credentials for this registry in rsyncserver.rsyncconfig.auth)")]
+    Auth {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// Why.
+        cause: String,
+    },
+    /// The registry sent something that breaks the protocol or our limits.
+    #[error("registry {registry}: {step}: {cause}")]
+    Protocol {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// Why.
+        cause: String,
+    },
+    /// Content whose digest differs from the one its descriptor promised.
+    #[error("registry {registry}: {step}: digest mismatch: expected {expected}, got {actual}; the source served corrupt content, nothing was written for it")]
+    DigestMismatch {
+        /// host[:port] of the registry that served the bytes.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// The digest the descriptor or reference named.
+        expected: String,
+        /// The digest of the bytes received.
+        actual: String,
+    },
+}
+
+impl RegistryError {
+    /// Whether trying again may succeed (network trouble, 5xx, 429, 408).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Network { .. } => true,
+            RegistryError::Status { status, .. } => {
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+            }
+            _ => false,
+        }
+    }
+
+    /// The wait a registry asked for with `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status the registry answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RegistryError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Shortens a transport error to its causes, dropping URL query strings that may carry state.
+pub(crate) fn describe_transport_error(err: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if err.is_timeout() {
+        "timed out".to_owned()
+    } else if err.is_connect() {
+        "cannot connect".to_owned()
+    } else if err.is_body() || err.is_decode() {
+        "connection broke while transferring data".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !s.is_empty() && !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A short hint for common statuses, so the error says what to do.
+pub(crate) fn status_hint(status: u16) -> &'static str {
+    match status {
+        401 => ". Check the credentials for this registry in rsyncserver.rsyncconfig.auth",
+        403 => ". The credentials for this registry lack permission for this repository",
+        404 => ". Check that the repository, tag or digest exists",
+        405 => ". The registry refuses writes here (read-only or a pull-through cache?)",
+        429 => ". The registry is rate limiting; try again later",
+        500..=599 => ". The registry had an internal error; try again later",
+        _ => "",
+    }
+}

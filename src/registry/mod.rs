@@ -1,0 +1,15 @@
+//! Registry access: the distribution API over HTTP, with auth, limits and readable errors.
+//! Knows nothing of syncs; the engine drives it.
+
+mod auth;
+mod client;
+pub mod digest;
+mod error;
+pub mod media;
+mod pool;
+
+pub use auth::Credentials;
+pub use client::{Endpoint, Manifest, RegistryClient, MAX_MANIFEST_BYTES};
+pub(crate) use error::describe_transport_error;
+pub use error::RegistryError;
+pub use pool::{ClientPool, Resolved};

@@ -1,0 +1,162 @@
+//! One client per registry and credential, shared by every sync, so connections and
+//! tokens are reused across requests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::auth::Credentials;
+use super::client::{Endpoint, RegistryClient};
+use super::error::RegistryError;
+use crate::config::RegistryCredential;
+
+/// A configured credential entry, normalised for matching.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Key of the entry in the config (for logs).
+    name: String,
+    /// `host[:port]` or `host[:port]/namespace`, lower-case host.
+    prefix: String,
+    credential: RegistryCredential,
+}
+
+/// The client chosen for a repository, and which config entry chose it.
+pub struct Resolved {
+    /// Client to use for this repository.
+    pub client: Arc<RegistryClient>,
+    /// Config key of the credential entry that matched, `None` for anonymous access.
+    pub entry: Option<String>,
+}
+
+/// Registry clients by (registry, credential entry).
+pub struct ClientPool {
+    entries: Vec<Entry>,
+    clients: Mutex<HashMap<(String, Option<String>), Arc<RegistryClient>>>,
+}
+
+impl ClientPool {
+    /// A pool over the credential entries of the config (`rsyncserver.rsyncconfig.auth`).
+    pub fn new<'a>(
+        credentials: impl IntoIterator<Item = (&'a String, &'a RegistryCredential)>,
+    ) -> Self {
+        let entries = credentials
+            .into_iter()
+            .map(|(name, credential)| Entry {
+                name: name.clone(),
+                prefix: normalise_prefix(&credential.registry),
+                credential: credential.clone(),
+            })
+            .collect();
+        Self {
+            entries,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for `repository` at `registry`: the entry with the longest matching
+    /// `registry[/namespace]` prefix wins; none means anonymous HTTPS.
+    pub fn resolve(&self, registry: &str, repository: &str) -> Result<Resolved, RegistryError> {
+        let full = format!("{registry}/{repository}");
+        let entry = self
+            .entries
+            .iter()
+            .filter(|e| full.starts_with(&format!("{}/", e.prefix)))
+            .max_by_key(|e| e.prefix.len());
+        let key = (registry.to_owned(), entry.map(|e| e.name.clone()));
+        let mut clients = self.clients.lock().expect("client pool lock");
+        if let Some(client) = clients.get(&key) {
+            return Ok(Resolved {
+                client: client.clone(),
+                entry: key.1,
+            });
+        }
+        let endpoint = Endpoint {
+            registry: registry.to_owned(),
+            credentials: entry.and_then(|e| {
+                let c = &e.credential;
+                Some(Credentials {
+                    username: c.username.clone()?,
+                    password: c.password.clone()?,
+                })
+            }),
+            insecure: entry.is_some_and(|e| e.credential.insecure),
+        };
+        let client = Arc::new(RegistryClient::new(endpoint)?);
+        clients.insert(key.clone(), client.clone());
+        Ok(Resolved {
+            client,
+            entry: key.1,
+        })
+    }
+}
+
+/// Lower-cases the host part and maps Docker Hub's aliases to `docker.io`.
+pub(crate) fn normalise_prefix(prefix: &str) -> String {
+    let prefix = prefix.trim().trim_end_matches('/');
+    let (host, rest) = prefix.split_once('/').unwrap_or((prefix, ""));
+    let host = crate::engine::reference::normalise_host(host);
+    if rest.is_empty() {
+        host
+    } else {
+        format!("{host}/{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn cred(registry: &str, user: Option<&str>) -> RegistryCredential {
+        RegistryCredential {
+            registry: registry.into(),
+            username: user.map(Into::into),
+            password: user.map(|_| Secret::new("pw")),
+            insecure: true,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let mut creds = std::collections::BTreeMap::new();
+        creds.insert("host".to_owned(), cred("Reg.Example.com:5000", Some("h")));
+        creds.insert(
+            "team".to_owned(),
+            cred("reg.example.com:5000/team", Some("t")),
+        );
+        creds.insert("hub".to_owned(), cred("index.docker.io/library", None));
+        let pool = ClientPool::new(&creds);
+        let user = |reg: &str, repo: &str| {
+            let r = pool.resolve(reg, repo).unwrap();
+            (r.entry, r.client.username().map(str::to_owned))
+        };
+        assert_eq!(
+            user("reg.example.com:5000", "team/app"),
+            (Some("team".into()), Some("t".into()))
+        );
+        assert_eq!(
+            user("reg.example.com:5000", "teams/app"),
+            (Some("host".into()), Some("h".into()))
+        );
+        assert_eq!(
+            user("reg.example.com:5000", "other"),
+            (Some("host".into()), Some("h".into()))
+        );
+        assert_eq!(
+            user("docker.io", "library/busybox"),
+            (Some("hub".into()), None)
+        );
+        assert_eq!(user("other.io", "team/app"), (None, None));
+        let a = pool
+            .resolve("reg.example.com:5000", "team/a")
+            .unwrap()
+            .client;
+        let b = pool
+            .resolve("reg.example.com:5000", "team/b")
+            .unwrap()
+            .client;
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "one client per registry and credential"
+        );
+    }
+}

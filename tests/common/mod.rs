@@ -1,0 +1,24 @@
+//! The integration-test rig: real registries, images built in-process, skopeo as the
+//! independent oracle, and the service binary started on a free port.
+//!
+//! Every test gets its own registries, ports and temp directories, so tests run in
+//! parallel safely. Nothing here is a mock: the registry is Debian's `docker-registry`
+//! (distribution 2.8) and the checks go through `skopeo`. A missing tool is a panic
+//! with the command that installs it, never a silent skip.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod contract;
+pub mod image;
+pub mod net;
+pub mod process;
+pub mod push;
+pub mod registry;
+pub mod service;
+pub mod skopeo;
+pub mod tools;
+
+pub use image::{Format, Image, Index, Layer, Platform};
+pub use push::Pushed;
+pub use registry::{Creds, Registry};
+pub use service::{Service, ServiceConfig};

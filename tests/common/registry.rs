@@ -1,0 +1,193 @@
+//! A real `docker-registry serve` process on 127.0.0.1, one per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::net::free_port;
+use super::process::Owned;
+use super::tools::{DOCKER_REGISTRY, HTPASSWD};
+
+/// User name and password for a registry or the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub pass: String,
+}
+
+impl Creds {
+    /// Builds credentials from two string slices.
+    pub fn new(user: &str, pass: &str) -> Creds {
+        Creds {
+            user: user.to_string(),
+            pass: pass.to_string(),
+        }
+    }
+
+    /// `user:pass`, as skopeo's `--creds` wants it.
+    pub fn joined(&self) -> String {
+        format!("{}:{}", self.user, self.pass)
+    }
+}
+
+/// A running reference registry with its own storage, config and log in a temp dir.
+/// Dropping it kills and reaps the process (and prints its log tail if the test failed).
+pub struct Registry {
+    process: Owned,
+    port: u16,
+    creds: Option<Creds>,
+    dir: TempDir,
+}
+
+/// How many ports are tried before giving up on a bind collision.
+const START_ATTEMPTS: usize = 5;
+/// How long one start may take until `/v2/` answers.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Registry {
+    /// A registry that anyone may pull from and push to.
+    pub async fn start_anonymous() -> Registry {
+        Self::start(None).await
+    }
+
+    /// A registry with htpasswd (bcrypt) auth for one user; anonymous requests get 401.
+    pub async fn start_htpasswd(user: &str, pass: &str) -> Registry {
+        Self::start(Some(Creds::new(user, pass))).await
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of an image reference.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// The credentials this registry accepts, `None` for an anonymous one.
+    pub fn creds(&self) -> Option<&Creds> {
+        self.creds.as_ref()
+    }
+
+    /// Process id of the registry process itself.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Everything the registry has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Path of the registry's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    async fn start(creds: Option<Creds>) -> Registry {
+        let exe = DOCKER_REGISTRY.path();
+        let dir = tempfile::Builder::new()
+            .prefix("imagersync-registry-")
+            .tempdir()
+            .expect("tempdir");
+        if let Some(c) = &creds {
+            write_htpasswd(&dir.path().join("htpasswd"), c);
+        }
+        let log = dir.path().join("registry.log");
+        let mut failures = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(&config, config_yaml(dir.path(), port, creds.is_some()))
+                .expect("write registry config");
+            let mut cmd = Command::new(&exe);
+            cmd.arg("serve").arg(&config).current_dir(dir.path());
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("REGISTRY_") {
+                    cmd.env_remove(key);
+                }
+            }
+            let mut process = Owned::spawn(&format!("docker-registry :{port}"), cmd, &log, &log);
+            match wait_ready(&mut process, port, &log).await {
+                Ok(()) => {
+                    return Registry {
+                        process,
+                        port,
+                        creds,
+                        dir,
+                    }
+                }
+                Err(e) => failures.push_str(&format!("{e}\n{}", process.log_tail(20))),
+            }
+        }
+        panic!("docker-registry did not start after {START_ATTEMPTS} attempts:\n{failures}");
+    }
+}
+
+/// Waits until the registry has bound its port (it logs `listening on`) and `GET /v2/`
+/// answers 200, or 401 in auth mode. Errors when it exits or takes too long.
+async fn wait_ready(process: &mut Owned, port: u16, log: &Path) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v2/");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let listening = format!("listening on 127.0.0.1:{port}");
+    while Instant::now() < deadline {
+        if let Some(status) = process.exited() {
+            return Err(format!(
+                "docker-registry on port {port} exited with {status}"
+            ));
+        }
+        let bound = std::fs::read_to_string(log)
+            .map(|t| t.contains(&listening))
+            .unwrap_or(false);
+        if bound {
+            if let Ok(resp) = client.get(&url).send().await {
+                if matches!(resp.status().as_u16(), 200 | 401) {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!(
+        "docker-registry on port {port} not ready after {START_TIMEOUT:?}"
+    ))
+}
+
+/// The registry's config: filesystem storage in `dir`, deletes enabled, plain HTTP on
+/// 127.0.0.1:`port`, and htpasswd auth when asked.
+fn config_yaml(dir: &Path, port: u16, htpasswd: bool) -> String {
+    let mut yaml = format!(
+        "version: 0.1\n\
+         log:\n  level: info\n  formatter: text\n\
+         storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
+         http:\n  addr: 127.0.0.1:{port}\n  secret: imagersync-test-secret\n",
+        data = dir.join("data").display(),
+    );
+    if htpasswd {
+        yaml.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: imagersync-test\n    path: {}\n",
+            dir.join("htpasswd").display()
+        ));
+    }
+    yaml
+}
+
+/// Writes a bcrypt htpasswd file with `htpasswd -Bbn`.
+fn write_htpasswd(path: &Path, creds: &Creds) {
+    let out = Command::new(HTPASSWD.path())
+        .args(["-Bbn", &creds.user, &creds.pass])
+        .output()
+        .expect("run htpasswd");
+    assert!(
+        out.status.success(),
+        "htpasswd -Bbn failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(path, &out.stdout).expect("write htpasswd file");
+}

@@ -1,0 +1,332 @@
+//! The service under test: its config file, the binary on a free port, and requests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use super::net::free_port;
+use super::process::Owned;
+use super::registry::{Creds, Registry};
+
+/// Path of the service binary Cargo built for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_imagersync_service_bin");
+/// The link every test config lists under `config.tools`.
+pub const TOOLS_LINK: &str = "https://example.com/imagersync";
+/// How long one request to the service may take (a sync included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The service user `admin` / `adminpw`.
+pub fn admin() -> Creds {
+    Creds::new("admin", "adminpw")
+}
+
+/// The service user `jenkins` whose password contains a colon: `pa:ss`.
+pub fn jenkins() -> Creds {
+    Creds::new("jenkins", "pa:ss")
+}
+
+/// One entry of `rsyncserver.rsyncconfig.auth`.
+#[derive(Debug, Clone)]
+pub struct RegistryEntry {
+    /// The map key (free text).
+    pub key: String,
+    /// `host:port` or `host:port/namespace` prefix.
+    pub registry: String,
+    /// Credentials, `None` for anonymous.
+    pub creds: Option<Creds>,
+    /// Plain HTTP.
+    pub insecure: bool,
+}
+
+/// What goes into the service's config file.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Service users (HTTP Basic).
+    pub users: Vec<Creds>,
+    /// Registry credentials.
+    pub registries: Vec<RegistryEntry>,
+    /// `task.proc_num`.
+    pub proc_num: usize,
+    /// `task.retries`.
+    pub retries: u32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            users: vec![admin(), jenkins()],
+            registries: Vec::new(),
+            proc_num: 5,
+            retries: 2,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Users `admin` and `jenkins`, no registries.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `registry` under `key`, plain HTTP, with the credentials it accepts.
+    pub fn registry(self, key: &str, registry: &Registry) -> Self {
+        let creds = registry.creds().cloned();
+        self.entry(key, &registry.host(), creds)
+    }
+
+    /// Adds an entry for the `prefix` (`host:port[/namespace]`), plain HTTP.
+    pub fn entry(mut self, key: &str, prefix: &str, creds: Option<Creds>) -> Self {
+        self.registries.push(RegistryEntry {
+            key: key.to_string(),
+            registry: prefix.to_string(),
+            creds,
+            insecure: true,
+        });
+        self
+    }
+
+    /// The YAML text of the config file, logging to `logfile`.
+    pub fn to_yaml(&self, logfile: &Path) -> String {
+        let users: serde_json::Map<String, Value> = self
+            .users
+            .iter()
+            .map(|c| (c.user.clone(), json!(c.pass)))
+            .collect();
+        let auth: serde_json::Map<String, Value> = self
+            .registries
+            .iter()
+            .map(|e| {
+                let mut v = json!({"registry": e.registry, "insecure": e.insecure});
+                if let Some(c) = &e.creds {
+                    v["username"] = json!(c.user);
+                    v["password"] = json!(c.pass);
+                }
+                (e.key.clone(), v)
+            })
+            .collect();
+        let doc = json!({
+            "config": {"tools": {"github": TOOLS_LINK}},
+            "rsyncserver": {
+                "logfile": logfile.display().to_string(),
+                "auth": users,
+                "rsyncconfig": {"auth": auth, "task": {"proc_num": self.proc_num, "retries": self.retries}},
+            },
+        });
+        serde_yaml_ng::to_string(&doc).expect("config yaml")
+    }
+}
+
+/// A running `imagersync_service_bin`, killed and reaped when dropped.
+pub struct Service {
+    process: Owned,
+    port: u16,
+    dir: TempDir,
+    client: Client,
+}
+
+/// How long start-up may take until `GET /check` answers 200.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Service {
+    /// Writes `config` to a temp dir (log file in `logs/` there, not created yet) and
+    /// starts the service on a free port; returns once `GET /check` is 200.
+    pub async fn start(config: &ServiceConfig) -> Service {
+        let dir = tempfile::Builder::new()
+            .prefix("imagersync-service-")
+            .tempdir()
+            .expect("tempdir");
+        let config_path = dir.path().join("config.yaml");
+        let logfile = dir.path().join("logs").join("rsync_analysis.log");
+        std::fs::write(&config_path, config.to_yaml(&logfile)).expect("write service config");
+        let client = Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .expect("http client");
+        let mut failures = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--address")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--configFile")
+                .arg(&config_path)
+                .current_dir(dir.path());
+            let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
+            let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
+            match wait_ready(&client, &mut process, port).await {
+                Ok(()) => {
+                    return Service {
+                        process,
+                        port,
+                        dir,
+                        client,
+                    }
+                }
+                Err(e) => failures.push_str(&format!("{e}\n{}", process.log_tail(20))),
+            }
+        }
+        panic!("imagersync_service_bin did not start:\n{failures}");
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// An HTTP client with a generous timeout.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Process id of the service.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The analysis log file named in the config (under `logs/`, created by the service).
+    pub fn logfile(&self) -> PathBuf {
+        self.dir.path().join("logs").join("rsync_analysis.log")
+    }
+
+    /// The analysis log, one parsed JSON value per line; empty if the file is absent.
+    pub fn logfile_entries(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.logfile()).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("logfile line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Raw text of the analysis log ("" if absent).
+    pub fn logfile_text(&self) -> String {
+        std::fs::read_to_string(self.logfile()).unwrap_or_default()
+    }
+
+    /// Everything the service printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Everything the service printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// POSTs `{"rsync_config":{"source","target"}}` to `/v1/image/rsync` as `admin`
+    /// and returns the status and the JSON answer.
+    pub async fn sync(&self, source: &str, target: &str) -> (StatusCode, Value) {
+        let body = json!({"rsync_config": {"source": source, "target": target}});
+        self.post_json(Some(&admin()), &body).await
+    }
+
+    /// POSTs a JSON body (`application/json`) to `/v1/image/rsync` and parses the answer.
+    pub async fn post_json(&self, creds: Option<&Creds>, body: &Value) -> (StatusCode, Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let resp = self
+            .post_raw("/v1/image/rsync", creds, Some("application/json"), bytes)
+            .await;
+        json_of(resp).await
+    }
+
+    /// POSTs raw bytes to `path` with Basic auth and a content type when given.
+    /// `curl -u U:P -d BODY` sends [`CURL_CONTENT_TYPE`].
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        creds: Option<&Creds>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Response {
+        let mut req = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(c) = creds {
+            req = req.basic_auth(&c.user, Some(&c.pass));
+        }
+        req.send().await.expect("POST to the service")
+    }
+}
+
+/// The content type `curl -d` sends; CI pipelines post JSON with it (design §1).
+pub const CURL_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// Status and JSON body of a response; panics with the body text if it is not JSON.
+pub async fn json_of(resp: Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.expect("response body");
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("HTTP {status}: body is not JSON ({e}): {text}"));
+    (status, value)
+}
+
+async fn wait_ready(client: &Client, process: &mut Owned, port: u16) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{port}/check");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = process.exited() {
+            return Err(format!(
+                "imagersync_service_bin on port {port} exited with {status}"
+            ));
+        }
+        if let Ok(resp) = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            if resp.status() == StatusCode::OK {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!(
+        "imagersync_service_bin on port {port}: GET /check not 200 after {START_TIMEOUT:?}"
+    ))
+}
+
+/// Output of a start-up that was expected to fail.
+#[derive(Debug)]
+pub struct Exit {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Captured stdout.
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+}
+
+/// Runs the binary with `--configFile config_path` on a free port and waits for it to
+/// exit; panics if it is still running after 10 s (it must refuse to start).
+pub fn run_expecting_exit(config_path: &Path) -> Exit {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--address")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--configFile")
+        .arg(config_path)
+        .current_dir(dir.path());
+    let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
+    let mut process = Owned::spawn("imagersync (expected to exit)", cmd, &out, &err);
+    let status = process.wait_timeout(Duration::from_secs(10));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let exit = Exit {
+        code: status.and_then(|s| s.code()),
+        stdout: read(&out),
+        stderr: read(&err),
+    };
+    assert!(
+        status.is_some(),
+        "service kept running with config {}: {exit:?}",
+        config_path.display()
+    );
+    exit
+}

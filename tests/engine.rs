@@ -1,0 +1,264 @@
+//! The sync engine driven directly (no HTTP) against real registries, checked by skopeo:
+//! every rule form, incremental copies, mounts, and what lands when a copy fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{skopeo, Format, Image, Index, Platform, Registry};
+use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
+use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncStatus};
+use imagersync::secret::Secret;
+
+const KIB: usize = 1024;
+
+/// An engine whose config knows every given registry (plain HTTP, their credentials).
+fn engine_for(registries: &[&Registry]) -> Engine {
+    let mut auth = BTreeMap::new();
+    for (i, r) in registries.iter().enumerate() {
+        auth.insert(
+            format!("r{i}"),
+            RegistryCredential {
+                registry: r.host(),
+                username: r.creds().map(|c| c.user.clone()),
+                password: r.creds().map(|c| Secret::new(c.pass.clone())),
+                insecure: true,
+            },
+        );
+    }
+    Engine::new(&RsyncConfig {
+        auth,
+        task: TaskConfig {
+            proc_num: 4,
+            retries: 1,
+        },
+    })
+}
+
+fn assert_success(report: &SyncReport) {
+    assert_eq!(
+        report.status,
+        SyncStatus::Successfully,
+        "error: {:?}\nlog:\n{}",
+        report.error,
+        report.log
+    );
+    assert!(report.error.is_none());
+    assert!(report
+        .log
+        .contains("Finished, 0 sync tasks failed, 0 tasks generate failed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_an_image_then_finds_it_in_sync() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_htpasswd("pusher", "dst-Secret-1").await;
+    let image = Image::random(Format::Oci, &[300 * KIB, 0, 40 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    let engine = engine_for(&[&src, &dst]);
+
+    let target = format!("{}/prod/app:v1", dst.host());
+    let report = engine.sync(&pushed.reference(), &target).await;
+    assert_success(&report);
+    let img = &report.images[0];
+    assert_eq!(img.status, ImageStatus::Synced);
+    assert_eq!(img.digest.as_deref(), Some(pushed.digest.as_str()));
+    assert_eq!(img.blobs_copied, pushed.blobs.len() as u64);
+    assert_eq!(img.bytes_copied, pushed.blob_bytes());
+    assert!(report.log.contains("username: pusher"), "{}", report.log);
+    assert!(!report.log.contains("dst-Secret-1"));
+    skopeo::assert_landed(&dst, "prod/app:v1", &pushed).await;
+
+    let again = engine.sync(&pushed.reference(), &target).await;
+    assert_success(&again);
+    assert_eq!(again.images[0].status, ImageStatus::AlreadySynced);
+    assert_eq!(again.images[0].blobs_copied, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_whole_indexes_of_both_formats() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let engine = engine_for(&[&src, &dst]);
+    let platforms = [Platform::AMD64, Platform::ARM64, Platform::ARMV7];
+    for (format, repo) in [(Format::Oci, "multi/oci"), (Format::Docker, "multi/docker")] {
+        let index = Index::random(format, &platforms, 128 * KIB, 32 * KIB);
+        let pushed = src.push_index(repo, "v2", &index).await;
+        let report = engine
+            .sync(&pushed.reference(), &format!("{}/{repo}", dst.host()))
+            .await;
+        assert_success(&report);
+        let img = &report.images[0];
+        assert_eq!(img.digest.as_deref(), Some(index.digest.as_str()));
+        assert_eq!(img.manifests_pushed, 1 + platforms.len() as u64);
+        assert_eq!(
+            img.blobs_copied,
+            pushed.blobs.len() as u64,
+            "the shared base layer is sent once"
+        );
+        skopeo::assert_landed(&dst, &format!("{repo}:v2"), &pushed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rule_form_selects_the_right_tags() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let engine = engine_for(&[&src, &dst]);
+    let image = Image::random(Format::Docker, &[16 * KIB]);
+    let other = Image::random(Format::Oci, &[16 * KIB]);
+    for tag in ["v1", "v2", "latest"] {
+        src.push_image("rules/app", tag, &image).await;
+    }
+    let pushed_other = src.push_image("rules/app", "v10-rc", &other).await;
+    let s = |rule: &str| format!("{}/rules/app{rule}", src.host());
+    let d = |repo: &str| format!("{}/{repo}", dst.host());
+
+    // Every tag.
+    let report = engine.sync(&s(""), &d("all/app")).await;
+    assert_success(&report);
+    assert_eq!(report.images.len(), 4);
+    for tag in ["v1", "v2", "latest"] {
+        skopeo::assert_digest(&dst, &format!("all/app:{tag}"), &image.digest).await;
+    }
+    skopeo::assert_landed(&dst, "all/app:v10-rc", &pushed_other).await;
+
+    // A list with renaming, and a target list.
+    let report = engine
+        .sync_to_all(&s(":v1,v2"), &[&d("renamed/app:one,two"), &d("copy/app")])
+        .await;
+    assert_success(&report);
+    let landed: Vec<_> = report.images.iter().map(|i| i.target.clone()).collect();
+    assert_eq!(
+        landed,
+        [
+            d("renamed/app:one"),
+            d("renamed/app:two"),
+            d("copy/app:v1"),
+            d("copy/app:v2")
+        ]
+    );
+    skopeo::assert_digest(&dst, "renamed/app:two", &image.digest).await;
+
+    // A regex.
+    let report = engine.sync(&s(":/^v[0-9]+$/"), &d("regex/app")).await;
+    assert_success(&report);
+    let tags: Vec<_> = report.images.iter().map(|i| i.target.clone()).collect();
+    assert_eq!(tags, [d("regex/app:v1"), d("regex/app:v2")]);
+    skopeo::assert_absent(&dst, "regex/app:latest").await;
+
+    // A digest, to a digest-only target.
+    let by_digest = format!("{}/rules/app@{}", src.host(), pushed_other.digest);
+    let report = engine.sync(&by_digest, &d("digest/app")).await;
+    assert_success(&report);
+    skopeo::assert_landed(
+        &dst,
+        &format!("digest/app@{}", pushed_other.digest),
+        &pushed_other,
+    )
+    .await;
+
+    // Nothing matches: a clear error, nothing contacted at the target.
+    let report = engine.sync(&s(":/^nope$/"), &d("none/app")).await;
+    assert_eq!(report.status, SyncStatus::Unusual);
+    assert!(report.error.unwrap().contains("matches the source rule"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_and_skips_blobs_the_target_registry_already_has() {
+    let reg = Registry::start_anonymous().await;
+    let engine = engine_for(&[&reg]);
+    let base = common::Layer::random(200 * KIB);
+    let first = Image::new(Format::Oci, Platform::AMD64, vec![base.clone()]);
+    let second = Image::new(
+        Format::Oci,
+        Platform::AMD64,
+        vec![base, common::Layer::random(10 * KIB)],
+    );
+    let pushed = reg.push_image("src/app", "v1", &first).await;
+    reg.push_image("src/app", "v2", &second).await;
+
+    // Same registry, other repository: blobs are mounted, not streamed.
+    let report = engine
+        .sync(
+            &pushed.reference(),
+            &format!("{}/mirror/app:v1", reg.host()),
+        )
+        .await;
+    assert_success(&report);
+    assert_eq!(report.images[0].blobs_mounted, pushed.blobs.len() as u64);
+    assert_eq!(report.images[0].bytes_copied, 0);
+    skopeo::assert_landed(&reg, "mirror/app:v1", &pushed).await;
+
+    // The second image shares the base layer already in mirror/app: that one is skipped.
+    let report = engine
+        .sync(
+            &format!("{}/src/app:v2", reg.host()),
+            &format!("{}/mirror/app:v2", reg.host()),
+        )
+        .await;
+    assert_success(&report);
+    assert_eq!(report.images[0].blobs_skipped, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_name_the_registry_and_leave_no_tag() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_htpasswd("pusher", "right-Pw-9").await;
+    let image = Image::random(Format::Oci, &[8 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+
+    // Missing source tag.
+    let engine = engine_for(&[&src, &dst]);
+    let report = engine
+        .sync(
+            &format!("{}/team/app:missing", src.host()),
+            &format!("{}/team/app:v1", dst.host()),
+        )
+        .await;
+    assert_eq!(report.status, SyncStatus::Failed);
+    assert_eq!(report.failure, Some(FailureKind::Registry));
+    let error = report.error.unwrap();
+    assert!(
+        error.contains(&src.host()) && error.contains("404"),
+        "{error}"
+    );
+    assert!(report
+        .log
+        .contains("Finished, 1 sync tasks failed, 0 tasks generate failed"));
+
+    // Wrong target password.
+    let mut auth = BTreeMap::new();
+    auth.insert(
+        "src".to_owned(),
+        RegistryCredential {
+            registry: src.host(),
+            insecure: true,
+            ..RegistryCredential::default()
+        },
+    );
+    auth.insert(
+        "dst".to_owned(),
+        RegistryCredential {
+            registry: dst.host(),
+            username: Some("pusher".into()),
+            password: Some(Secret::new("wrong-Pw-7")),
+            insecure: true,
+        },
+    );
+    let engine = Engine::new(&RsyncConfig {
+        auth,
+        task: TaskConfig::default(),
+    });
+    let report = engine
+        .sync(&pushed.reference(), &format!("{}/team/app:v1", dst.host()))
+        .await;
+    assert_eq!(report.status, SyncStatus::Failed);
+    let error = report.error.unwrap();
+    assert!(
+        error.contains(&dst.host()) && error.contains("401"),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-Pw-7") && !report.log.contains("wrong-Pw-7"));
+    skopeo::assert_absent(&dst, "team/app:v1").await;
+}
