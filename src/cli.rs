@@ -1,1 +1,342 @@
-//! Command line (in progress).
+//! Command line: flags, start-up checks, and the two ways to run (serve, or one `sync`).
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::engine::{Engine, FailureKind, SyncRequest, SyncStatus};
+use crate::http::response::{RsyncConfigEcho, SyncResponse, TargetEcho};
+use crate::server;
+
+/// Exit code for a config or usage problem (clap uses 2 for bad flags as well).
+const EXIT_USAGE: u8 = 2;
+
+/// imagersync: copies container images between OCI / Docker registries over an HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "imagersync_service_bin", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to serve on, host:port (`:8080` means every interface, as in the Go service)
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:8080", value_parser = parse_address)]
+    pub address: SocketAddr,
+
+    /// YAML config file (service users, analysis log, registry credentials)
+    #[arg(
+        long = "configFile",
+        visible_alias = "config-file",
+        value_name = "FILE",
+        default_value = "configs/config.yaml",
+        global = true
+    )]
+    pub config_file: PathBuf,
+
+    /// What to do; without one, serve the HTTP API.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one sync from the command line, as POST /v1/image/rsync would, and exit
+    /// (0 synced, 1 failed, 2 unusable request or config)
+    Sync(SyncArgs),
+}
+
+/// Arguments of `sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Source image or rule, e.g. reg-a.example.com/team/app:v1
+    #[arg(long)]
+    pub source: String,
+    /// Target image or rule, e.g. reg-b.example.com/team/app:v1; repeat for several targets
+    #[arg(long, required = true)]
+    pub target: Vec<String>,
+    /// Push even when a target already holds the source's digest
+    #[arg(long)]
+    pub force: bool,
+    /// Copy only these platforms of an index, os/arch[/variant]; repeatable (changes the
+    /// index digest)
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    pub platforms: Vec<String>,
+    /// Print the API's JSON response on stdout instead of the sync log
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `--address`: `host:port`, `:port` (all interfaces), or a resolvable name.
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_owned()
+    };
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("{text:?} is not host:port (e.g. 0.0.0.0:8080 or :8080)"))
+}
+
+/// The flag names the Go service took with one dash (Go's `flag` package allows both).
+const GO_FLAGS: &[&str] = &[
+    "address",
+    "configFile",
+    "config-file",
+    "source",
+    "target",
+    "json",
+];
+
+/// Rewrites Go-style `-address x` / `-configFile=x` to `--…`, so existing unit files
+/// and scripts written for the Go service keep working unchanged.
+pub fn normalize_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let Some(text) = arg.to_str().filter(|_| i > 0) else {
+                return arg;
+            };
+            let Some(rest) = text.strip_prefix('-').filter(|r| !r.starts_with('-')) else {
+                return arg;
+            };
+            let name = rest.split('=').next().unwrap_or(rest);
+            if GO_FLAGS.contains(&name) {
+                OsString::from(format!("--{rest}"))
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+/// Runs the program with `args` (including the program name); returns the exit code.
+pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(normalize_go_flags(args)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Prints help/version to stdout (exit 0) or the usage error to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match cli.command {
+        None => serve(&cli.config_file, cli.address).await,
+        Some(Command::Sync(args)) => sync(&cli.config_file, args).await,
+    }
+}
+
+async fn serve(config_file: &Path, address: SocketAddr) -> ExitCode {
+    init_tracing(Output::Stdout, "info");
+    let Some(config) = load_config(config_file) else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    match server::serve(config, address).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imagersync: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
+    // stdout carries the sync log (or JSON) only; diagnostics go to stderr.
+    init_tracing(Output::Stderr, "warn");
+    let Some(config) = load_config(config_file) else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let engine = Engine::new(&config.rsyncserver.rsyncconfig);
+    let request = SyncRequest {
+        source: args.source,
+        targets: args.target,
+        force: args.force,
+        platforms: args.platforms,
+    };
+    let report = engine.run_request(&request).await;
+    let code = match (report.status, report.failure) {
+        (SyncStatus::Successfully, _) => 0,
+        (SyncStatus::Unusual, _) | (_, Some(FailureKind::BadInput)) => EXIT_USAGE,
+        _ => 1,
+    };
+    if args.json {
+        let SyncRequest {
+            source,
+            mut targets,
+            force,
+            platforms,
+        } = request;
+        let target = if targets.len() == 1 {
+            TargetEcho::One(targets.remove(0))
+        } else {
+            TargetEcho::Many(targets)
+        };
+        let echo = RsyncConfigEcho {
+            source,
+            target,
+            force,
+            platforms,
+        };
+        let response = SyncResponse::from_report("cli".to_owned(), echo, report);
+        match serde_json::to_string_pretty(&response) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("imagersync: cannot print the result: {e}"),
+        }
+    } else {
+        print!("{}", report.log);
+        if let Some(error) = &report.error {
+            eprintln!("imagersync: {error}");
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// Loads the config, or prints the one-line reason to stderr.
+fn load_config(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => {
+            warn_if_readable_by_others(path);
+            Some(config)
+        }
+        Err(e) => {
+            eprintln!("imagersync: {e}");
+            None
+        }
+    }
+}
+
+/// The config holds service and registry passwords: say so when others can read it.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format_args!("{mode:03o}"),
+                    "config file holds passwords but group/others can read it; run chmod 600 on it"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// `RUST_LOG` wins; otherwise `default` (e.g. `info`).
+fn init_tracing(output: Output, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // try_init: a second call (tests driving `run` twice) keeps the first subscriber.
+    let _ = match output {
+        Output::Stdout => builder.with_writer(std::io::stdout).try_init(),
+        Output::Stderr => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let args = std::iter::once("imagersync_service_bin")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        Cli::try_parse_from(normalize_go_flags(args))
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.address, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(cli.config_file, PathBuf::from("configs/config.yaml"));
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn seed_and_go_spellings() {
+        for args in [
+            &["--address", "127.0.0.1:9000", "--configFile", "x.yaml"][..],
+            &["--address=127.0.0.1:9000", "--configFile=x.yaml"],
+            &["-address", "127.0.0.1:9000", "-configFile", "x.yaml"],
+            &["-address=127.0.0.1:9000", "--config-file", "x.yaml"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.address, "127.0.0.1:9000".parse().unwrap(), "{args:?}");
+            assert_eq!(cli.config_file, PathBuf::from("x.yaml"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn go_style_port_only_address() {
+        assert_eq!(
+            parse(&["--address", ":9001"]).unwrap().address,
+            "0.0.0.0:9001".parse().unwrap()
+        );
+        assert!(parse(&["--address", "nonsense"]).is_err());
+    }
+
+    #[test]
+    fn sync_subcommand() {
+        let cli = parse(&[
+            "sync",
+            "--source",
+            "a:1",
+            "--target",
+            "b:1",
+            "--configFile",
+            "c.yaml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config_file, PathBuf::from("c.yaml"));
+        match cli.command {
+            Some(Command::Sync(args)) => {
+                assert_eq!(args.source, "a:1");
+                assert_eq!(args.target, ["b:1"]);
+                assert!(!args.json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&["sync", "--source", "a"]).is_err(),
+            "target is required"
+        );
+    }
+
+    #[test]
+    fn help_names_both_flags_with_defaults() {
+        let help = parse(&["--help"]).unwrap_err().to_string();
+        for needle in [
+            "--address",
+            "0.0.0.0:8080",
+            "--configFile",
+            "configs/config.yaml",
+            "sync",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn short_flags_and_values_left_alone() {
+        let args = ["-address", "-h", "-V", "--source", "-source", "-x"].map(OsString::from);
+        let out = normalize_go_flags(args.clone());
+        // argv[0] is the program, whatever it looks like; only the Go service's own flags
+        // are rewritten.
+        assert_eq!(out, args);
+    }
+}

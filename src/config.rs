@@ -69,9 +69,18 @@ pub struct RegistryCredential {
     /// Password or token for `username`.
     #[serde(default)]
     pub password: Option<Secret>,
-    /// Talk plain HTTP to this registry (the seed's `insecure: true`).
+    /// The seed's `insecure: true`: try HTTPS without certificate checks, then plain HTTP.
     #[serde(default)]
     pub insecure: bool,
+    /// Talk plain HTTP only (credentials then cross the network in clear).
+    #[serde(default)]
+    pub plain_http: bool,
+    /// HTTPS without verifying the certificate (anyone on the path can read and alter).
+    #[serde(default)]
+    pub tls_skip_verify: bool,
+    /// PEM file with extra CA certificates to trust for this registry.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The `task` settings of the engine.
@@ -84,6 +93,16 @@ pub struct TaskConfig {
     /// How many times a failed blob or manifest transfer is tried again.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Blob transfers at once across all syncs of the service.
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: usize,
+    /// Copy only index entries of these operating systems (empty: all). Changes the
+    /// index digest, since the index is rewritten.
+    #[serde(default)]
+    pub os: Vec<String>,
+    /// Copy only index entries of these architectures, `arch` or `arch/variant` (empty: all).
+    #[serde(default)]
+    pub arch: Vec<String>,
 }
 
 impl Default for TaskConfig {
@@ -91,6 +110,9 @@ impl Default for TaskConfig {
         Self {
             proc_num: default_proc_num(),
             retries: default_retries(),
+            max_transfers: default_max_transfers(),
+            os: Vec::new(),
+            arch: Vec::new(),
         }
     }
 }
@@ -103,6 +125,9 @@ fn default_proc_num() -> usize {
 }
 fn default_retries() -> u32 {
     2
+}
+fn default_max_transfers() -> usize {
+    16
 }
 
 /// A config that cannot be used; the message names the file and the key.
@@ -214,6 +239,20 @@ impl Config {
                     "must be host[:port] or host[:port]/namespace, without a scheme".into(),
                 ));
             }
+            if let Some(ca) = &cred.ca_file {
+                if let Err(e) = std::fs::metadata(ca) {
+                    return Err((
+                        format!("{key}.ca_file"),
+                        format!("cannot read {}: {e}", ca.display()),
+                    ));
+                }
+            }
+            if cred.plain_http && cred.ca_file.is_some() {
+                return Err((
+                    key,
+                    "plain_http and ca_file contradict each other: choose one".into(),
+                ));
+            }
             if cred.username.is_some() != cred.password.is_some() {
                 return Err((
                     key,
@@ -227,6 +266,15 @@ impl Config {
                 "rsyncserver.rsyncconfig.task.proc_num".into(),
                 "must be between 1 and 64".into(),
             ));
+        }
+        if task.max_transfers == 0 || task.max_transfers > 1024 {
+            return Err((
+                "rsyncserver.rsyncconfig.task.max_transfers".into(),
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if let Err(e) = crate::engine::platforms::PlatformFilter::from_task(&task.os, &task.arch) {
+            return Err(("rsyncserver.rsyncconfig.task.arch".into(), e));
         }
         if task.retries > 10 {
             return Err((

@@ -1,1 +1,175 @@
-//! Server (in progress).
+//! Binds the listener, serves the router, and shuts down gracefully on SIGTERM / Ctrl-C.
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::analysis_log::AnalysisLog;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::http::{router, AppState};
+
+/// How long shutdown waits for running syncs before exiting anyway.
+///
+/// A sync of large multi-platform images between regions can take minutes; cutting it
+/// short leaves a target with blobs but no manifest, which the next sync repairs but a
+/// caller may not expect. Ten minutes covers normal promotions and stays under the
+/// patience of an operator (and systemd's `TimeoutStopSec` in our unit file).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `rsyncserver.logfile` cannot be created or appended to.
+    #[error("config key rsyncserver.logfile: cannot open {path} for appending: {source}")]
+    AnalysisLog {
+        /// The log file path from the config.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The listen address is taken, not local, or not permitted.
+    #[error("cannot listen on {address}: {source} (pass another --address)")]
+    Bind {
+        /// The address from `--address`.
+        address: SocketAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Accepting or serving connections failed.
+    #[error("server error: {0}")]
+    Serve(#[source] io::Error),
+}
+
+impl ServeError {
+    /// Process exit code: 2 for what the operator must fix in the config or flags, 1 else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::AnalysisLog { .. } | Self::Bind { .. } => 2,
+            Self::Serve(_) => 1,
+        }
+    }
+}
+
+/// Builds the state from `config`, listens on `address`, and serves until SIGTERM or
+/// Ctrl-C, then drains as [`serve_listener`] does.
+pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError> {
+    let state = app_state(&config)?;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let local = listener.local_addr().unwrap_or(address);
+    tracing::info!(
+        address = %local,
+        version = env!("CARGO_PKG_VERSION"),
+        users = config.rsyncserver.auth.len(),
+        registries = config.rsyncserver.rsyncconfig.auth.len(),
+        analysis_log = %state.analysis_log().path().display(),
+        "imagersync listening"
+    );
+    serve_listener(listener, state, shutdown_signal(), SHUTDOWN_GRACE)
+        .await
+        .map_err(ServeError::Serve)
+}
+
+/// The router state for `config`: engine, users, and the opened analysis log.
+pub fn app_state(config: &Config) -> Result<AppState, ServeError> {
+    let path = config.rsyncserver.logfile.clone();
+    let log =
+        AnalysisLog::open(&path).map_err(|source| ServeError::AnalysisLog { path, source })?;
+    let engine = Engine::new(&config.rsyncserver.rsyncconfig);
+    Ok(AppState::new(config, engine, log))
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, lets
+/// open requests and running syncs finish for at most `grace`, and returns.
+///
+/// Public so tests can run the real server on an ephemeral port with their own trigger.
+pub async fn serve_listener(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> io::Result<()> {
+    let syncs = state.syncs().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // axum's graceful shutdown stops accepting and waits for open connections, without
+    // a time limit: run it as a task so the wait below can bound it.
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        result = &mut server => return flatten(result),
+        () = shutdown => {}
+    }
+    tracing::info!(
+        running_syncs = syncs.active(),
+        grace_s = grace.as_secs(),
+        "shutting down: no new connections; waiting for running requests and syncs"
+    );
+    let _ = stop_tx.send(());
+    // Syncs whose caller hung up are not tied to a connection, so wait for them too.
+    let drained = async {
+        let result = (&mut server).await;
+        syncs.wait_idle().await;
+        result
+    };
+    tokio::select! {
+        result = tokio::time::timeout(grace, drained) => match result {
+            Ok(result) => {
+                tracing::info!("shutdown complete");
+                flatten(result)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    running_syncs = syncs.active(),
+                    "shutdown grace period over; exiting with syncs still running"
+                );
+                Ok(())
+            }
+        },
+        () = shutdown_signal() => {
+            tracing::warn!(running_syncs = syncs.active(), "second stop signal; exiting now");
+            Ok(())
+        }
+    }
+}
+
+fn flatten(result: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
+    result.map_err(io::Error::other)?
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what systemd and container runtimes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No SIGINT handler possible: rely on SIGTERM alone.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "stop signal received"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "stop signal received"),
+    }
+}

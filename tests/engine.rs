@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use common::{skopeo, Format, Image, Index, Platform, Registry};
 use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
-use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncStatus};
+use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncRequest, SyncStatus};
 use imagersync::secret::Secret;
 
 const KIB: usize = 1024;
@@ -23,6 +23,7 @@ fn engine_for(registries: &[&Registry]) -> Engine {
                 username: r.creds().map(|c| c.user.clone()),
                 password: r.creds().map(|c| Secret::new(c.pass.clone())),
                 insecure: true,
+                ..RegistryCredential::default()
             },
         );
     }
@@ -31,6 +32,7 @@ fn engine_for(registries: &[&Registry]) -> Engine {
         task: TaskConfig {
             proc_num: 4,
             retries: 1,
+            ..TaskConfig::default()
         },
     })
 }
@@ -125,7 +127,11 @@ async fn every_rule_form_selects_the_right_tags() {
 
     // A list with renaming, and a target list.
     let report = engine
-        .sync_to_all(&s(":v1,v2"), &[&d("renamed/app:one,two"), &d("copy/app")])
+        .run_request(&SyncRequest {
+            source: s(":v1,v2"),
+            targets: vec![d("renamed/app:one,two"), d("copy/app")],
+            ..SyncRequest::default()
+        })
         .await;
     assert_success(&report);
     let landed: Vec<_> = report.images.iter().map(|i| i.target.clone()).collect();
@@ -244,6 +250,7 @@ async fn failures_name_the_registry_and_leave_no_tag() {
             username: Some("pusher".into()),
             password: Some(Secret::new("wrong-Pw-7")),
             insecure: true,
+            ..RegistryCredential::default()
         },
     );
     let engine = Engine::new(&RsyncConfig {
@@ -261,4 +268,92 @@ async fn failures_name_the_registry_and_leave_no_tag() {
     );
     assert!(!error.contains("wrong-Pw-7") && !report.log.contains("wrong-Pw-7"));
     skopeo::assert_absent(&dst, "team/app:v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn platform_filter_and_force() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let engine = engine_for(&[&src, &dst]);
+    let index = Index::random(
+        Format::Oci,
+        &[Platform::AMD64, Platform::ARM64, Platform::ARMV7],
+        64 * KIB,
+        16 * KIB,
+    );
+    let pushed = src.push_index("multi/app", "v1", &index).await;
+    let request = |platforms: &[&str], force: bool| SyncRequest {
+        source: pushed.reference(),
+        targets: vec![format!("{}/arm/app:v1", dst.host())],
+        force,
+        platforms: platforms.iter().map(|p| p.to_string()).collect(),
+    };
+
+    let report = engine.run_request(&request(&["linux/arm64"], false)).await;
+    assert_success(&report);
+    let img = &report.images[0];
+    let digest = img.digest.clone().unwrap();
+    assert_ne!(digest, index.digest, "a filtered index is a new index");
+    assert_eq!(img.manifests_pushed, 2, "one child and the index");
+    skopeo::assert_digest(&dst, "arm/app:v1", &digest).await;
+    let arm64 = &index.images[1].digest;
+    skopeo::assert_digest(&dst, &format!("arm/app@{arm64}"), arm64).await;
+    skopeo::assert_absent(&dst, &format!("arm/app@{}", index.images[0].digest)).await;
+
+    // The same filter again is in sync; forced, it is pushed again.
+    let again = engine.run_request(&request(&["linux/arm64"], false)).await;
+    assert_eq!(again.images[0].status, ImageStatus::AlreadySynced);
+    let forced = engine.run_request(&request(&["linux/arm64"], true)).await;
+    assert_success(&forced);
+    assert_eq!(forced.images[0].status, ImageStatus::Synced);
+    assert_eq!(
+        forced.images[0].blobs_skipped, 3,
+        "blobs are still only checked"
+    );
+
+    let none = engine
+        .run_request(&request(&["windows/amd64"], false))
+        .await;
+    assert_eq!(none.status, SyncStatus::Failed);
+    assert!(none
+        .error
+        .unwrap()
+        .contains("no entry of the index matches"));
+    let bad = engine.run_request(&request(&["linux amd64"], false)).await;
+    assert_eq!(bad.status, SyncStatus::Unusual);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_syncs_send_a_shared_blob_once() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let engine = std::sync::Arc::new(engine_for(&[&src, &dst]));
+    let image = Image::random(Format::Oci, &[2 * 1024 * KIB, 1024 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let engine = engine.clone();
+            let (source, target) = (pushed.reference(), format!("{}/copy{i}/app:v1", dst.host()));
+            tokio::spawn(async move { engine.sync(&source, &target).await })
+        })
+        .collect();
+    let mut copied = 0;
+    for run in runs {
+        let report = run.await.unwrap();
+        assert_success(&report);
+        let img = &report.images[0];
+        assert_eq!(
+            img.blobs_copied + img.blobs_mounted + img.blobs_skipped,
+            pushed.blobs.len() as u64
+        );
+        copied += img.blobs_copied;
+    }
+    assert_eq!(
+        copied,
+        pushed.blobs.len() as u64,
+        "each blob crosses once; the other syncs mount it"
+    );
+    for i in 0..4 {
+        skopeo::assert_landed(&dst, &format!("copy{i}/app:v1"), &pushed).await;
+    }
 }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::platforms::PlatformFilter;
 use super::reference::ImageRef;
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
 use super::synclog::SyncLog;
+use super::transfers::Transfers;
 use super::verify::VerifyingStream;
 use crate::registry::digest::digest_of;
 use crate::registry::media::{parse_manifest, Descriptor, ManifestKind};
@@ -35,6 +37,12 @@ pub(crate) struct CopyJob<'a> {
     pub parallel: usize,
     /// Retries of failed transfers.
     pub retry: RetryPolicy,
+    /// Service-wide transfer state (cap, one transfer per blob, known locations).
+    pub transfers: &'a Transfers,
+    /// Push even when the target already holds the source's digest.
+    pub force: bool,
+    /// Keep only these platforms of an index (rewrites it, so its digest changes).
+    pub platforms: Option<&'a PlatformFilter>,
 }
 
 /// Why an image copy failed.
@@ -112,6 +120,7 @@ impl CopyJob<'_> {
             "Get manifest from {} ({}, {})",
             self.source, top.media_type, top.digest
         ));
+        let top = self.filter_platforms(top)?;
         result.digest = Some(top.digest.clone());
         if let Some(wanted) = &self.target.digest {
             if *wanted != top.digest {
@@ -132,7 +141,13 @@ impl CopyJob<'_> {
                 self.dst.manifest_digest(dst_repo, &target_ref)
             })
             .await?;
-        if existing.as_ref().is_some_and(|(d, _)| *d == top.digest) {
+        let in_sync = existing.as_ref().is_some_and(|(d, _)| *d == top.digest);
+        if in_sync && self.force {
+            self.log.info(format!(
+                "Destination {} already has {}; pushing again as forced",
+                self.target, top.digest
+            ));
+        } else if in_sync {
             self.log.info(format!(
                 "Skip synchronization because destination {} already has {}",
                 self.target, top.digest
@@ -153,6 +168,38 @@ impl CopyJob<'_> {
             self.source, self.target
         ));
         Ok(ImageStatus::Synced)
+    }
+
+    /// Applies the platform filter to an index; other manifests pass unchanged.
+    fn filter_platforms(&self, top: Manifest) -> Result<Manifest, CopyError> {
+        let Some(filter) = self.platforms else {
+            return Ok(top);
+        };
+        if !matches!(
+            parse_manifest(&top.media_type, &top.bytes),
+            Ok(ManifestKind::Index(_))
+        ) {
+            return Ok(top);
+        }
+        let content_error = |cause: &str| CopyError::Content {
+            source_ref: self.source.to_string(),
+            digest: top.digest.clone(),
+            cause: cause.to_owned(),
+        };
+        let (filtered, dropped) = filter.apply(&top).ok_or_else(|| {
+            content_error("the index cannot be rewritten for the platform filter")
+        })?;
+        if matches!(parse_manifest(&filtered.media_type, &filtered.bytes), Ok(ManifestKind::Index(e)) if e.is_empty())
+        {
+            return Err(content_error(
+                "no entry of the index matches the platform filter",
+            ));
+        }
+        self.log.info(format!(
+            "Platform filter dropped {dropped} index entries; the target index digest becomes {}",
+            filtered.digest
+        ));
+        Ok(filtered)
     }
 
     /// Reads every child manifest of an index (all before any write, so a missing child
@@ -281,9 +328,15 @@ impl CopyJob<'_> {
 
     async fn copy_blob_once(&self, blob: &Descriptor) -> Result<BlobOutcome, RegistryError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
-        let digest = &blob.digest;
+        let (digest, dst_registry) = (&blob.digest, self.dst.registry());
+        self.transfers
+            .remember(self.src.registry(), digest, src_repo);
+        // One transfer per blob and target registry: a concurrent sync that needs the same
+        // blob waits here, then finds it present or mountable.
+        let _turn = self.transfers.turn(dst_registry, digest).await;
         // HEAD first: also what makes a retry after a lost PUT answer cheap.
         if self.dst.blob_size(dst_repo, digest).await?.is_some() {
+            self.transfers.remember(dst_registry, digest, dst_repo);
             self.log.info(format!(
                 "Blob {digest}({}) has been pushed to {}, will not be pulled",
                 blob.size,
@@ -291,23 +344,45 @@ impl CopyJob<'_> {
             ));
             return Ok(BlobOutcome::Skipped);
         }
-        let same_registry = self.src.registry() == self.dst.registry();
-        if same_registry && src_repo != dst_repo {
-            match self.dst.blob_mount(dst_repo, digest, src_repo).await {
+        if let Some(from) = self
+            .transfers
+            .location(dst_registry, digest)
+            .filter(|repo| repo != dst_repo)
+        {
+            match self.dst.blob_mount(dst_repo, digest, &from).await {
                 Ok(true) => {
+                    self.transfers.remember(dst_registry, digest, dst_repo);
                     self.log.info(format!(
-                        "Mount blob {digest}({}) from {src_repo} to {}",
+                        "Mount blob {digest}({}) from {from} to {}",
                         blob.size,
                         self.target.name()
                     ));
                     return Ok(BlobOutcome::Mounted);
                 }
-                Ok(false) => {}
+                Ok(false) => self.transfers.forget(dst_registry, digest),
                 Err(e) => self.log.warn(format!(
                     "Mount of blob {digest} failed, uploading instead: {e}"
                 )),
             }
         }
+        let _slot = self.transfers.slot().await;
+        let bytes = self.stream_blob(blob).await?;
+        self.transfers.remember(dst_registry, digest, dst_repo);
+        self.log.info(format!(
+            "Put blob {digest}({}) to {} success",
+            blob.size,
+            self.target.name()
+        ));
+        Ok(BlobOutcome::Copied(bytes))
+    }
+
+    /// Streams one blob from the source GET into the target PUT, verifying it on the way.
+    async fn stream_blob(&self, blob: &Descriptor) -> Result<u64, RegistryError> {
+        let (src_repo, dst_repo, digest) = (
+            &self.source.repository,
+            &self.target.repository,
+            &blob.digest,
+        );
         let step = format!("fetching blob {digest} from {src_repo}");
         if blob.size == 0 && digest_of(b"", digest) != *digest {
             return Err(RegistryError::Protocol {
@@ -338,12 +413,7 @@ impl CopyJob<'_> {
             return Err(source_err);
         }
         upload?;
-        self.log.info(format!(
-            "Put blob {digest}({}) to {} success",
-            blob.size,
-            self.target.name()
-        ));
-        Ok(BlobOutcome::Copied(blob.size))
+        Ok(blob.size)
     }
 
     async fn put_manifest(

@@ -2,11 +2,13 @@
 //! serving; the API and the command line both drive it through [`Engine::sync`].
 
 mod copy;
+pub mod platforms;
 pub mod reference;
 mod report;
 mod retry;
 pub mod rules;
 mod synclog;
+mod transfers;
 mod verify;
 
 pub use report::{FailureKind, ImageResult, ImageStatus, SyncReport, SyncStatus};
@@ -15,9 +17,11 @@ pub use synclog::SyncLog;
 use chrono::Local;
 
 use self::copy::CopyJob;
+use self::platforms::PlatformFilter;
 use self::reference::ImageRef;
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
+use self::transfers::Transfers;
 use crate::config::{RsyncConfig, TaskConfig};
 use crate::registry::{ClientPool, Resolved};
 
@@ -25,6 +29,23 @@ use crate::registry::{ClientPool, Resolved};
 pub struct Engine {
     pool: ClientPool,
     task: TaskConfig,
+    /// Platform filter of the config (`task.os` / `task.arch`); a request may override it.
+    platforms: Option<PlatformFilter>,
+    transfers: Transfers,
+}
+
+/// One sync request, as the API and the command line hand it over.
+#[derive(Debug, Clone, Default)]
+pub struct SyncRequest {
+    /// Source rule (image-syncer syntax).
+    pub source: String,
+    /// Target rules; each gets every selected source image.
+    pub targets: Vec<String>,
+    /// Push even when a target already holds the source's digest.
+    pub force: bool,
+    /// `os/arch[/variant]` patterns keeping only those index entries (the index digest then
+    /// changes); empty means the config's `task.os` / `task.arch`, which default to all.
+    pub platforms: Vec<String>,
 }
 
 /// Why a request could not be turned into image pairs.
@@ -41,24 +62,57 @@ enum PlanError {
 impl Engine {
     /// Builds the engine from the `rsyncserver.rsyncconfig` section.
     pub fn new(config: &RsyncConfig) -> Self {
+        for (name, credential) in &config.auth {
+            if let Some(why) = crate::registry::transport_of(credential).warning() {
+                tracing::warn!(
+                    "registry {} (rsyncserver.rsyncconfig.auth.{name}): {why}",
+                    credential.registry
+                );
+            }
+        }
+        let platforms = PlatformFilter::from_task(&config.task.os, &config.task.arch)
+            .unwrap_or_else(|e| {
+                // Config::load has already refused this; a hand-built config gets no filter.
+                tracing::error!("ignoring task.os/task.arch: {e}");
+                None
+            });
         Self {
             pool: ClientPool::new(&config.auth),
             task: config.task.clone(),
+            platforms,
+            transfers: Transfers::new(config.task.max_transfers),
         }
     }
 
     /// Copies `source` to `target` (image-syncer rule syntax) and reports what happened.
     /// Never panics on bad input; every problem ends up in the report.
     pub async fn sync(&self, source: &str, target: &str) -> SyncReport {
-        self.sync_to_all(source, &[target]).await
+        self.run_request(&SyncRequest {
+            source: source.to_owned(),
+            targets: vec![target.to_owned()],
+            ..SyncRequest::default()
+        })
+        .await
     }
 
-    /// Copies `source` to each of `targets`; a failed image does not stop the others.
-    pub async fn sync_to_all(&self, source: &str, targets: &[&str]) -> SyncReport {
+    /// Runs one request: every selected source image to every target. A failed image does
+    /// not stop the others.
+    pub async fn run_request(&self, request: &SyncRequest) -> SyncReport {
         let start_time = Local::now();
         let log = SyncLog::default();
-        let (images, plan_error) = match self.plan(source, targets, &log).await {
-            Ok(pairs) => (self.run(&pairs, &log).await, None),
+        let planned = match PlatformFilter::from_patterns(&request.platforms) {
+            Ok(filter) => {
+                let targets: Vec<&str> = request.targets.iter().map(String::as_str).collect();
+                let pairs = self.plan(&request.source, &targets, &log).await;
+                pairs.map(|p| (p, filter.or_else(|| self.platforms.clone())))
+            }
+            Err(e) => Err(PlanError::BadInput(format!("platforms: {e}"))),
+        };
+        let (images, plan_error) = match planned {
+            Ok((pairs, filter)) => {
+                let images = self.run(&pairs, request.force, filter.as_ref(), &log).await;
+                (images, None)
+            }
             Err(e) => {
                 log.error(format!("Generate sync task failed: {e}"));
                 (Vec::new(), Some(e))
@@ -154,7 +208,13 @@ impl Engine {
     }
 
     /// Copies each planned pair in turn; a failed image does not stop the others.
-    async fn run(&self, pairs: &[(ImageRef, ImageRef)], log: &SyncLog) -> Vec<ImageResult> {
+    async fn run(
+        &self,
+        pairs: &[(ImageRef, ImageRef)],
+        force: bool,
+        platforms: Option<&PlatformFilter>,
+        log: &SyncLog,
+    ) -> Vec<ImageResult> {
         let mut results = Vec::with_capacity(pairs.len());
         for (source, target) in pairs {
             let clients = self
@@ -172,6 +232,9 @@ impl Engine {
                         retry: RetryPolicy {
                             retries: self.task.retries,
                         },
+                        transfers: &self.transfers,
+                        force,
+                        platforms,
                     }
                     .run()
                     .await

@@ -7,12 +7,16 @@
 //! field. Unknown keys are ignored (older and newer clients may send more); duplicate keys
 //! are refused, so a proxy that reads the first value and this service that would read
 //! the last can never disagree about what was asked.
+//!
+//! Beyond the seed: `target` may be a list (one sync, several targets, as image-syncer
+//! allowed), and `rsync_config.force` / `rsync_config.platforms` are optional.
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::response::RsyncConfigEcho;
+use super::response::{RsyncConfigEcho, TargetEcho};
+use crate::engine::SyncRequest;
 
 /// Largest accepted body; a valid request is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -20,31 +24,21 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The example shown in error messages.
 const EXAMPLE: &str = r#"{"rsync_config":{"source":"reg-a.example.com/team/app:v1","target":"reg-b.example.com/team/app:v1"}}"#;
 
-/// A usable sync request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncRequest {
-    /// Source reference or image-syncer rule.
-    pub source: String,
-    /// Target reference or image-syncer rule.
-    pub target: String,
-}
-
-impl SyncRequest {
-    /// The `rsync_config` echo for the response.
-    pub fn echo(&self) -> RsyncConfigEcho {
-        RsyncConfigEcho {
-            source: self.source.clone(),
-            target: self.target.clone(),
-        }
-    }
+/// A usable body: what the engine gets, and what the response echoes.
+#[derive(Debug, Clone)]
+pub struct ParsedRequest {
+    /// The engine's request.
+    pub request: SyncRequest,
+    /// `rsync_config` as the caller spelled it (a one-element list stays a list).
+    pub echo: RsyncConfigEcho,
 }
 
 /// An unusable body: what is wrong, and whatever source/target could be read, for the echo.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BodyError {
     /// One sentence naming the field and what to send instead.
     pub message: String,
-    /// Source and target as far as they were strings.
+    /// Source and target as far as they were readable.
     pub echo: RsyncConfigEcho,
 }
 
@@ -58,7 +52,7 @@ impl BodyError {
 }
 
 /// Mirrors the expected shape with every value ignored; used only because serde's derive
-/// refuses duplicate keys, which `serde_json::Value` silently collapses.
+/// refuses duplicate keys, which `serde_json::Value` silently collapses (last one wins).
 #[derive(Deserialize)]
 struct DuplicateCheck {
     #[serde(rename = "rsync_config")]
@@ -71,10 +65,14 @@ struct DuplicateCheckInner {
     _source: Option<IgnoredAny>,
     #[serde(rename = "target")]
     _target: Option<IgnoredAny>,
+    #[serde(rename = "force")]
+    _force: Option<IgnoredAny>,
+    #[serde(rename = "platforms")]
+    _platforms: Option<IgnoredAny>,
 }
 
 /// Parses and checks a request body.
-pub fn parse_sync_request(body: &[u8]) -> Result<SyncRequest, BodyError> {
+pub fn parse_sync_request(body: &[u8]) -> Result<ParsedRequest, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::new(format!(
             "request body is empty: send {EXAMPLE}"
@@ -106,45 +104,124 @@ pub fn parse_sync_request(body: &[u8]) -> Result<SyncRequest, BodyError> {
             )))
         }
     };
-    let source = string_field(config, "source");
-    let target = string_field(config, "target");
+    let source = source_field(config);
+    let target = target_field(config);
     let echo = RsyncConfigEcho {
-        source: source.as_ref().map(|s| s.to_string()).unwrap_or_default(),
-        target: target.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        source: source.clone().unwrap_or_default(),
+        target: target.clone().unwrap_or_default(),
+        ..RsyncConfigEcho::default()
     };
-    let with_echo = |message: String| BodyError {
+    let fail = |message: String| BodyError {
         message,
         echo: echo.clone(),
     };
-    let source = source.map_err(with_echo)?;
-    let target = target.map_err(with_echo)?;
+    let source = source.map_err(fail)?;
+    let target = target.map_err(fail)?;
+    let force = force_field(config).map_err(fail)?;
+    let platforms = platforms_field(config).map_err(fail)?;
     if let Err(e) = serde_json::from_str::<DuplicateCheck>(text) {
         // The shape is already known to be right, so a duplicate key is the only error left.
-        return Err(with_echo(format!("request body has a duplicate key: {e}")));
+        return Err(fail(format!("request body has a duplicate key: {e}")));
     }
-    Ok(SyncRequest {
-        source: source.to_owned(),
-        target: target.to_owned(),
+    let targets = match &target {
+        TargetEcho::One(t) => vec![t.clone()],
+        TargetEcho::Many(ts) => ts.clone(),
+    };
+    Ok(ParsedRequest {
+        request: SyncRequest {
+            source: source.clone(),
+            targets,
+            force,
+            platforms: platforms.clone(),
+        },
+        echo: RsyncConfigEcho {
+            source,
+            target,
+            force,
+            platforms,
+        },
     })
 }
 
-/// `rsync_config.<name>` as a non-blank string, or a message naming it.
-fn string_field<'a>(
-    config: &'a serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<&'a str, String> {
-    match config.get(name) {
-        None | Some(Value::Null) => Err(format!(
-            "rsync_config.{name} is missing: give the image reference, e.g. reg.example.com/team/app:v1"
-        )),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(format!(
-            "rsync_config.{name} is empty: give the image reference, e.g. reg.example.com/team/app:v1"
-        )),
-        Some(Value::String(s)) => Ok(s),
+const REFERENCE_HINT: &str = "give an image reference, e.g. reg.example.com/team/app:v1";
+
+/// `rsync_config.source`: a non-blank string.
+fn source_field(config: &Map<String, Value>) -> Result<String, String> {
+    match config.get("source") {
+        None | Some(Value::Null) => {
+            Err(format!("rsync_config.source is missing: {REFERENCE_HINT}"))
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(format!("rsync_config.source is empty: {REFERENCE_HINT}"))
+        }
+        Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(format!(
-            "rsync_config.{name} must be a string, not {}",
+            "rsync_config.source must be a string, not {}",
             kind(other)
         )),
+    }
+}
+
+/// `rsync_config.target`: a non-blank string, or a non-empty list of them (several targets).
+fn target_field(config: &Map<String, Value>) -> Result<TargetEcho, String> {
+    match config.get("target") {
+        None | Some(Value::Null) => {
+            Err(format!("rsync_config.target is missing: {REFERENCE_HINT}"))
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(format!("rsync_config.target is empty: {REFERENCE_HINT}"))
+        }
+        Some(Value::String(s)) => Ok(TargetEcho::One(s.clone())),
+        Some(Value::Array(items)) if items.is_empty() => Err(format!(
+            "rsync_config.target is an empty list: {REFERENCE_HINT}"
+        )),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+                Value::String(_) => Err(format!(
+                    "rsync_config.target[{i}] is empty: {REFERENCE_HINT}"
+                )),
+                other => Err(format!(
+                    "rsync_config.target[{i}] must be a string, not {}",
+                    kind(other)
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TargetEcho::Many),
+        Some(other) => Err(format!(
+            "rsync_config.target must be a string or a list of strings, not {}",
+            kind(other)
+        )),
+    }
+}
+
+/// `rsync_config.force`: optional boolean, push even when the target has the digest.
+fn force_field(config: &Map<String, Value>) -> Result<bool, String> {
+    match config.get("force") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!(
+            "rsync_config.force must be true or false, not {}",
+            kind(other)
+        )),
+    }
+}
+
+/// `rsync_config.platforms`: optional list of `os/arch[/variant]` strings.
+fn platforms_field(config: &Map<String, Value>) -> Result<Vec<String>, String> {
+    let hint = "rsync_config.platforms must be a list of strings like \"linux/amd64\"";
+    match config.get("platforms") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(format!("{hint}, not a list holding {}", kind(other))),
+            })
+            .collect(),
+        Some(other) => Err(format!("{hint}, not {}", kind(other))),
     }
 }
 
@@ -163,91 +240,101 @@ fn kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    fn one(source: &str, target: &str) -> (String, Vec<String>) {
+        (source.into(), vec![target.into()])
+    }
+
     #[test]
     fn body_table() {
-        let ok = |s: &str, t: &str| {
-            Ok::<_, String>(SyncRequest {
-                source: s.into(),
-                target: t.into(),
-            })
-        };
-        // (name, body, expected: Ok(request) or Err(substring of the message))
-        let cases: Vec<(&str, &[u8], Result<SyncRequest, String>)> = vec![
-            (
-                "good",
-                br#"{"rsync_config":{"source":"a/b:1","target":"c/d:1"}}"#,
-                ok("a/b:1", "c/d:1"),
-            ),
+        // (name, body, expected: Ok((source, targets)) or Err(substring of the message))
+        let cases: Vec<(&str, &[u8], Result<(String, Vec<String>), &str>)> = vec![
+            ("good", br#"{"rsync_config":{"source":"a/b:1","target":"c/d:1"}}"#, Ok(one("a/b:1", "c/d:1"))),
             (
                 "unknown keys ignored",
                 br#"{"x":1,"rsync_config":{"source":"a","target":"b","foo":[1]}}"#,
-                ok("a", "b"),
+                Ok(one("a", "b")),
             ),
             (
                 "whitespace around",
                 b" \n{\"rsync_config\":{\"source\":\"a\",\"target\":\"b\"}}\n",
-                ok("a", "b"),
-            ),
-            ("empty", b"", Err("empty".into())),
-            ("blank", b"  \n", Err("empty".into())),
-            ("not utf-8", b"{\"rsync_config\":\xff}", Err("UTF-8".into())),
-            ("truncated", br#"{"rsync_config":"#, Err("not valid JSON".into())),
-            ("form-encoded", b"source=a&target=b", Err("not valid JSON".into())),
-            ("array", b"[]", Err("must be a JSON object".into())),
-            ("string", br#""x""#, Err("must be a JSON object".into())),
-            ("no rsync_config", br#"{"source":"a"}"#, Err("rsync_config is missing".into())),
-            ("null rsync_config", br#"{"rsync_config":null}"#, Err("rsync_config is missing".into())),
-            (
-                "rsync_config string",
-                br#"{"rsync_config":"a"}"#,
-                Err("rsync_config must be an object".into()),
+                Ok(one("a", "b")),
             ),
             (
-                "no source",
-                br#"{"rsync_config":{"target":"b"}}"#,
-                Err("rsync_config.source is missing".into()),
+                "target list",
+                br#"{"rsync_config":{"source":"a","target":["b","c"]}}"#,
+                Ok(("a".into(), vec!["b".into(), "c".into()])),
             ),
-            (
-                "no target",
-                br#"{"rsync_config":{"source":"a"}}"#,
-                Err("rsync_config.target is missing".into()),
-            ),
+            ("empty", b"", Err("empty")),
+            ("blank", b"  \n", Err("empty")),
+            ("not utf-8", b"{\"rsync_config\":\xff}", Err("UTF-8")),
+            ("truncated", br#"{"rsync_config":"#, Err("not valid JSON")),
+            ("form-encoded", b"source=a&target=b", Err("not valid JSON")),
+            ("array", b"[]", Err("must be a JSON object")),
+            ("string", br#""x""#, Err("must be a JSON object")),
+            ("no rsync_config", br#"{"source":"a"}"#, Err("rsync_config is missing")),
+            ("null rsync_config", br#"{"rsync_config":null}"#, Err("rsync_config is missing")),
+            ("rsync_config string", br#"{"rsync_config":"a"}"#, Err("rsync_config must be an object")),
+            ("no source", br#"{"rsync_config":{"target":"b"}}"#, Err("rsync_config.source is missing")),
+            ("no target", br#"{"rsync_config":{"source":"a"}}"#, Err("rsync_config.target is missing")),
             (
                 "numeric source",
                 br#"{"rsync_config":{"source":123,"target":"b"}}"#,
-                Err("rsync_config.source must be a string, not a number".into()),
+                Err("rsync_config.source must be a string, not a number"),
             ),
             (
-                "array target",
+                "array source",
+                br#"{"rsync_config":{"source":["a"],"target":"b"}}"#,
+                Err("rsync_config.source must be a string, not an array"),
+            ),
+            (
+                "object target",
+                br#"{"rsync_config":{"source":"a","target":{}}}"#,
+                Err("rsync_config.target must be a string or a list of strings, not an object"),
+            ),
+            (
+                "empty target list",
                 br#"{"rsync_config":{"source":"a","target":[]}}"#,
-                Err("rsync_config.target must be a string, not an array".into()),
+                Err("rsync_config.target is an empty list"),
             ),
             (
-                "object source",
-                br#"{"rsync_config":{"source":{},"target":"b"}}"#,
-                Err("rsync_config.source must be a string, not an object".into()),
+                "bad target list item",
+                br#"{"rsync_config":{"source":"a","target":["b",1]}}"#,
+                Err("rsync_config.target[1] must be a string, not a number"),
             ),
             (
                 "blank source",
                 br#"{"rsync_config":{"source":"  ","target":"b"}}"#,
-                Err("rsync_config.source is empty".into()),
+                Err("rsync_config.source is empty"),
+            ),
+            (
+                "force not bool",
+                br#"{"rsync_config":{"source":"a","target":"b","force":"yes"}}"#,
+                Err("rsync_config.force must be true or false, not a string"),
+            ),
+            (
+                "platforms not list",
+                br#"{"rsync_config":{"source":"a","target":"b","platforms":"linux/amd64"}}"#,
+                Err("rsync_config.platforms must be a list"),
             ),
             (
                 "duplicate source",
                 br#"{"rsync_config":{"source":"a","source":"x","target":"b"}}"#,
-                Err("duplicate field `source`".into()),
+                Err("duplicate field `source`"),
             ),
             (
                 "duplicate rsync_config",
                 br#"{"rsync_config":{"source":"a","target":"b"},"rsync_config":{"source":"a","target":"b"}}"#,
-                Err("duplicate field `rsync_config`".into()),
+                Err("duplicate field `rsync_config`"),
             ),
         ];
         for (name, body, expected) in cases {
             match (parse_sync_request(body), expected) {
-                (Ok(got), Ok(want)) => assert_eq!(got, want, "case {name}"),
+                (Ok(got), Ok((source, targets))) => {
+                    assert_eq!(got.request.source, source, "case {name}");
+                    assert_eq!(got.request.targets, targets, "case {name}");
+                }
                 (Err(got), Err(want)) => {
-                    assert!(got.message.contains(&want), "case {name}: {}", got.message)
+                    assert!(got.message.contains(want), "case {name}: {}", got.message)
                 }
                 (got, want) => panic!("case {name}: got {got:?}, want {want:?}"),
             }
@@ -255,11 +342,32 @@ mod tests {
     }
 
     #[test]
+    fn options_reach_the_engine_and_the_echo() {
+        let parsed = parse_sync_request(
+            br#"{"rsync_config":{"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]}}"#,
+        )
+        .unwrap();
+        assert!(parsed.request.force);
+        assert_eq!(parsed.request.platforms, ["linux/arm64"]);
+        let echo = serde_json::to_value(&parsed.echo).unwrap();
+        assert_eq!(
+            echo,
+            serde_json::json!({"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]})
+        );
+        let plain = parse_sync_request(br#"{"rsync_config":{"source":"a","target":"b"}}"#).unwrap();
+        assert_eq!(
+            serde_json::to_value(&plain.echo).unwrap(),
+            serde_json::json!({"source":"a","target":"b"}),
+            "the seed's echo has exactly source and target"
+        );
+    }
+
+    #[test]
     fn error_echoes_what_was_readable() {
         let err =
             parse_sync_request(br#"{"rsync_config":{"source":"a:1","target":5}}"#).unwrap_err();
         assert_eq!(err.echo.source, "a:1");
-        assert_eq!(err.echo.target, "");
+        assert_eq!(err.echo.target, TargetEcho::default());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use chrono::Local;
 use futures_util::FutureExt as _;
 
 use super::auth::AuthUser;
-use super::body::{parse_sync_request, SyncRequest, MAX_BODY_BYTES};
+use super::body::{parse_sync_request, ParsedRequest, MAX_BODY_BYTES};
 use super::home;
 use super::response::{
     error_response, AnalysisEntry, Health, Outcome, RsyncConfigEcho, SyncResponse, UsePost,
@@ -57,7 +57,7 @@ pub async fn rsync(
             return response;
         }
     };
-    let echo = request.echo();
+    let echo = request.echo.clone();
     let task_state = state.clone();
     let task_user = username.clone();
     let guard = state.syncs().start();
@@ -98,7 +98,7 @@ pub async fn not_found() -> Response {
 
 type Rejection = (Outcome, String, RsyncConfigEcho);
 
-fn read_request(body: Result<Bytes, BytesRejection>) -> Result<SyncRequest, Rejection> {
+fn read_request(body: Result<Bytes, BytesRejection>) -> Result<ParsedRequest, Rejection> {
     let bad_input = Outcome::Sync {
         status: SyncStatus::Unusual,
         failure: Some(FailureKind::BadInput),
@@ -118,13 +118,14 @@ fn read_request(body: Result<Bytes, BytesRejection>) -> Result<SyncRequest, Reje
     parse_sync_request(&bytes).map_err(|e| (bad_input, e.message, e.echo))
 }
 
-async fn run_sync(state: &AppState, username: String, request: SyncRequest) -> SyncResponse {
+async fn run_sync(state: &AppState, username: String, parsed: ParsedRequest) -> SyncResponse {
     let start = Local::now();
-    let sync = state.engine().sync(&request.source, &request.target);
+    let ParsedRequest { request, echo } = parsed;
+    let sync = state.engine().run_request(&request);
     // A panic in the engine becomes a 500 for this one request instead of a dropped
     // connection, and still gets its analysis-log line.
     let response = match AssertUnwindSafe(sync).catch_unwind().await {
-        Ok(report) => SyncResponse::from_report(username, request.echo(), report),
+        Ok(report) => SyncResponse::from_report(username, echo, report),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -134,7 +135,7 @@ async fn run_sync(state: &AppState, username: String, request: SyncRequest) -> S
             tracing::error!(panic = %what, "sync engine panicked");
             SyncResponse::rejected(
                 username,
-                request.echo(),
+                echo,
                 Outcome::Internal,
                 "internal error in the sync engine: the service log has details",
                 start,
@@ -153,7 +154,7 @@ fn record(state: &AppState, response: &SyncResponse) {
     tracing::info!(
         user = %response.username,
         source = ?response.rsync_config.source,
-        target = ?response.rsync_config.target,
+        target = ?response.rsync_config.target.joined(),
         status = status_word(data.rsync_status),
         http_status = response.http_status().as_u16(),
         duration_s = data.duration_time_seconds,

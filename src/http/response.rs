@@ -65,10 +65,42 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
 /// The `rsync_config` object, echoed back as the caller sent it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RsyncConfigEcho {
-    /// Source reference or rule, empty when the body did not give a string.
+    /// Source reference or rule; empty when the body did not give a usable string.
     pub source: String,
-    /// Target reference or rule, empty when the body did not give a string.
-    pub target: String,
+    /// Target reference or rule (or list of them); empty when not usable.
+    pub target: TargetEcho,
+    /// Echoed only when the caller asked for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Echoed only when the caller gave a platform filter.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+}
+
+/// `rsync_config.target`: one reference (the seed's form) or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TargetEcho {
+    /// A single target, echoed as a string.
+    One(String),
+    /// Several targets, echoed as a list.
+    Many(Vec<String>),
+}
+
+impl Default for TargetEcho {
+    fn default() -> Self {
+        Self::One(String::new())
+    }
+}
+
+impl TargetEcho {
+    /// The targets joined with `, `, for log lines.
+    pub fn joined(&self) -> String {
+        match self {
+            Self::One(t) => t.clone(),
+            Self::Many(ts) => ts.join(", "),
+        }
+    }
 }
 
 /// The `rsync_data` object: the seed's fields plus per-image results.

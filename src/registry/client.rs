@@ -3,6 +3,7 @@
 //! A client lives as long as the engine, so its connections, its learnt auth challenge and
 //! its bearer tokens serve every sync that touches the same registry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
@@ -12,6 +13,7 @@ use tokio::sync::{OnceCell, RwLock};
 use super::auth::{Challenge, Credentials, TokenAnswer, TokenCache};
 use super::digest::digest_of;
 use super::error::{describe_transport_error, status_hint, RegistryError};
+use super::limiter::RateLimiter;
 use super::media;
 
 /// Largest manifest accepted (distribution's own limit; containers/image uses the same).
@@ -47,6 +49,11 @@ pub enum Access<'a> {
 }
 
 impl Access<'_> {
+    /// The token cache key: every scope of the request.
+    fn key(&self) -> String {
+        self.scopes().join(" ")
+    }
+
     fn scopes(&self) -> Vec<String> {
         match self {
             Access::Pull(r) => vec![format!("repository:{r}:pull")],
@@ -66,8 +73,38 @@ pub struct Endpoint {
     pub registry: String,
     /// Credentials, or `None` for anonymous access.
     pub credentials: Option<Credentials>,
-    /// Plain HTTP allowed, or HTTPS without certificate checks (the seed's `insecure`).
-    pub insecure: bool,
+    /// How to secure the connection.
+    pub transport: Transport,
+}
+
+/// How the connection to a registry is secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS with certificate verification, optionally trusting extra CAs from a PEM file.
+    Verified {
+        /// Extra CA certificates.
+        ca_file: Option<std::path::PathBuf>,
+    },
+    /// HTTPS without certificate verification.
+    SkipVerify,
+    /// Plain HTTP.
+    PlainHttp,
+    /// The seed's `insecure`: HTTPS without verification, falling back to plain HTTP.
+    Insecure,
+}
+
+impl Transport {
+    /// Whether this transport deserves a start-up warning, and why.
+    pub fn warning(&self) -> Option<&'static str> {
+        match self {
+            Transport::Verified { .. } => None,
+            Transport::SkipVerify => Some("TLS certificates are not verified"),
+            Transport::PlainHttp => Some("plain HTTP: traffic and credentials are not encrypted"),
+            Transport::Insecure => Some(
+                "insecure: TLS certificates are not verified and plain HTTP is used when TLS fails",
+            ),
+        }
+    }
 }
 
 /// A manifest as served: its exact bytes, media type and digest.
@@ -91,29 +128,52 @@ pub struct RegistryClient {
     base: OnceCell<String>,
     challenge: RwLock<Challenge>,
     tokens: TokenCache,
+    /// Shared with every other client of the same registry host.
+    limiter: Arc<RateLimiter>,
 }
 
 impl RegistryClient {
     /// Builds a client; no network traffic until the first call.
-    pub fn new(endpoint: Endpoint) -> Result<Self, RegistryError> {
+    pub fn new(endpoint: Endpoint, limiter: Arc<RateLimiter>) -> Result<Self, RegistryError> {
         let api_host = if endpoint.registry == "docker.io" {
             "registry-1.docker.io".to_owned()
         } else {
             endpoint.registry.clone()
         };
-        let http = reqwest::Client::builder()
+        let setup_error = |cause: String| RegistryError::Protocol {
+            registry: endpoint.registry.clone(),
+            step: "setting up the connection".into(),
+            cause,
+        };
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .danger_accept_invalid_certs(endpoint.insecure)
-            .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RegistryError::Protocol {
-                registry: endpoint.registry.clone(),
-                step: "building the HTTP client".into(),
-                cause: e.to_string(),
-            })?;
+            .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")));
+        match &endpoint.transport {
+            Transport::Verified {
+                ca_file: Some(path),
+            } => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    setup_error(format!("cannot read ca_file {}: {e}", path.display()))
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    setup_error(format!(
+                        "ca_file {} holds no usable PEM certificate: {e}",
+                        path.display()
+                    ))
+                })?;
+                for cert in certs {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            Transport::Verified { ca_file: None } | Transport::PlainHttp => {}
+            Transport::SkipVerify | Transport::Insecure => {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+        }
+        let http = builder.build().map_err(|e| setup_error(e.to_string()))?;
         Ok(Self {
             endpoint,
             api_host,
@@ -121,6 +181,7 @@ impl RegistryClient {
             base: OnceCell::new(),
             challenge: RwLock::new(Challenge::None),
             tokens: TokenCache::default(),
+            limiter,
         })
     }
 
@@ -375,11 +436,15 @@ impl RegistryClient {
             .send()
             .await
             .map_err(|e| self.network_error(&step, &e))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            // Likely an expired token: drop it so the caller's retry fetches a new one.
-            for scope in Access::Push(repository).scopes() {
-                self.tokens.forget(&scope).await;
-            }
+        let bearer = matches!(*self.challenge.read().await, Challenge::Bearer { .. });
+        if resp.status() == StatusCode::UNAUTHORIZED && bearer {
+            // The POST just passed with this token, so it expired on the way: drop it,
+            // and the caller's retry fetches a fresh one.
+            self.tokens.forget(&Access::Push(repository).key()).await;
+            return Err(RegistryError::TokenExpired {
+                registry: self.registry().to_owned(),
+                step,
+            });
         }
         self.expect(resp, &step, &[StatusCode::CREATED]).await?;
         Ok(())
@@ -419,8 +484,10 @@ impl RegistryClient {
         self.base
             .get_or_try_init(|| async {
                 let https = format!("https://{}", self.api_host);
-                if !self.endpoint.insecure {
-                    return Ok(https);
+                match self.endpoint.transport {
+                    Transport::PlainHttp => return Ok(format!("http://{}", self.api_host)),
+                    Transport::Insecure => {}
+                    Transport::Verified { .. } | Transport::SkipVerify => return Ok(https),
                 }
                 match self.http.get(format!("{https}/v2/")).send().await {
                     Ok(resp) => {
@@ -471,9 +538,7 @@ impl RegistryClient {
                 // Basic credentials were already sent and refused: asking again cannot help.
                 return Ok(resp);
             }
-            for scope in access.scopes() {
-                self.tokens.forget(&scope).await;
-            }
+            self.tokens.forget(&access.key()).await;
         }
     }
 
@@ -504,7 +569,7 @@ impl RegistryClient {
                 None => request,
             }),
             Challenge::Bearer { realm, service } => {
-                let scope = access.scopes().join(" ");
+                let scope = access.key();
                 let token = match self.tokens.get(&scope).await {
                     Some(t) => t,
                     None => {
@@ -591,6 +656,9 @@ impl RegistryClient {
         let retry_after = header_str(resp.headers(), "retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        if status == 429 {
+            self.limiter.throttled(retry_after);
+        }
         let body = self
             .read_capped(resp, MAX_ERROR_BYTES, step)
             .await

@@ -51,6 +51,14 @@ pub enum RegistryError {
         /// Why.
         cause: String,
     },
+    /// A token accepted moments before was refused: it expired during a long transfer.
+    #[error("registry {registry}: {step}: the access token expired during the transfer")]
+    TokenExpired {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+    },
     /// Content whose digest differs from the one its descriptor promised.
     #[error("registry {registry}: {step}: digest mismatch: expected {expected}, got {actual}; the source served corrupt content, nothing was written for it")]
     DigestMismatch {
@@ -69,7 +77,7 @@ impl RegistryError {
     /// Whether trying again may succeed (network trouble, 5xx, 429, 408).
     pub fn is_retryable(&self) -> bool {
         match self {
-            RegistryError::Network { .. } => true,
+            RegistryError::Network { .. } | RegistryError::TokenExpired { .. } => true,
             RegistryError::Status { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }

@@ -5,11 +5,12 @@ mod auth;
 mod client;
 pub mod digest;
 mod error;
+mod limiter;
 pub mod media;
 mod pool;
 
 pub use auth::Credentials;
-pub use client::{Endpoint, Manifest, RegistryClient, MAX_MANIFEST_BYTES};
+pub use client::{Endpoint, Manifest, RegistryClient, Transport, MAX_MANIFEST_BYTES};
 pub(crate) use error::describe_transport_error;
 pub use error::RegistryError;
-pub use pool::{ClientPool, Resolved};
+pub use pool::{transport_of, ClientPool, Resolved};

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::auth::Credentials;
-use super::client::{Endpoint, RegistryClient};
+use super::client::{Endpoint, RegistryClient, Transport};
 use super::error::RegistryError;
+use super::limiter::RateLimiter;
 use crate::config::RegistryCredential;
 
 /// A configured credential entry, normalised for matching.
@@ -31,6 +32,8 @@ pub struct Resolved {
 pub struct ClientPool {
     entries: Vec<Entry>,
     clients: Mutex<HashMap<(String, Option<String>), Arc<RegistryClient>>>,
+    /// One 429 pause per registry host, whatever the credential.
+    limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
 }
 
 impl ClientPool {
@@ -49,6 +52,7 @@ impl ClientPool {
         Self {
             entries,
             clients: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -78,14 +82,38 @@ impl ClientPool {
                     password: c.password.clone()?,
                 })
             }),
-            insecure: entry.is_some_and(|e| e.credential.insecure),
+            transport: entry.map_or(Transport::Verified { ca_file: None }, |e| {
+                transport_of(&e.credential)
+            }),
         };
-        let client = Arc::new(RegistryClient::new(endpoint)?);
+        let limiter = self
+            .limiters
+            .lock()
+            .expect("limiter map lock")
+            .entry(registry.to_owned())
+            .or_default()
+            .clone();
+        let client = Arc::new(RegistryClient::new(endpoint, limiter)?);
         clients.insert(key.clone(), client.clone());
         Ok(Resolved {
             client,
             entry: key.1,
         })
+    }
+}
+
+/// The transport a credential entry asks for; the most explicit option wins.
+pub fn transport_of(c: &RegistryCredential) -> Transport {
+    if c.plain_http {
+        Transport::PlainHttp
+    } else if c.insecure {
+        Transport::Insecure
+    } else if c.tls_skip_verify {
+        Transport::SkipVerify
+    } else {
+        Transport::Verified {
+            ca_file: c.ca_file.clone(),
+        }
     }
 }
 
@@ -112,6 +140,7 @@ mod tests {
             username: user.map(Into::into),
             password: user.map(|_| Secret::new("pw")),
             insecure: true,
+            ..RegistryCredential::default()
         }
     }
 

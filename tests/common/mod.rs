@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod contract;
+pub mod fixture;
 pub mod image;
 pub mod net;
 pub mod process;

@@ -164,7 +164,7 @@ async fn wait_ready(process: &mut Owned, port: u16, log: &Path) -> Result<(), St
 fn config_yaml(dir: &Path, port: u16, htpasswd: bool) -> String {
     let mut yaml = format!(
         "version: 0.1\n\
-         log:\n  level: info\n  formatter: text\n\
+         log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: imagersync-test-secret\n",
         data = dir.join("data").display(),

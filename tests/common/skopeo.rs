@@ -48,9 +48,10 @@ pub async fn check_digest(
     Ok(())
 }
 
-/// Asserts `reference` holds the whole of `expected`: the top manifest digest, every
-/// child manifest by digest, and (through `skopeo copy --all` to an `oci:` folder,
-/// which verifies each blob's digest) every config and layer blob.
+/// Asserts `reference` holds the whole of `expected`: `skopeo copy --all
+/// --preserve-digests` to a `dir:` folder (which verifies every blob's digest and
+/// converts nothing) must succeed, and the folder must hold the top manifest with the
+/// expected digest, every child manifest, and every config and layer blob.
 pub async fn assert_landed(registry: &Registry, reference: &str, expected: &Pushed) {
     if let Err(e) = check_landed(registry, reference, expected).await {
         panic!("{e}");
@@ -63,16 +64,11 @@ pub async fn check_landed(
     reference: &str,
     expected: &Pushed,
 ) -> Result<(), String> {
-    check_digest(registry, reference, &expected.digest).await?;
-    let repo = repository_of(reference);
-    for child in &expected.children {
-        check_digest(registry, &format!("{repo}@{child}"), child).await?;
-    }
     let dir = tempfile::Builder::new()
         .prefix("imagersync-oracle-")
         .tempdir()
         .expect("tempdir");
-    let layout = dir.path().join("layout");
+    let copy = dir.path().join("copy");
     let mut cmd = skopeo();
     cmd.args([
         "copy",
@@ -86,22 +82,42 @@ pub async fn check_landed(
         None => cmd.arg("--src-no-creds"),
     };
     cmd.arg(format!("docker://{}/{reference}", registry.host()));
-    cmd.arg(format!("oci:{}:copy", layout.display()));
+    cmd.arg(format!("dir:{}", copy.display()));
     run(cmd).await?;
-    let missing: Vec<String> = expected
-        .blobs
-        .iter()
-        .filter(|b| blob_size(&layout, &b.digest) != Some(b.size))
-        .map(|b| format!("{} ({} bytes)", b.digest, b.size))
-        .collect();
-    if !missing.is_empty() {
+    let place = format!("{}/{reference}", registry.host());
+    let top = file_digest(&copy.join("manifest.json"));
+    if top.as_deref() != Some(expected.digest.as_str()) {
         return Err(format!(
-            "{}/{reference}: blobs missing or of the wrong size after skopeo copy: {}",
-            registry.host(),
-            missing.join(", ")
+            "{place}: manifest digest {top:?}, expected {}",
+            expected.digest
         ));
     }
-    Ok(())
+    let mut missing = Vec::new();
+    for child in &expected.children {
+        let file = copy.join(format!("{}.manifest.json", hex_of(child)));
+        if file_digest(&file).as_deref() != Some(child.as_str()) {
+            missing.push(format!("child manifest {child}"));
+        }
+    }
+    for blob in &expected.blobs {
+        let size = std::fs::metadata(copy.join(hex_of(&blob.digest)))
+            .map(|m| m.len())
+            .ok();
+        if size != Some(blob.size) {
+            missing.push(format!(
+                "blob {} ({} bytes, found {size:?})",
+                blob.digest, blob.size
+            ));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{place}: missing or wrong after skopeo copy: {}",
+            missing.join(", ")
+        ))
+    }
 }
 
 /// Asserts nothing is stored under `reference` (skopeo says manifest or name unknown;
@@ -124,22 +140,14 @@ pub async fn assert_absent(registry: &Registry, reference: &str) {
     }
 }
 
-/// `team/app` of `team/app:v1` or `team/app@sha256:...`.
-pub fn repository_of(reference: &str) -> &str {
-    if let Some((repo, _)) = reference.split_once('@') {
-        return repo;
-    }
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => repo,
-        _ => reference,
-    }
+/// The hex part of `sha256:<hex>`.
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
-fn blob_size(layout: &Path, digest: &str) -> Option<u64> {
-    let hex = digest.strip_prefix("sha256:")?;
-    std::fs::metadata(layout.join("blobs/sha256").join(hex))
-        .ok()
-        .map(|m| m.len())
+/// `sha256:<hex>` of a file's bytes, `None` if it cannot be read.
+fn file_digest(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|b| sha256_digest(&b))
 }
 
 fn skopeo() -> Command {

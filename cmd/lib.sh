@@ -1,0 +1,49 @@
+# Shared helpers of the cmd/ scripts; source it, do not run it.
+#   ensure_tools  installs docker-registry, skopeo and htpasswd (Debian) when missing
+#   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
+#   free_port     prints a TCP port that is free on 127.0.0.1 right now
+
+# Runs "$@" as root: directly when root, with sudo when available, else fails.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "need root to run: $* (no sudo found)" >&2
+        return 1
+    fi
+}
+
+# The test rig needs the reference registry, skopeo and htpasswd; install what is missing.
+ensure_tools() {
+    local missing=()
+    command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+    command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+    command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo and apache2-utils (htpasswd) yourself" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]} (apt-get)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # The Debian docker-registry package may start a system service on :5000; the tests
+    # and the demo use ephemeral ports, so they neither need nor collide with it.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo apache2-utils
+}
+
+ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+        # shellcheck disable=SC1091
+        . "$HOME/.cargo/env"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found: install Rust from https://rustup.rs" >&2
+        return 1
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}

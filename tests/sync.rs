@@ -1,0 +1,387 @@
+//! Real syncs through the service between two real registries, each result checked by
+//! skopeo: formats, indexes, digests, incremental runs, shared layers, failures and
+//! secrets. Each test has its own registries and service.
+
+mod common;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use common::contract::{
+    assert_finished, assert_logrus, assert_no_secrets, assert_sync_shape, count, error_of,
+    image_of, info_of, status_of,
+};
+use common::fixture::{random_password, Pair, SourceAuth};
+use common::image::sha256_digest;
+use common::service::{admin, jenkins};
+use common::{skopeo, Creds, Format, Image, Index, Layer, Platform, Pushed};
+
+const KIB: usize = 1024;
+
+/// Asserts a sync answered 200 `successfully` with one `synced` image of `pushed`,
+/// and returns that image's result.
+fn assert_synced<'a>(status: StatusCode, body: &'a Value, pushed: &Pushed) -> &'a Value {
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_sync_shape(body);
+    assert_eq!(status_of(body), "successfully", "{body}");
+    assert_eq!(body["rsync_data"]["rsync_error"], Value::Null, "{body}");
+    let image = image_of(body, 0);
+    assert_eq!(image["status"], json!("synced"), "{body}");
+    assert_eq!(image["digest"], json!(pushed.digest), "{body}");
+    assert_eq!(image["error"], Value::Null, "{body}");
+    image
+}
+
+/// Asserts a sync answered 502 `failed` with a readable error and a failed image.
+fn assert_failed(status: StatusCode, body: &Value) -> String {
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_sync_shape(body);
+    assert_eq!(status_of(body), "failed", "{body}");
+    let error = error_of(body).unwrap_or_else(|| panic!("rsync_error missing: {body}"));
+    if let Some(image) = body["rsync_data"]["images"].get(0) {
+        assert_eq!(image["status"], json!("failed"), "{body}");
+        assert!(image["error"].is_string(), "{body}");
+    }
+    let (failed, _) = assert_finished(info_of(body));
+    assert!(
+        failed >= 1,
+        "Finished line must count the failed task: {}",
+        info_of(body)
+    );
+    error.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_image_lands_with_the_same_digest_and_every_blob() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let image = Image::random(Format::Oci, &[512 * KIB, 64 * KIB]);
+    let pushed = pair.src.push_image("team/app", "v1", &image).await;
+
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("team/app:v1"), &pair.dst_ref("team/app:v1"))
+        .await;
+    let result = assert_synced(status, &body, &pushed);
+    assert_eq!(
+        count(result, "blobs_copied"),
+        3,
+        "config + 2 layers: {body}"
+    );
+    assert_eq!(count(result, "bytes_copied"), pushed.blob_bytes(), "{body}");
+    assert_eq!(
+        count(result, "blobs_skipped") + count(result, "blobs_mounted"),
+        0,
+        "{body}"
+    );
+    assert_eq!(count(result, "manifests_pushed"), 1, "{body}");
+    assert_eq!(
+        body["rsync_config"]["source"],
+        json!(pair.src_ref("team/app:v1"))
+    );
+    assert_eq!(body["username"], json!("admin"));
+    skopeo::assert_landed(&pair.dst, "team/app:v1", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_schema2_image_lands_under_a_new_name() {
+    let pair = Pair::start(SourceAuth::Htpasswd).await;
+    let image = Image::random(Format::Docker, &[300 * KIB, 10 * KIB, 100 * KIB]);
+    let pushed = pair.src.push_image("ci/tool", "1.0", &image).await;
+
+    let (status, body) = pair
+        .service
+        .sync(
+            &pair.src_ref("ci/tool:1.0"),
+            &pair.dst_ref("mirror/tool:stable"),
+        )
+        .await;
+    let result = assert_synced(status, &body, &pushed);
+    assert_eq!(count(result, "blobs_copied"), 4, "{body}");
+    skopeo::assert_landed(&pair.dst, "mirror/tool:stable", &pushed).await;
+    skopeo::assert_absent(&pair.dst, "mirror/tool:1.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_without_a_tag_keeps_the_source_tag() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let pushed = pair
+        .src
+        .push_image("team/app", "v7", &Image::random(Format::Oci, &[50 * KIB]))
+        .await;
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("team/app:v7"), &pair.dst_ref("other/app"))
+        .await;
+    assert_synced(status, &body, &pushed);
+    skopeo::assert_landed(&pair.dst, "other/app:v7", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_index_of_three_platforms_is_copied_whole() {
+    let pair = Pair::start(SourceAuth::Htpasswd).await;
+    let platforms = [Platform::AMD64, Platform::ARM64, Platform::ARMV7];
+    let index = Index::random(Format::Oci, &platforms, 400 * KIB, 50 * KIB);
+    let pushed = pair.src.push_index("multi/app", "v2", &index).await;
+    assert_eq!(pushed.blobs.len(), 7);
+
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("multi/app:v2"), &pair.dst_ref("multi/app:v2"))
+        .await;
+    let result = assert_synced(status, &body, &pushed);
+    assert_eq!(
+        count(result, "blobs_copied"),
+        7,
+        "the shared base layer is sent once: {body}"
+    );
+    assert_eq!(count(result, "bytes_copied"), pushed.blob_bytes(), "{body}");
+    assert_eq!(
+        count(result, "manifests_pushed"),
+        4,
+        "3 platforms + index: {body}"
+    );
+    skopeo::assert_landed(&pair.dst, "multi/app:v2", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_manifest_list_keeps_its_digest() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let index = Index::random(
+        Format::Docker,
+        &[Platform::AMD64, Platform::S390X],
+        200 * KIB,
+        20 * KIB,
+    );
+    let pushed = pair.src.push_index("multi/list", "latest", &index).await;
+
+    let (status, body) = pair
+        .service
+        .sync(
+            &pair.src_ref("multi/list:latest"),
+            &pair.dst_ref("multi/list:latest"),
+        )
+        .await;
+    let result = assert_synced(status, &body, &pushed);
+    assert_eq!(count(result, "manifests_pushed"), 3, "{body}");
+    skopeo::assert_landed(&pair.dst, "multi/list:latest", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_digest_to_a_bare_repository_or_the_same_digest() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let pushed = pair
+        .src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[80 * KIB]))
+        .await;
+    let source = pair.src_ref(&format!("team/app@{}", pushed.digest));
+
+    for target in [
+        "pinned/app".to_string(),
+        format!("same/app@{}", pushed.digest),
+    ] {
+        let (status, body) = pair.service.sync(&source, &pair.dst_ref(&target)).await;
+        assert_synced(status, &body, &pushed);
+        let repo = target.split('@').next().unwrap();
+        skopeo::assert_landed(&pair.dst, &format!("{repo}@{}", pushed.digest), &pushed).await;
+    }
+
+    let other = sha256_digest(b"another manifest");
+    let (status, body) = pair
+        .service
+        .sync(&source, &pair.dst_ref(&format!("wrong/app@{other}")))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a target digest must equal the source's: {body}"
+    );
+    assert_eq!(status_of(&body), "unusual", "{body}");
+    skopeo::assert_absent(&pair.dst, &format!("wrong/app@{}", pushed.digest)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_run_is_already_synced_and_sends_nothing() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let index = Index::random(
+        Format::Oci,
+        &[Platform::AMD64, Platform::ARM64],
+        100 * KIB,
+        10 * KIB,
+    );
+    let pushed = pair.src.push_index("team/app", "v1", &index).await;
+    let (source, target) = (pair.src_ref("team/app:v1"), pair.dst_ref("team/app:v1"));
+
+    let (status, body) = pair.service.sync(&source, &target).await;
+    assert_synced(status, &body, &pushed);
+    let (status, body) = pair.service.sync(&source, &target).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status_of(&body), "successfully", "{body}");
+    let result = image_of(&body, 0);
+    assert_eq!(result["status"], json!("already_synced"), "{body}");
+    assert_eq!(count(result, "blobs_copied"), 0, "{body}");
+    assert_eq!(count(result, "bytes_copied"), 0, "{body}");
+    assert_eq!(count(result, "manifests_pushed"), 0, "{body}");
+    assert_eq!(assert_finished(info_of(&body)), (0, 0));
+    skopeo::assert_landed(&pair.dst, "team/app:v1", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_the_target_has_are_skipped_or_mounted() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let base = Layer::random(300 * KIB);
+    let first = Image::new(
+        Format::Oci,
+        Platform::AMD64,
+        vec![base.clone(), Layer::random(20 * KIB)],
+    );
+    let second = Image::new(
+        Format::Oci,
+        Platform::AMD64,
+        vec![base, Layer::random(30 * KIB)],
+    );
+    let pushed_first = pair.src.push_image("team/a", "v1", &first).await;
+    let pushed_second = pair.src.push_image("team/b", "v1", &second).await;
+
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("team/a:v1"), &pair.dst_ref("team/a:v1"))
+        .await;
+    assert_synced(status, &body, &pushed_first);
+
+    // Same target repository: the base layer is there already.
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("team/b:v1"), &pair.dst_ref("team/a:v2"))
+        .await;
+    let result = assert_synced(status, &body, &pushed_second);
+    assert!(
+        count(result, "blobs_skipped") >= 1,
+        "base layer must be skipped: {body}"
+    );
+    assert_eq!(
+        count(result, "blobs_copied"),
+        2,
+        "config + own layer only: {body}"
+    );
+    skopeo::assert_landed(&pair.dst, "team/a:v2", &pushed_second).await;
+
+    // Another repository of the same registry: the base layer is mounted, not sent.
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("team/b:v1"), &pair.dst_ref("team/b:v1"))
+        .await;
+    let result = assert_synced(status, &body, &pushed_second);
+    assert!(
+        count(result, "blobs_mounted") + count(result, "blobs_skipped") >= 1,
+        "base layer must be mounted from team/a: {body}"
+    );
+    assert!(count(result, "blobs_copied") <= 2, "{body}");
+    assert!(
+        count(result, "bytes_copied") < 300 * KIB as u64,
+        "base layer was sent again: {body}"
+    );
+    skopeo::assert_landed(&pair.dst, "team/b:v1", &pushed_second).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_source_tag_fails_and_names_the_registry() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    pair.src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[10 * KIB]))
+        .await;
+
+    let (status, body) = pair
+        .service
+        .sync(
+            &pair.src_ref("team/app:nope"),
+            &pair.dst_ref("team/app:nope"),
+        )
+        .await;
+    let error = assert_failed(status, &body);
+    assert!(
+        error.contains(&pair.src.host()),
+        "error must name the source registry: {error}"
+    );
+    skopeo::assert_absent(&pair.dst, "team/app:nope").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_target_credentials_fail_without_leaking_any_password() {
+    let wrong = random_password("wrong");
+    let wrong_for_config = wrong.clone();
+    let pair = Pair::start_with(SourceAuth::Htpasswd, move |config, _, dst| {
+        config.entry(
+            "dst",
+            &dst.host(),
+            Some(Creds::new("pusher", &wrong_for_config)),
+        )
+    })
+    .await;
+    let image = Image::random(Format::Oci, &[40 * KIB]);
+    pair.src.push_image("team/app", "v1", &image).await;
+
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("team/app:v1"), &pair.dst_ref("team/app:v1"))
+        .await;
+    let error = assert_failed(status, &body);
+    assert!(
+        error.contains(&pair.dst.host()),
+        "error must name the target registry: {error}"
+    );
+    skopeo::assert_absent(&pair.dst, "team/app:v1").await;
+
+    let src_pass = pair.src.creds().unwrap().pass.clone();
+    let (admin, jenkins) = (admin(), jenkins());
+    let secrets = [
+        wrong.as_str(),
+        &format!("pusher:{wrong}"),
+        &src_pass,
+        &format!("puller:{src_pass}"),
+        &admin.pass,
+        &admin.joined(),
+        &jenkins.joined(),
+    ];
+    assert_no_secrets("response", &body.to_string(), &secrets);
+    assert_no_secrets("analysis log", &pair.service.logfile_text(), &secrets);
+    assert_no_secrets("service stdout", &pair.service.stdout(), &secrets);
+    assert_no_secrets("service stderr", &pair.service.stderr(), &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rsync_info_is_logrus_lines_ending_with_finished() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let image = Image::random(Format::Oci, &[30 * KIB, 5 * KIB]);
+    let pushed = pair.src.push_image("team/app", "v1", &image).await;
+
+    let (status, body) = pair
+        .service
+        .sync(&pair.src_ref("team/app:v1"), &pair.dst_ref("team/app:v1"))
+        .await;
+    assert_synced(status, &body, &pushed);
+    let info = info_of(&body);
+    let lines = assert_logrus(info);
+    assert!(
+        lines.len() >= 3,
+        "credentials, blobs, manifests and Finished: {info}"
+    );
+    assert_eq!(assert_finished(info), (0, 0));
+    assert!(
+        info.contains("pusher"),
+        "the target user name is logged: {info}"
+    );
+    assert!(
+        info.contains(&pushed.digest),
+        "the manifest digest is logged: {info}"
+    );
+    let dst_pass = pair.dst_creds().pass;
+    assert_no_secrets("rsync_info", info, &[&dst_pass]);
+
+    let entries = pair.service.logfile_entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].to_string().contains("successfully"),
+        "{}",
+        entries[0]
+    );
+}
