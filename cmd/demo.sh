@@ -137,6 +137,7 @@ rsyncserver:
       dst: {registry: "$DST_HOST", username: $DST_USER, password: "$DST_PASS", insecure: true}
     task: {proc_num: 5, retries: 2}
 YAML
+chmod 600 "$WORK/config.yaml" # it holds passwords
 "$BIN" --address "127.0.0.1:$SVC_PORT" --configFile "$WORK/config.yaml" >"$WORK/service.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$SVC_PORT/check" "$WORK/service.log"
@@ -149,6 +150,10 @@ STATUS="$(curl -s -o "$WORK/response.json" -w '%{http_code}' -u "$SVC_USER:$SVC_
     -X POST "http://127.0.0.1:$SVC_PORT/v1/image/rsync" -d "$BODY")"
 echo "HTTP $STATUS"
 python3 -m json.tool "$WORK/response.json"
+echo
+echo "rsync_info, the sync's own log (logrus format, as the original service wrote it):"
+python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["rsync_data"]["rsync_info"], end="")' \
+    "$WORK/response.json"
 
 step "What landed in the target: skopeo inspect docker://$DST_HOST/demo/hello:v1"
 skopeo inspect --tls-verify=false --creds "$DST_USER:$DST_PASS" "docker://$DST_HOST/demo/hello:v1"

@@ -1,6 +1,7 @@
 //! Command line: flags, start-up checks, and the two ways to run (serve, or one `sync`).
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,14 +87,7 @@ fn parse_address(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// The flag names the Go service took with one dash (Go's `flag` package allows both).
-const GO_FLAGS: &[&str] = &[
-    "address",
-    "configFile",
-    "config-file",
-    "source",
-    "target",
-    "json",
-];
+const GO_FLAGS: &[&str] = &["address", "configFile"];
 
 /// Rewrites Go-style `-address x` / `-configFile=x` to `--…`, so existing unit files
 /// and scripts written for the Go service keep working unchanged.
@@ -240,7 +234,15 @@ enum Output {
 /// `RUST_LOG` wins; otherwise `default` (e.g. `info`).
 fn init_tracing(output: Output, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a person at a terminal; journald and log files get plain text.
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && match output {
+            Output::Stdout => std::io::stdout().is_terminal(),
+            Output::Stderr => std::io::stderr().is_terminal(),
+        };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     // try_init: a second call (tests driving `run` twice) keeps the first subscriber.
     let _ = match output {
         Output::Stdout => builder.with_writer(std::io::stdout).try_init(),

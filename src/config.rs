@@ -93,6 +93,13 @@ pub struct TaskConfig {
     /// How many times a failed blob or manifest transfer is tried again.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Longest wait for a connection to a registry, in seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Longest a registry may stay silent mid-answer, in seconds; there is no limit on
+    /// the total time of a transfer.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
     /// Blob transfers at once across all syncs of the service.
     #[serde(default = "default_max_transfers")]
     pub max_transfers: usize,
@@ -111,6 +118,8 @@ impl Default for TaskConfig {
             proc_num: default_proc_num(),
             retries: default_retries(),
             max_transfers: default_max_transfers(),
+            connect_timeout_seconds: default_connect_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
             os: Vec::new(),
             arch: Vec::new(),
         }
@@ -125,6 +134,12 @@ fn default_proc_num() -> usize {
 }
 fn default_retries() -> u32 {
     2
+}
+fn default_connect_timeout() -> u64 {
+    30
+}
+fn default_idle_timeout() -> u64 {
+    60
 }
 fn default_max_transfers() -> usize {
     16
@@ -266,6 +281,17 @@ impl Config {
                 "rsyncserver.rsyncconfig.task.proc_num".into(),
                 "must be between 1 and 64".into(),
             ));
+        }
+        for (key, value) in [
+            ("connect_timeout_seconds", task.connect_timeout_seconds),
+            ("idle_timeout_seconds", task.idle_timeout_seconds),
+        ] {
+            if value == 0 || value > 3600 {
+                return Err((
+                    format!("rsyncserver.rsyncconfig.task.{key}"),
+                    "must be between 1 and 3600 seconds".into(),
+                ));
+            }
         }
         if task.max_transfers == 0 || task.max_transfers > 1024 {
             return Err((

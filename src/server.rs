@@ -71,9 +71,29 @@ pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError
         analysis_log = %state.analysis_log().path().display(),
         "imagersync listening"
     );
-    serve_listener(listener, state, shutdown_signal(), SHUTDOWN_GRACE)
-        .await
-        .map_err(ServeError::Serve)
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = serve_listener(
+        listener,
+        state,
+        async {
+            let _ = stop_rx.await;
+        },
+        SHUTDOWN_GRACE,
+    );
+    // The first signal starts the graceful drain; a second one means "now", for an
+    // operator who does not want to wait for the running syncs.
+    let signals = async {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+        shutdown_signal().await;
+    };
+    tokio::select! {
+        result = server => result.map_err(ServeError::Serve),
+        () = signals => {
+            tracing::warn!("second stop signal; exiting now");
+            Ok(())
+        }
+    }
 }
 
 /// The router state for `config`: engine, users, and the opened analysis log.
@@ -123,22 +143,16 @@ pub async fn serve_listener(
         syncs.wait_idle().await;
         result
     };
-    tokio::select! {
-        result = tokio::time::timeout(grace, drained) => match result {
-            Ok(result) => {
-                tracing::info!("shutdown complete");
-                flatten(result)
-            }
-            Err(_) => {
-                tracing::warn!(
-                    running_syncs = syncs.active(),
-                    "shutdown grace period over; exiting with syncs still running"
-                );
-                Ok(())
-            }
-        },
-        () = shutdown_signal() => {
-            tracing::warn!(running_syncs = syncs.active(), "second stop signal; exiting now");
+    match tokio::time::timeout(grace, drained).await {
+        Ok(result) => {
+            tracing::info!("shutdown complete");
+            flatten(result)
+        }
+        Err(_) => {
+            tracing::warn!(
+                running_syncs = syncs.active(),
+                "shutdown grace period over; exiting with syncs still running"
+            );
             Ok(())
         }
     }
@@ -171,5 +185,109 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!(signal = "SIGINT", "stop signal received"),
         () = terminate => tracing::info!(signal = "SIGTERM", "stop signal received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &std::path::Path) -> AppState {
+        let yaml = format!(
+            "rsyncserver: {{auth: {{admin: admin}}, logfile: {}}}",
+            dir.join("a.log").display()
+        );
+        let config = Config::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        app_state(&config).unwrap()
+    }
+
+    struct Running {
+        address: SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<io::Result<()>>,
+    }
+
+    async fn start(state: AppState, grace: Duration) -> Running {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_listener(
+            listener,
+            state,
+            async {
+                let _ = rx.await;
+            },
+            grace,
+        ));
+        Running {
+            address,
+            stop,
+            task,
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_then_stops_on_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = start(state(dir.path()), Duration::from_secs(5)).await;
+        let url = format!("http://{}/check", running.address);
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        assert_eq!(body, r#"{"status":"healthy"}"#);
+        running.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running.task)
+            .await
+            .expect("stops promptly when idle")
+            .unwrap()
+            .unwrap();
+        assert!(reqwest::get(&url).await.is_err(), "no longer accepting");
+    }
+
+    #[tokio::test]
+    async fn waits_for_running_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let sync = state.syncs().start();
+        let running = start(state, Duration::from_secs(30)).await;
+        running.stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !running.task.is_finished(),
+            "must wait for the running sync"
+        );
+        drop(sync);
+        tokio::time::timeout(Duration::from_secs(5), running.task)
+            .await
+            .expect("stops once the sync is done")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn grace_period_bounds_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let _stuck = state.syncs().start();
+        let running = start(state, Duration::from_millis(200)).await;
+        running.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running.task)
+            .await
+            .expect("gives up after the grace period")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn unusable_log_file_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let yaml = format!(
+            "rsyncserver: {{auth: {{admin: admin}}, logfile: {}}}",
+            file.join("x.log").display()
+        );
+        let config = Config::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let err = app_state(&config).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("rsyncserver.logfile"), "{err}");
     }
 }

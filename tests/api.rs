@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use common::contract::{assert_seed_shape, error_of, status_of, without_times};
 use common::service::{admin, jenkins, json_of, run_expecting_exit, CURL_CONTENT_TYPE, TOOLS_LINK};
-use common::{Creds, Registry, Service, ServiceConfig};
+use common::{Cases, Creds, Registry, Service, ServiceConfig};
 
 const RSYNC: &str = "/v1/image/rsync";
 const VALID_BODY: &str =
@@ -107,6 +107,7 @@ async fn other_methods_are_405_with_an_allow_header() {
         (Method::POST, "/check", &["GET"]),
         (Method::PUT, "/", &["GET"]),
     ];
+    let mut cases = Cases::new();
     for (method, path, allowed) in table {
         let resp = send(
             &svc,
@@ -116,25 +117,20 @@ async fn other_methods_are_405_with_an_allow_header() {
             Some(b"{}".to_vec()),
         )
         .await;
-        assert_eq!(
-            resp.status(),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {path}"
-        );
+        let status = resp.status();
         let allow = resp
             .headers()
             .get(ALLOW)
-            .unwrap_or_else(|| panic!("{method} {path}: no Allow header"))
-            .to_str()
-            .unwrap()
-            .to_string();
-        for m in allowed {
-            assert!(
-                allow.contains(m),
-                "{method} {path}: Allow {allow:?} lacks {m}"
-            );
-        }
+            .map(|v| v.to_str().unwrap().to_string());
+        cases.check(&format!("{method} {path}"), || {
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+            let allow = allow.expect("no Allow header");
+            for m in allowed {
+                assert!(allow.contains(m), "Allow {allow:?} lacks {m}");
+            }
+        });
     }
+    cases.finish();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,6 +179,7 @@ fn refused_credentials() -> Vec<(&'static str, Option<Vec<u8>>)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_credentials_are_401_with_a_basic_challenge() {
     let svc = service().await;
+    let mut cases = Cases::new();
     for (name, header) in refused_credentials() {
         for method in [Method::GET, Method::POST] {
             let body = (method == Method::POST).then(|| VALID_BODY.as_bytes().to_vec());
@@ -193,21 +190,20 @@ async fn bad_credentials_are_401_with_a_basic_challenge() {
                 .map(|v| v.to_str().unwrap().to_string())
                 .unwrap_or_default();
             let (status, body) = json_of(resp).await;
-            assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
-                "{method} with {name}: {body}"
-            );
-            assert!(
-                challenge.starts_with(r#"Basic realm="imagersync""#),
-                "{method} with {name}: WWW-Authenticate {challenge:?}"
-            );
-            if method == Method::POST {
-                assert_seed_shape(&body);
-                assert_ne!(status_of(&body), "successfully", "{name}");
-            }
+            cases.check(&format!("{method} with {name}"), || {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+                assert!(
+                    challenge.starts_with(r#"Basic realm="imagersync""#),
+                    "WWW-Authenticate {challenge:?}"
+                );
+                if method == Method::POST {
+                    assert_seed_shape(&body);
+                    assert_ne!(status_of(&body), "successfully");
+                }
+            });
         }
     }
+    cases.finish();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,24 +245,28 @@ async fn scheme_is_case_insensitive_and_passwords_may_hold_colons() {
         ("colon in password", basic(b"jenkins:pa:ss"), "jenkins"),
         ("plain", basic(b"admin:adminpw"), "admin"),
     ];
+    let mut cases = Cases::new();
     for (name, header, user) in table {
         let (status, body) =
             json_of(send(&svc, Method::GET, RSYNC, Some(&header), None).await).await;
-        assert_eq!(status, StatusCode::OK, "{name}: {body}");
-        assert_eq!(body["username"], json!(user), "{name}");
+        cases.check(name, || {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["username"], json!(user));
+        });
     }
+    cases.finish();
 }
 
 /// A 400 answer in the seed shape: `unusual`, a readable error, the caller's name.
-fn assert_unusual(name: &str, status: StatusCode, body: &Value) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+fn assert_unusual(status: StatusCode, body: &Value) {
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_seed_shape(body);
-    assert_eq!(status_of(body), "unusual", "{name}: {body}");
+    assert_eq!(status_of(body), "unusual", "{body}");
     assert!(
         error_of(body).is_some_and(|e| e.len() > 10),
-        "{name}: rsync_error {body}"
+        "rsync_error {body}"
     );
-    assert_eq!(body["username"], json!("admin"), "{name}");
+    assert_eq!(body["username"], json!("admin"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,14 +309,18 @@ async fn unusable_bodies_are_400_whatever_the_content_type() {
         Some("text/plain"),
         None,
     ];
+    let mut cases = Cases::new();
     for (i, (name, body)) in table.into_iter().enumerate() {
         let ct = content_types[i % content_types.len()];
         let resp = svc
             .post_raw(RSYNC, Some(&admin()), ct, body.as_bytes().to_vec())
             .await;
         let (status, answer) = json_of(resp).await;
-        assert_unusual(&format!("{name} ({ct:?})"), status, &answer);
+        cases.check(&format!("{name} ({ct:?})"), || {
+            assert_unusual(status, &answer)
+        });
     }
+    cases.finish();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -336,12 +340,16 @@ async fn unusable_references_are_400_and_echoed() {
             "127.0.0.1:1/team/app:a,b,c",
         ),
     ];
+    let mut cases = Cases::new();
     for (name, source, target) in table {
         let body = json!({"rsync_config": {"source": source, "target": target}});
         let (status, answer) = svc.post_json(Some(&admin()), &body).await;
-        assert_unusual(name, status, &answer);
-        assert_eq!(answer["rsync_config"], body["rsync_config"], "{name}: echo");
+        cases.check(name, || {
+            assert_unusual(status, &answer);
+            assert_eq!(answer["rsync_config"], body["rsync_config"], "echo");
+        });
     }
+    cases.finish();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,15 +386,29 @@ async fn bodies_over_16_kib_are_413_after_auth() {
             StatusCode::UNAUTHORIZED,
         ),
     ];
+    let mut table = Cases::new();
     for (name, creds, body, want) in cases {
-        let resp = svc
-            .post_raw(RSYNC, creds.as_ref(), Some(CURL_CONTENT_TYPE), body)
-            .await;
-        let (status, answer) = json_of(resp).await;
-        assert_eq!(status, want, "{name}: {answer}");
-        assert_seed_shape(&answer);
-        assert!(error_of(&answer).is_some(), "{name}: {answer}");
+        // A fresh client per request, so that connection reuse (checked in its own test
+        // below) cannot mix into the status codes checked here.
+        let mut req = reqwest::Client::new()
+            .post(svc.url(RSYNC))
+            .header(CONTENT_TYPE, CURL_CONTENT_TYPE)
+            .body(body);
+        if let Some(c) = &creds {
+            req = req.basic_auth(&c.user, Some(&c.pass));
+        }
+        let answer = match req.send().await {
+            Ok(resp) => Ok(json_of(resp).await),
+            Err(e) => Err(format!("no answer, the request failed: {e:?}")),
+        };
+        table.check(name, || {
+            let (status, answer) = answer.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status, want, "{answer}");
+            assert_seed_shape(&answer);
+            assert!(error_of(&answer).is_some(), "{answer}");
+        });
     }
+    table.finish();
 }
 
 /// The lines a refused start-up printed on stderr, blank lines dropped.
@@ -423,38 +445,40 @@ fn startup_stops_on_a_broken_config_naming_the_file_and_key() {
         ),
     ];
     let dir = tempfile::tempdir().unwrap();
+    let mut cases = Cases::new();
     for (i, (name, yaml, key)) in table.into_iter().enumerate() {
         let path = dir.path().join(format!("broken-{i}.yaml"));
         std::fs::write(&path, yaml).unwrap();
         let exit = run_expecting_exit(&path);
-        assert_ne!(exit.code, Some(0), "{name}: {exit:?}");
-        let lines = stderr_lines(&exit.stderr);
-        assert_eq!(lines.len(), 1, "{name}: one stderr line expected: {exit:?}");
-        assert!(
-            lines[0].contains(&path.display().to_string()),
-            "{name}: file not named: {exit:?}"
-        );
-        assert!(
-            lines[0].contains(key),
-            "{name}: key {key:?} not named: {exit:?}"
-        );
+        cases.check(name, || {
+            assert_ne!(exit.code, Some(0), "{exit:?}");
+            let lines = stderr_lines(&exit.stderr);
+            assert_eq!(lines.len(), 1, "one stderr line expected: {exit:?}");
+            assert!(
+                lines[0].contains(&path.display().to_string()),
+                "file not named: {exit:?}"
+            );
+            assert!(lines[0].contains(key), "key {key:?} not named: {exit:?}");
+        });
     }
+    cases.finish();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_sync_appends_one_json_line_to_the_logfile() {
     let registry = Registry::start_anonymous().await;
     let svc = Service::start(&ServiceConfig::new().registry("lab", &registry)).await;
-    assert!(
-        !svc.logfile().parent().unwrap().exists(),
-        "logs/ must not exist before the first sync"
+    assert_eq!(
+        svc.logfile_entries().len(),
+        0,
+        "no line before the first sync"
     );
 
     let missing = format!("{}/team/app:missing", registry.host());
     let target = format!("{}/team/copy:v1", registry.host());
     let requests = [
-        (missing.as_str(), target.as_str()),
-        ("127.0.0.1:1/Upper:t", target.as_str()),
+        (missing.as_str(), &target),
+        ("127.0.0.1:1/Upper:t", &target),
     ];
     for (n, (source, target)) in requests.into_iter().enumerate() {
         let (status, _) = svc.sync(source, target).await;
@@ -462,13 +486,13 @@ async fn every_sync_appends_one_json_line_to_the_logfile() {
             status.is_client_error() || status.is_server_error(),
             "{status}"
         );
-        let entries = svc.logfile_entries();
-        assert_eq!(
-            entries.len(),
-            n + 1,
-            "one line per sync:\n{}",
-            svc.logfile_text()
+        assert!(
+            svc.logfile().exists(),
+            "the service creates logs/ and the file"
         );
+        let entries = svc.logfile_entries();
+        let text = svc.logfile_text();
+        assert_eq!(entries.len(), n + 1, "one line per sync:\n{text}");
         let last = entries.last().unwrap();
         assert!(last.is_object(), "{last}");
         assert!(
@@ -476,4 +500,103 @@ async fn every_sync_appends_one_json_line_to_the_logfile() {
             "entry names the source: {last}"
         );
     }
+}
+
+/// Sends `request` on a fresh connection and reads one answer; then, unless that
+/// answer said `Connection: close`, sends `GET /check` on the same connection and
+/// expects a 200: a server must not silently drop a connection it left open.
+async fn keeps_its_word_on_keep_alive(svc: &Service, request: Vec<u8>) -> Result<String, String> {
+    use tokio::io::AsyncWriteExt;
+    let addr = svc.url("").trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.write_all(&request)
+        .await
+        .map_err(|e| format!("writing the request: {e}"))?;
+    let first = read_response(&mut conn).await?;
+    let status_line = first.lines().next().unwrap_or_default().to_string();
+    if first.to_lowercase().contains("\r\nconnection: close\r\n") {
+        return Ok(status_line);
+    }
+    let check = b"GET /check HTTP/1.1\r\nHost: test\r\n\r\n";
+    let second = match conn.write_all(check).await {
+        Ok(()) => read_response(&mut conn).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match second {
+        Ok(text) if text.starts_with("HTTP/1.1 200") => Ok(status_line),
+        other => Err(format!(
+            "after {status_line:?} without `Connection: close`, the connection was not usable: {other:?}"
+        )),
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from `conn`.
+async fn read_response(conn: &mut tokio::net::TcpStream) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Ok(String::from_utf8_lossy(&buf).into_owned());
+            }
+        }
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .map_err(|_| "timed out reading a response".to_string())?
+            .map_err(|e| format!("reading a response: {e}"))?;
+        if read == 0 {
+            return Err(format!(
+                "connection closed; read so far: {:?}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        buf.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_bodies_do_not_break_keep_alive_connections() {
+    let svc = service().await;
+    let request = |auth: &Creds, len: usize| {
+        let token = base64::engine::general_purpose::STANDARD.encode(auth.joined());
+        let mut bytes = format!(
+            "POST {RSYNC} HTTP/1.1\r\nHost: test\r\nAuthorization: Basic {token}\r\n\
+             Content-Type: {CURL_CONTENT_TYPE}\r\nContent-Length: {len}\r\n\r\n{{"
+        )
+        .into_bytes();
+        bytes.resize(bytes.len() + len - 1, b' ');
+        bytes
+    };
+    let table = [
+        (
+            "413 for 16 KiB + 1",
+            request(&admin(), 16 * 1024 + 1),
+            "413",
+        ),
+        ("413 for 100 KiB", request(&admin(), 100 * 1024), "413"),
+        (
+            "401 with a 100 KiB body",
+            request(&Creds::new("admin", "no"), 100 * 1024),
+            "401",
+        ),
+        ("400 for a blank body", request(&admin(), 1), "400"),
+    ];
+    let mut cases = Cases::new();
+    for (name, bytes, want) in table {
+        let outcome = keeps_its_word_on_keep_alive(&svc, bytes).await;
+        cases.check(name, || {
+            let status_line = outcome.unwrap_or_else(|e| panic!("{e}"));
+            assert!(status_line.contains(want), "{status_line}");
+        });
+    }
+    cases.finish();
 }

@@ -14,6 +14,8 @@ mod verify;
 pub use report::{FailureKind, ImageResult, ImageStatus, SyncReport, SyncStatus};
 pub use synclog::SyncLog;
 
+use std::time::Duration;
+
 use chrono::Local;
 
 use self::copy::CopyJob;
@@ -23,7 +25,7 @@ use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
 use crate::config::{RsyncConfig, TaskConfig};
-use crate::registry::{ClientPool, Resolved};
+use crate::registry::{ClientPool, Resolved, Timeouts};
 
 /// Shared engine state: registry clients, credentials and limits, reused by every sync.
 pub struct Engine {
@@ -77,7 +79,13 @@ impl Engine {
                 None
             });
         Self {
-            pool: ClientPool::new(&config.auth),
+            pool: ClientPool::new(
+                &config.auth,
+                Timeouts {
+                    connect: Duration::from_secs(config.task.connect_timeout_seconds),
+                    idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
+                },
+            ),
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),

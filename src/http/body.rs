@@ -240,14 +240,16 @@ fn kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Expected (source, targets), or a substring of the error message.
+    type Expected = Result<(String, Vec<String>), &'static str>;
+
     fn one(source: &str, target: &str) -> (String, Vec<String>) {
         (source.into(), vec![target.into()])
     }
 
     #[test]
     fn body_table() {
-        // (name, body, expected: Ok((source, targets)) or Err(substring of the message))
-        let cases: Vec<(&str, &[u8], Result<(String, Vec<String>), &str>)> = vec![
+        let cases: Vec<(&str, &[u8], Expected)> = vec![
             ("good", br#"{"rsync_config":{"source":"a/b:1","target":"c/d:1"}}"#, Ok(one("a/b:1", "c/d:1"))),
             (
                 "unknown keys ignored",

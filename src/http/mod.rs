@@ -18,3 +18,6 @@ pub mod tracker;
 
 pub use router::router;
 pub use state::AppState;
+
+#[cfg(test)]
+mod tests;

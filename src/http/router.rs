@@ -16,19 +16,17 @@ pub const RSYNC_PATH: &str = "/v1/image/rsync";
 
 /// Builds the whole API. Used by the server and, in-process, by tests.
 pub fn router(state: AppState) -> Router {
+    // route_layer on the method router (not on a Router, where it also wraps the method
+    // fallback): auth runs only for GET/POST, so a wrong method still gets its 405, and
+    // it runs before the handler reads the body.
     let rsync: MethodRouter<AppState> = get(handlers::rsync_hint)
         .post(handlers::rsync)
-        .fallback(handlers::method_not_allowed);
-    let protected = Router::new()
-        .route(RSYNC_PATH, rsync.clone())
-        .route(&format!("{RSYNC_PATH}/"), rsync)
-        // route_layer: the auth check runs only for methods the route takes, so a wrong
-        // method still gets its 405, and it runs before the handler reads the body.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_basic_auth,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .fallback(handlers::method_not_allowed);
     Router::new()
         .route(
             "/",
@@ -38,7 +36,8 @@ pub fn router(state: AppState) -> Router {
             "/check",
             get(handlers::health).fallback(handlers::method_not_allowed),
         )
-        .merge(protected)
+        .route(RSYNC_PATH, rsync.clone())
+        .route(&format!("{RSYNC_PATH}/"), rsync)
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(log_request))
         .with_state(state)

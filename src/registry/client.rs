@@ -26,11 +26,6 @@ const MAX_ERROR_BYTES: usize = 1 << 20;
 const TAGS_PAGE_SIZE: usize = 1000;
 /// Pages of a tag list followed at most (a million tags at the page size above).
 const MAX_TAG_PAGES: usize = 1000;
-/// Connecting takes longer than this only when something is wrong.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A read that stays idle this long means a stalled peer; there is no total timeout,
-/// so multi-GB blobs are never cut for taking long.
-const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a request needs permission for; decides the bearer token scope.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +70,27 @@ pub struct Endpoint {
     pub credentials: Option<Credentials>,
     /// How to secure the connection.
     pub transport: Transport,
+    /// Connect and idle-read limits.
+    pub timeouts: Timeouts,
+}
+
+/// Network time limits. There is deliberately no total limit: a multi-GB blob may take
+/// long, and only a stalled peer is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest wait for a TCP + TLS connection.
+    pub connect: Duration,
+    /// Longest wait for any read (headers or the next body bytes).
+    pub idle_read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            idle_read: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How the connection to a registry is secured.
@@ -146,8 +162,8 @@ impl RegistryClient {
             cause,
         };
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .connect_timeout(endpoint.timeouts.connect)
+            .read_timeout(endpoint.timeouts.idle_read)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")));
@@ -600,8 +616,8 @@ impl RegistryClient {
         };
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| auth_error(format!("token realm {realm:?} is not a URL: {e}")))?;
-        if !matches!(realm_url.scheme(), "http" | "https") {
-            return Err(auth_error(format!("token realm {realm:?} is not http(s)")));
+        if let Err(why) = self.check_realm(&realm_url) {
+            return Err(auth_error(format!("token realm {realm:?} refused: {why}")));
         }
         let mut query: Vec<(&str, String)> =
             access.scopes().into_iter().map(|s| ("scope", s)).collect();
@@ -634,6 +650,36 @@ impl RegistryClient {
             .ok()
             .and_then(TokenAnswer::into_token)
             .ok_or_else(|| auth_error("token endpoint answer holds no token".into()))
+    }
+
+    /// A token realm is a URL the registry chooses; credentials go there only when it is
+    /// safe: http(s), HTTPS unless the registry itself is reached in clear, and no private,
+    /// loopback or link-local address other than the registry's own host.
+    fn check_realm(&self, realm: &reqwest::Url) -> Result<(), String> {
+        let clear_text_registry = matches!(
+            self.endpoint.transport,
+            Transport::PlainHttp | Transport::Insecure
+        );
+        match realm.scheme() {
+            "https" => {}
+            "http" if clear_text_registry || self.endpoint.credentials.is_none() => {}
+            "http" => return Err("it is plain http while the registry uses https".into()),
+            other => return Err(format!("scheme {other} is not http(s)")),
+        }
+        let registry_host = host_without_port(&self.api_host);
+        let realm_host = realm
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']']);
+        let internal = realm_host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| is_internal(&ip));
+        if internal && !realm_host.eq_ignore_ascii_case(registry_host) {
+            return Err(format!(
+                "{realm_host} is an internal address and not the registry's own host"
+            ));
+        }
+        Ok(())
     }
 
     /// Passes an answer with an expected status; turns any other into an error.
@@ -724,6 +770,32 @@ fn manifest_path(repository: &str, reference: &str) -> String {
     format!("/v2/{repository}/manifests/{reference}")
 }
 
+/// The host of `host[:port]`.
+fn host_without_port(host_port: &str) -> &str {
+    host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+}
+
+/// Loopback, private, link-local, unspecified and other non-public addresses.
+pub(crate) fn is_internal(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // carrier-grade NAT
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(&v4.into()))
+        }
+    }
+}
+
 /// The target of a `Link` header's `rel="next"` entry.
 fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
@@ -746,6 +818,69 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn knows_internal_addresses() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "100.64.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(&internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["8.8.8.8", "2001:4860::8888", "100.128.0.1"] {
+            assert!(!is_internal(&public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn realm_policy_protects_credentials() {
+        let client = |registry: &str, transport: Transport, creds: bool| {
+            RegistryClient::new(
+                Endpoint {
+                    registry: registry.into(),
+                    credentials: creds.then(|| Credentials {
+                        username: "u".into(),
+                        password: crate::secret::Secret::new("p"),
+                    }),
+                    transport,
+                    timeouts: Timeouts::default(),
+                },
+                Arc::default(),
+            )
+            .unwrap()
+        };
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let verified = Transport::Verified { ca_file: None };
+        let public = client("reg.example.com", verified.clone(), true);
+        assert!(public
+            .check_realm(&url("https://auth.example.com/token"))
+            .is_ok());
+        assert!(public
+            .check_realm(&url("http://auth.example.com/token"))
+            .is_err());
+        assert!(public
+            .check_realm(&url("https://169.254.169.254/token"))
+            .is_err());
+        assert!(public.check_realm(&url("https://10.0.0.5/token")).is_err());
+        assert!(public.check_realm(&url("file:///etc/passwd")).is_err());
+        let local = client("127.0.0.1:5000", Transport::PlainHttp, true);
+        assert!(local
+            .check_realm(&url("http://127.0.0.1:5001/token"))
+            .is_ok());
+        assert!(local.check_realm(&url("http://10.0.0.5/token")).is_err());
+        let anonymous = client("reg.example.com", verified, false);
+        assert!(anonymous
+            .check_realm(&url("http://auth.example.com/token"))
+            .is_ok());
+    }
 
     #[test]
     fn finds_next_link() {

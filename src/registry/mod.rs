@@ -10,7 +10,7 @@ pub mod media;
 mod pool;
 
 pub use auth::Credentials;
-pub use client::{Endpoint, Manifest, RegistryClient, Transport, MAX_MANIFEST_BYTES};
+pub use client::{Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MANIFEST_BYTES};
 pub(crate) use error::describe_transport_error;
 pub use error::RegistryError;
 pub use pool::{transport_of, ClientPool, Resolved};

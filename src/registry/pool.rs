@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::auth::Credentials;
-use super::client::{Endpoint, RegistryClient, Transport};
+use super::client::{Endpoint, RegistryClient, Timeouts, Transport};
 use super::error::RegistryError;
 use super::limiter::RateLimiter;
 use crate::config::RegistryCredential;
@@ -31,6 +31,7 @@ pub struct Resolved {
 /// Registry clients by (registry, credential entry).
 pub struct ClientPool {
     entries: Vec<Entry>,
+    timeouts: Timeouts,
     clients: Mutex<HashMap<(String, Option<String>), Arc<RegistryClient>>>,
     /// One 429 pause per registry host, whatever the credential.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
@@ -40,6 +41,7 @@ impl ClientPool {
     /// A pool over the credential entries of the config (`rsyncserver.rsyncconfig.auth`).
     pub fn new<'a>(
         credentials: impl IntoIterator<Item = (&'a String, &'a RegistryCredential)>,
+        timeouts: Timeouts,
     ) -> Self {
         let entries = credentials
             .into_iter()
@@ -51,6 +53,7 @@ impl ClientPool {
             .collect();
         Self {
             entries,
+            timeouts,
             clients: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
         }
@@ -85,6 +88,7 @@ impl ClientPool {
             transport: entry.map_or(Transport::Verified { ca_file: None }, |e| {
                 transport_of(&e.credential)
             }),
+            timeouts: self.timeouts,
         };
         let limiter = self
             .limiters
@@ -153,7 +157,7 @@ mod tests {
             cred("reg.example.com:5000/team", Some("t")),
         );
         creds.insert("hub".to_owned(), cred("index.docker.io/library", None));
-        let pool = ClientPool::new(&creds);
+        let pool = ClientPool::new(&creds, Timeouts::default());
         let user = |reg: &str, repo: &str| {
             let r = pool.resolve(reg, repo).unwrap();
             (r.entry, r.client.username().map(str::to_owned))

@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod cases;
 pub mod contract;
 pub mod fixture;
 pub mod image;
@@ -19,6 +20,7 @@ pub mod service;
 pub mod skopeo;
 pub mod tools;
 
+pub use cases::Cases;
 pub use image::{Format, Image, Index, Layer, Platform};
 pub use push::Pushed;
 pub use registry::{Creds, Registry};

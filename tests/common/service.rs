@@ -142,6 +142,12 @@ impl Service {
         let config_path = dir.path().join("config.yaml");
         let logfile = dir.path().join("logs").join("rsync_analysis.log");
         std::fs::write(&config_path, config.to_yaml(&logfile)).expect("write service config");
+        // It holds passwords: owner-only, as an operator would keep it.
+        std::fs::set_permissions(
+            &config_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod config");
         let client = Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -220,10 +226,14 @@ impl Service {
     }
 
     /// POSTs `{"rsync_config":{"source","target"}}` to `/v1/image/rsync` as `admin`
-    /// and returns the status and the JSON answer.
+    /// and returns the status and the JSON answer. The exchange is printed (the test
+    /// harness shows it when the test fails, or with `--nocapture`).
     pub async fn sync(&self, source: &str, target: &str) -> (StatusCode, Value) {
         let body = json!({"rsync_config": {"source": source, "target": target}});
-        self.post_json(Some(&admin()), &body).await
+        let (status, answer) = self.post_json(Some(&admin()), &body).await;
+        let pretty = serde_json::to_string_pretty(&answer).unwrap_or_default();
+        eprintln!("sync {source} -> {target}: HTTP {status}\n{pretty}");
+        (status, answer)
     }
 
     /// POSTs a JSON body (`application/json`) to `/v1/image/rsync` and parses the answer.

@@ -1,0 +1,352 @@
+//! Router-level tests, in-process through `tower::ServiceExt::oneshot`. Only paths that
+//! need no registry: auth, routing, body checks, and references the engine refuses
+//! before contacting anything.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::http::{header, Method, Request, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use base64::Engine as _;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::{router, AppState};
+use crate::analysis_log::AnalysisLog;
+use crate::config::Config;
+use crate::engine::Engine;
+
+struct Fixture {
+    app: Router,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+config:
+  tools: {docs: "https://example.com/<docs>"}
+rsyncserver:
+  auth: {admin: admin, jenkins: "pa:ss"}
+"#;
+    let config = Config::from_yaml(yaml, Path::new("test.yaml")).unwrap();
+    let log = dir.path().join("logs/analysis.log");
+    let state = AppState::new(
+        &config,
+        Engine::new(&config.rsyncserver.rsyncconfig),
+        AnalysisLog::open(&log).unwrap(),
+    );
+    Fixture {
+        app: router(state),
+        log,
+        _dir: dir,
+    }
+}
+
+fn basic(user_pass: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_pass)
+    )
+}
+
+fn request(method: Method, uri: &str, auth: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(auth) = auth {
+        builder = builder.header(header::AUTHORIZATION, basic(auth));
+    }
+    builder.body(body.into()).unwrap()
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Response<()>, Bytes) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = to_bytes(body, usize::MAX).await.unwrap();
+    (parts.status, Response::from_parts(parts, ()), bytes)
+}
+
+fn json(bytes: &Bytes) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes));
+    })
+}
+
+fn log_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every field of the seed's sync response is there, with the seed's types.
+fn assert_seed_shape(v: &Value) {
+    let data = &v["rsync_data"];
+    assert!(data["rsync_status"].is_string(), "{v}");
+    assert!(
+        data["rsync_error"].is_null() || data["rsync_error"].is_string(),
+        "{v}"
+    );
+    assert!(data["rsync_info"].is_string(), "{v}");
+    for key in ["start_time", "end_time"] {
+        chrono::DateTime::parse_from_rfc3339(data[key].as_str().unwrap()).unwrap();
+    }
+    assert!(data["duration_time_seconds"].is_f64(), "{v}");
+    assert!(v["rsync_config"]["source"].is_string(), "{v}");
+    assert!(
+        v["rsync_config"]["target"].is_string() || v["rsync_config"]["target"].is_array(),
+        "{v}"
+    );
+    assert!(v["username"].is_string(), "{v}");
+}
+
+#[tokio::test]
+async fn check_and_home() {
+    let f = fixture();
+    let (status, _, body) = send(&f.app, request(Method::GET, "/check", None, "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body), serde_json::json!({"status": "healthy"}));
+
+    let (status, parts, body) = send(&f.app, request(Method::GET, "/", None, "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(parts.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = String::from_utf8(body.to_vec()).unwrap();
+    assert!(page.contains("imagersync") && page.contains(env!("CARGO_PKG_VERSION")));
+    assert!(page.contains("https://example.com/&lt;docs&gt;"));
+
+    let (status, _, _) = send(&f.app, request(Method::HEAD, "/check", None, "")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn get_on_the_sync_route_hints_at_post() {
+    let f = fixture();
+    for path in ["/v1/image/rsync", "/v1/image/rsync/"] {
+        let (status, _, body) =
+            send(&f.app, request(Method::GET, path, Some("admin:admin"), "")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(
+            json(&body),
+            serde_json::json!({"username": "admin", "error": "use POST to sync an image"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn auth_failures_are_401_in_seed_shape() {
+    let f = fixture();
+    let cases = [
+        (None, "required"),
+        (Some("admin:wrong"), "failed"),
+        (Some("nobody:admin"), "failed"),
+        (Some("jenkins:pa"), "failed"),
+    ];
+    for (auth, word) in cases {
+        for method in [Method::GET, Method::POST] {
+            let (status, parts, body) = send(
+                &f.app,
+                request(method.clone(), "/v1/image/rsync", auth, "{}"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?} {method}");
+            assert_eq!(
+                parts.headers()[header::WWW_AUTHENTICATE],
+                r#"Basic realm="imagersync", charset="UTF-8""#
+            );
+            let v = json(&body);
+            assert_seed_shape(&v);
+            assert_eq!(v["rsync_data"]["rsync_status"], "unusual");
+            assert!(v["rsync_data"]["rsync_error"]
+                .as_str()
+                .unwrap()
+                .contains(word));
+        }
+    }
+    // Bearer and lower-case basic.
+    let bearer = Request::post("/v1/image/rsync")
+        .header(header::AUTHORIZATION, "Bearer abc")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&f.app, bearer).await.0, StatusCode::UNAUTHORIZED);
+    let lower = Request::get("/v1/image/rsync")
+        .header(header::AUTHORIZATION, "basic YWRtaW46YWRtaW4=")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&f.app, lower).await.0, StatusCode::OK);
+    // 401s are not syncs: nothing in the analysis log.
+    assert!(log_lines(&f.log).is_empty());
+}
+
+#[tokio::test]
+async fn unknown_user_and_wrong_password_get_identical_bytes() {
+    let f = fixture();
+    let (_, _, a) = send(
+        &f.app,
+        request(Method::POST, "/v1/image/rsync", Some("ghost:admin"), ""),
+    )
+    .await;
+    let (_, _, b) = send(
+        &f.app,
+        request(Method::POST, "/v1/image/rsync", Some("admin:nimda"), ""),
+    )
+    .await;
+    assert_eq!(a, b);
+    let text = String::from_utf8_lossy(&a);
+    assert!(!text.contains("ghost") && !text.contains("admin"), "{text}");
+}
+
+#[tokio::test]
+async fn auth_is_checked_before_the_body_is_read() {
+    let f = fixture();
+    let polled = Arc::new(AtomicBool::new(false));
+    let flag = polled.clone();
+    // An endless 1 MiB-per-chunk body that notes whether anyone read it.
+    let stream = futures_util::stream::repeat_with(move || {
+        flag.store(true, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1 << 20]))
+    });
+    let req = request(
+        Method::POST,
+        "/v1/image/rsync",
+        Some("admin:bad"),
+        Body::from_stream(stream),
+    );
+    let (status, _, _) = send(&f.app, req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        !polled.load(Ordering::SeqCst),
+        "the body was read before auth"
+    );
+}
+
+#[tokio::test]
+async fn wrong_methods_are_405_with_allow() {
+    let f = fixture();
+    for (method, path) in [
+        (Method::PUT, "/v1/image/rsync"),
+        (Method::DELETE, "/v1/image/rsync/"),
+        (Method::PATCH, "/v1/image/rsync"),
+        (Method::POST, "/check"),
+        (Method::DELETE, "/"),
+    ] {
+        let (status, parts, body) = send(&f.app, request(method.clone(), path, None, "")).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let allow = parts.headers()[header::ALLOW].to_str().unwrap().to_owned();
+        assert!(allow.contains("GET"), "{method} {path}: {allow}");
+        if path.starts_with("/v1") {
+            assert!(allow.contains("POST"), "{allow}");
+        }
+        assert!(json(&body)["error"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_json() {
+    let f = fixture();
+    for path in ["/nope", "/v1/image", "/v1/image/rsync/x", "/check/"] {
+        let (status, _, body) =
+            send(&f.app, request(Method::GET, path, Some("admin:admin"), "")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(json(&body)["error"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_and_logged() {
+    let f = fixture();
+    let cases: [(&str, &[u8], &str); 5] = [
+        (
+            "application/x-www-form-urlencoded",
+            b"{\"rsync_config\":",
+            "not valid JSON",
+        ),
+        ("application/json", b"{}", "rsync_config is missing"),
+        (
+            "text/plain",
+            br#"{"rsync_config":{"source":"a:1"}}"#,
+            "rsync_config.target",
+        ),
+        (
+            "",
+            br#"{"rsync_config":{"source":1,"target":"b"}}"#,
+            "rsync_config.source",
+        ),
+        ("application/json", b"\xff\xfe", "UTF-8"),
+    ];
+    for (content_type, body, needle) in cases {
+        let mut req = request(
+            Method::POST,
+            "/v1/image/rsync",
+            Some("jenkins:pa:ss"),
+            Bytes::from_static(body),
+        );
+        if !content_type.is_empty() {
+            req.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        }
+        let (status, _, bytes) = send(&f.app, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{needle}");
+        let v = json(&bytes);
+        assert_seed_shape(&v);
+        assert_eq!(v["rsync_data"]["rsync_status"], "unusual");
+        assert_eq!(v["username"], "jenkins");
+        let error = v["rsync_data"]["rsync_error"].as_str().unwrap();
+        assert!(error.contains(needle), "{needle}: {error}");
+    }
+    let lines = log_lines(&f.log);
+    assert_eq!(lines.len(), cases.len());
+    for line in &lines {
+        assert_eq!(line["http_status"], 400);
+        assert_eq!(line["username"], "jenkins");
+        assert!(line["time"].is_string() && line["rsync_data"].is_object());
+    }
+    let text = std::fs::read_to_string(&f.log).unwrap();
+    assert!(!text.contains("pa:ss"), "no password in the analysis log");
+}
+
+#[tokio::test]
+async fn body_over_the_cap_is_413() {
+    let f = fixture();
+    let big = format!(
+        r#"{{"rsync_config":{{"source":"a:1","target":"b:1"}},"pad":"{}"}}"#,
+        "x".repeat(20 * 1024)
+    );
+    let (status, _, bytes) = send(
+        &f.app,
+        request(Method::POST, "/v1/image/rsync", Some("admin:admin"), big),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let v = json(&bytes);
+    assert_seed_shape(&v);
+    assert_eq!(v["rsync_data"]["rsync_status"], "unusual");
+    assert_eq!(log_lines(&f.log)[0]["http_status"], 413);
+}
+
+#[tokio::test]
+async fn unusable_reference_reaches_the_engine_and_is_400() {
+    let f = fixture();
+    let body = r#"{"rsync_config":{"source":"Bad Reference!!","target":"reg.example.com/a:1"}}"#;
+    let (status, _, bytes) = send(
+        &f.app,
+        request(Method::POST, "/v1/image/rsync/", Some("admin:admin"), body),
+    )
+    .await;
+    let v = json(&bytes);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_seed_shape(&v);
+    assert_eq!(v["rsync_data"]["rsync_status"], "unusual");
+    assert_eq!(v["rsync_data"]["failure"], "bad_input");
+    assert_eq!(v["rsync_config"]["source"], "Bad Reference!!");
+    assert!(v["rsync_data"]["images"].is_array());
+    let lines = log_lines(&f.log);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["rsync_config"]["source"], "Bad Reference!!");
+}

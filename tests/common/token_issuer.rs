@@ -1,0 +1,169 @@
+//! A small bearer-token issuer for the registry's token auth mode (docker token spec,
+//! distribution 2.8 rules: ES256 JWT with an `x5c` header, string `aud`, integer times).
+//!
+//! It is the auth server, not a registry stand-in: the registry that checks its tokens is
+//! the real `docker-registry`. Tests can read what it was asked and make tokens expire.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::json;
+
+/// `service` the registry is configured with; must equal the token's `aud`.
+pub const SERVICE: &str = "imagersync-test-registry";
+/// `issuer` the registry is configured with; must equal the token's `iss`.
+pub const ISSUER: &str = "imagersync-test-issuer";
+
+struct Shared {
+    user: String,
+    pass: String,
+    key_der: Vec<u8>,
+    cert_b64: String,
+    /// Seconds added to `exp`; distribution allows 60 s of leeway, so -60 makes a token
+    /// that expires `expires_in` seconds after issue really expire then.
+    exp_offset: AtomicI64,
+    expires_in: AtomicI64,
+    requests: AtomicUsize,
+    issued: Mutex<Vec<String>>,
+    scopes: Mutex<Vec<String>>,
+}
+
+/// A running token issuer; stops with the test's runtime.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cert_pem: String,
+}
+
+impl TokenIssuer {
+    /// Starts an issuer granting everything asked to `user:pass` (and to nobody else).
+    pub async fn start(user: &str, pass: &str) -> TokenIssuer {
+        let key = rcgen::KeyPair::generate().expect("EC key");
+        let cert = rcgen::CertificateParams::new(vec!["token-issuer".to_owned()])
+            .expect("cert params")
+            .self_signed(&key)
+            .expect("self-signed cert");
+        let shared = Arc::new(Shared {
+            user: user.to_owned(),
+            pass: pass.to_owned(),
+            key_der: key.serialize_der(),
+            cert_b64: base64::engine::general_purpose::STANDARD.encode(cert.der()),
+            exp_offset: AtomicI64::new(0),
+            expires_in: AtomicI64::new(300),
+            requests: AtomicUsize::new(0),
+            issued: Mutex::default(),
+            scopes: Mutex::default(),
+        });
+        let app = Router::new()
+            .route("/token", get(issue))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind token issuer");
+        let addr = listener.local_addr().expect("issuer address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TokenIssuer {
+            addr,
+            shared,
+            cert_pem: cert.pem(),
+        }
+    }
+
+    /// The realm URL to configure in the registry.
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// PEM of the signing certificate: the registry's `rootcertbundle`.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Token requests answered so far (granted or refused).
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every token issued so far, to check none of them leaks.
+    pub fn issued(&self) -> Vec<String> {
+        self.shared.issued.lock().unwrap().clone()
+    }
+
+    /// Every scope asked for so far.
+    pub fn scopes(&self) -> Vec<String> {
+        self.shared.scopes.lock().unwrap().clone()
+    }
+
+    /// Tokens issued from now on really expire `seconds` after issue (leeway removed).
+    pub fn expire_after(&self, seconds: i64) {
+        self.shared.expires_in.store(seconds, Ordering::SeqCst);
+        self.shared.exp_offset.store(-60, Ordering::SeqCst);
+    }
+}
+
+async fn issue(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    // `scope` may repeat (one per repository), so read the pairs rather than a struct.
+    let url = reqwest::Url::parse(&format!("http://issuer/?{}", query.unwrap_or_default()))
+        .expect("query parses");
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let param = |k: &str| {
+        pairs
+            .iter()
+            .filter(move |(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .is_some_and(|pair| pair == format!("{}:{}", shared.user, shared.pass));
+    if !authorized || param("service").any(|s| s != SERVICE) {
+        let body = json!({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]});
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    let scopes: Vec<String> = param("scope").collect();
+    let access: Vec<_> = scopes
+        .iter()
+        .flat_map(|s| s.split(' '))
+        .filter_map(|s| {
+            let (kind, rest) = s.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    shared.scopes.lock().unwrap().extend(scopes);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expires_in = shared.expires_in.load(Ordering::SeqCst);
+    let claims = json!({
+        "iss": ISSUER, "sub": shared.user, "aud": SERVICE,
+        "exp": now + expires_in + shared.exp_offset.load(Ordering::SeqCst),
+        "nbf": now - 1, "iat": now, "jti": format!("{now}-{}", shared.requests.load(Ordering::SeqCst)),
+        "access": access,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.x5c = Some(vec![shared.cert_b64.clone()]);
+    let key = jsonwebtoken::EncodingKey::from_ec_der(&shared.key_der);
+    let token = jsonwebtoken::encode(&header, &claims, &key).expect("sign token");
+    shared.issued.lock().unwrap().push(token.clone());
+    Json(json!({"token": token, "access_token": token, "expires_in": expires_in})).into_response()
+}
