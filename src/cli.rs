@@ -262,6 +262,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/config.yaml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.rsyncserver.auth.contains_key("admin"));
+        assert!(config.rsyncserver.rsyncconfig.auth["local"].insecure);
+    }
+
+    #[test]
     fn defaults() {
         let cli = parse(&[]).unwrap();
         assert_eq!(cli.address, "0.0.0.0:8080".parse().unwrap());

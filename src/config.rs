@@ -204,9 +204,18 @@ impl Config {
                 format!("environment variable {var} is not set (export it or write the value)"),
             )
         })?;
-        let config: Config = serde_yaml_ng::from_value(value).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        // serde_path_to_error names the key of a wrongly typed value ("…task.proc_num: …").
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            if key == "." {
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                }
+            } else {
+                invalid(key, message)
+            }
         })?;
         config
             .check()
@@ -313,13 +322,14 @@ impl Config {
 }
 
 /// Replaces `${VAR}` in every string value; on a missing variable returns (key path, VAR).
-fn expand_env(value: &mut serde_yaml_ng::Value, key: &str) -> Result<(), (String, String)> {
+pub(crate) fn expand_env(
+    value: &mut serde_yaml_ng::Value,
+    key: &str,
+) -> Result<(), (String, String)> {
     use serde_yaml_ng::Value;
     match value {
-        Value::String(s) => {
-            if s.contains("${") {
-                *s = expand_str(s).map_err(|var| (key.to_owned(), var))?;
-            }
+        Value::String(s) if s.contains("${") => {
+            *s = expand_str(s).map_err(|var| (key.to_owned(), var))?;
         }
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
@@ -419,6 +429,10 @@ rsyncserver:
             ),
             ("rsyncserver: [", "c.yaml"),
             ("config: {}", "rsyncserver"),
+            (
+                "rsyncserver: {auth: {a: b}, rsyncconfig: {task: {proc_num: many}}}",
+                "rsyncserver.rsyncconfig.task.proc_num",
+            ),
         ];
         for (yaml, needle) in cases {
             let err = Config::from_yaml(yaml, Path::new("c.yaml"))

@@ -5,6 +5,7 @@
 //! point inwards: the engine never sees axum, the registry client never sees the engine.
 
 pub mod analysis_log;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod engine;

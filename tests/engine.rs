@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{skopeo, Format, Image, Index, Platform, Registry};
+use common::{skopeo, Format, Image, Index, Platform, Registry, TokenIssuer};
 use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
 use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncRequest, SyncStatus};
 use imagersync::secret::Secret;
@@ -356,4 +356,122 @@ async fn concurrent_syncs_send_a_shared_blob_once() {
     for i in 0..4 {
         skopeo::assert_landed(&dst, &format!("copy{i}/app:v1"), &pushed).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_registries_as_target_and_source() {
+    let issuer = TokenIssuer::start("robot", "token-Pw-3").await;
+    let tokened = Registry::start_token("robot", "token-Pw-3", &issuer).await;
+    let src = Registry::start_anonymous().await;
+    let back = Registry::start_anonymous().await;
+    let index = Index::random(
+        Format::Oci,
+        &[Platform::AMD64, Platform::ARM64],
+        64 * KIB,
+        8 * KIB,
+    );
+    let pushed = src.push_index("team/app", "v1", &index).await;
+    let engine = engine_for(&[&src, &tokened, &back]);
+
+    let into = engine
+        .sync(
+            &pushed.reference(),
+            &format!("{}/team/app:v1", tokened.host()),
+        )
+        .await;
+    assert_success(&into);
+    skopeo::assert_landed(&tokened, "team/app:v1", &pushed).await;
+    let out = engine
+        .sync(
+            &format!("{}/team/app:v1", tokened.host()),
+            &format!("{}/team/app:v1", back.host()),
+        )
+        .await;
+    assert_success(&out);
+    skopeo::assert_landed(&back, "team/app:v1", &pushed).await;
+
+    // Tokens are cached per scope and reused: far fewer token requests than registry calls.
+    let asked = issuer.requests();
+    assert!(asked <= 6, "{asked} token requests for two syncs");
+    assert!(issuer
+        .scopes()
+        .iter()
+        .any(|s| s == "repository:team/app:pull,push"));
+    for token in issuer.issued() {
+        assert!(!into.log.contains(&token) && !out.log.contains(&token));
+    }
+    assert!(!into.log.contains("token-Pw-3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_expires_mid_sync_is_renewed() {
+    let issuer = TokenIssuer::start("robot", "token-Pw-4").await;
+    let tokened = Registry::start_token("robot", "token-Pw-4", &issuer).await;
+    let src = Registry::start_anonymous().await;
+    let engine = engine_for(&[&src, &tokened]);
+    let first = Image::random(Format::Oci, &[16 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &first).await;
+    let target = format!("{}/team/app:v1", tokened.host());
+    issuer.expire_early(2);
+    assert_success(&engine.sync(&pushed.reference(), &target).await);
+    let before = issuer.requests();
+
+    // The cached token still looks valid but the registry refuses it now: the 401 must
+    // lead to one fresh token and success.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let second = Image::random(Format::Oci, &[16 * KIB]);
+    let pushed = src.push_image("team/app", "v2", &second).await;
+    let report = engine
+        .sync(
+            &pushed.reference(),
+            &format!("{}/team/app:v2", tokened.host()),
+        )
+        .await;
+    assert_success(&report);
+    assert!(issuer.requests() > before, "a fresh token was fetched");
+    skopeo::assert_landed(&tokened, "team/app:v2", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_token_credentials_fail_clearly() {
+    let issuer = TokenIssuer::start("robot", "right-Pw-5").await;
+    let tokened = Registry::start_token("robot", "right-Pw-5", &issuer).await;
+    let src = Registry::start_anonymous().await;
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let mut auth = BTreeMap::new();
+    for (name, host, user, pass) in [
+        ("src", src.host(), None, None),
+        ("dst", tokened.host(), Some("robot"), Some("wrong-Pw-6")),
+    ] {
+        auth.insert(
+            name.to_owned(),
+            RegistryCredential {
+                registry: host,
+                username: user.map(Into::into),
+                password: pass.map(Secret::new),
+                plain_http: true,
+                ..RegistryCredential::default()
+            },
+        );
+    }
+    let engine = Engine::new(&RsyncConfig {
+        auth,
+        task: TaskConfig::default(),
+    });
+    let report = engine
+        .sync(
+            &pushed.reference(),
+            &format!("{}/team/app:v1", tokened.host()),
+        )
+        .await;
+    assert_eq!(report.status, SyncStatus::Failed);
+    let error = report.error.unwrap();
+    assert!(
+        error.contains("authentication failed") && error.contains(&tokened.host()),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-Pw-6"));
+    skopeo::assert_absent(&tokened, "team/app:v1").await;
 }

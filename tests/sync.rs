@@ -381,3 +381,95 @@ async fn rsync_info_is_logrus_lines_ending_with_finished() {
         entries[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rule_syntax_tag_lists_regexes_and_several_targets() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let mut pushed = std::collections::BTreeMap::new();
+    for tag in ["v1", "v2", "dev"] {
+        let image = Image::random(Format::Oci, &[20 * KIB]);
+        pushed.insert(tag, pair.src.push_image("team/app", tag, &image).await);
+    }
+
+    // Two tags to two targets: four copies.
+    let targets = [pair.dst_ref("one/app"), pair.dst_ref("two/app")];
+    let body =
+        json!({"rsync_config": {"source": pair.src_ref("team/app:v1,v2"), "target": targets}});
+    let (status, answer) = pair.service.post_json(Some(&admin()), &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_sync_shape(&answer);
+    assert_eq!(
+        answer["rsync_data"]["images"].as_array().map(Vec::len),
+        Some(4),
+        "{answer}"
+    );
+    for repo in ["one/app", "two/app"] {
+        for tag in ["v1", "v2"] {
+            skopeo::assert_landed(&pair.dst, &format!("{repo}:{tag}"), &pushed[tag]).await;
+        }
+        skopeo::assert_absent(&pair.dst, &format!("{repo}:dev")).await;
+    }
+
+    // A regex picks v1 and v2, not dev.
+    let (status, answer) = pair
+        .service
+        .sync(
+            &pair.src_ref("team/app:/^v[0-9]+$/"),
+            &pair.dst_ref("re/app"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    for tag in ["v1", "v2"] {
+        skopeo::assert_landed(&pair.dst, &format!("re/app:{tag}"), &pushed[tag]).await;
+    }
+    skopeo::assert_absent(&pair.dst, "re/app:dev").await;
+
+    // No tag: every tag of the repository.
+    let (status, answer) = pair
+        .service
+        .sync(&pair.src_ref("team/app"), &pair.dst_ref("all/app"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(assert_finished(info_of(&answer)), (0, 0));
+    for (tag, image) in &pushed {
+        skopeo::assert_landed(&pair.dst, &format!("all/app:{tag}"), image).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_hanging_up_does_not_stop_the_sync() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let image = Image::random(Format::Oci, &[4 * 1024 * KIB, 4 * 1024 * KIB]);
+    let pushed = pair.src.push_image("big/app", "v1", &image).await;
+
+    let body = json!({"rsync_config": {
+        "source": pair.src_ref("big/app:v1"), "target": pair.dst_ref("big/app:v1")}});
+    let hung_up = reqwest::Client::new()
+        .post(pair.service.url("/v1/image/rsync"))
+        .basic_auth("admin", Some("adminpw"))
+        .json(&body)
+        .timeout(std::time::Duration::from_millis(30))
+        .send()
+        .await;
+    assert!(
+        hung_up.is_err(),
+        "the 30 ms client should have given up: {hung_up:?}"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while pair.service.logfile_entries().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sync was never logged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let entry = pair.service.logfile_entries().remove(0);
+    // Above 0.03 s, the hang-up really came while the copy was running.
+    eprintln!(
+        "logged sync took {} s",
+        entry["rsync_data"]["duration_time_seconds"]
+    );
+    assert!(entry.to_string().contains("successfully"), "{entry}");
+    skopeo::assert_landed(&pair.dst, "big/app:v1", &pushed).await;
+}

@@ -45,7 +45,7 @@ impl PlatformFilter {
         let any = vec![String::from("*")];
         let os = if os.is_empty() { &any } else { os };
         let arch = if arch.is_empty() { &any } else { arch };
-        if os == &any && arch == &any {
+        if *os == any && *arch == any {
             return Ok(None);
         }
         let patterns: Vec<String> = os

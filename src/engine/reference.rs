@@ -284,7 +284,8 @@ mod tests {
     #[test]
     fn parses_valid_references() {
         let d = format!("sha256:{HEX}");
-        let cases: Vec<(String, (&str, &str, Option<&str>, Option<&str>))> = vec![
+        type Parsed<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<(String, Parsed)> = vec![
             (
                 "busybox".into(),
                 ("docker.io", "library/busybox", None, None),

@@ -35,7 +35,6 @@ pub struct RuleSide {
 impl RuleSide {
     /// Parses `registry/repository[:tags|:/regex/|@digest]`.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
-        let input = input.trim();
         if input.len() > MAX_REFERENCE_LEN {
             return Err(ReferenceError::TooLong(input.len()));
         }
@@ -75,7 +74,7 @@ impl RuleSide {
                 Selector::Regex(re)
             }
             Some(s) => {
-                let tags: Vec<String> = s.split(',').map(|t| t.trim().to_owned()).collect();
+                let tags: Vec<String> = s.split(',').map(str::to_owned).collect();
                 for tag in &tags {
                     check_tag(tag).map_err(&invalid)?;
                 }
@@ -249,7 +248,15 @@ mod tests {
             pairs("h.io/a", "g.io/b", &[]),
             Err(RuleError::NothingMatched(_))
         ));
-        for bad in ["h.io/a:/(/", "h.io/a:v1,,v2", "h.io/a:v 1", "h.io/A:v1"] {
+        for bad in [
+            "h.io/a:/(/",
+            "h.io/a:v1,,v2",
+            "h.io/a:v 1",
+            "h.io/A:v1",
+            "h.io/a:t ",
+            " h.io/a:t",
+            "a:t ",
+        ] {
             assert!(RuleSide::parse(bad).is_err(), "{bad}");
         }
     }

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
-use super::response::SyncResponse;
+use super::response::{announces_body, close_connection, SyncResponse};
 use super::state::AppState;
 use crate::secret::Secret;
 
@@ -165,7 +165,11 @@ pub async fn require_basic_auth(
         Err(failure) => {
             // Logged without the header or the attempted name: either could be a password.
             tracing::warn!(reason = ?failure, path = request.uri().path(), "authentication failed");
-            SyncResponse::unauthenticated(failure.message()).into_response()
+            let mut response = SyncResponse::unauthenticated(failure.message()).into_response();
+            if announces_body(request.headers()) {
+                close_connection(&mut response, request.version());
+            }
+            response
         }
     }
 }

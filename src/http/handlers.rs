@@ -5,8 +5,8 @@ use std::panic::AssertUnwindSafe;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::response::{Html, Response};
+use axum::http::{header, HeaderMap, Method, StatusCode, Version};
+use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Local;
 use futures_util::FutureExt as _;
@@ -15,7 +15,8 @@ use super::auth::AuthUser;
 use super::body::{parse_sync_request, ParsedRequest, MAX_BODY_BYTES};
 use super::home;
 use super::response::{
-    error_response, AnalysisEntry, Health, Outcome, RsyncConfigEcho, SyncResponse, UsePost,
+    close_connection, error_response, AnalysisEntry, Health, Outcome, RsyncConfigEcho,
+    SyncResponse, UsePost,
 };
 use super::state::AppState;
 use crate::engine::{FailureKind, SyncStatus};
@@ -46,14 +47,20 @@ pub async fn rsync_hint(Extension(AuthUser(username)): Extension<AuthUser>) -> J
 pub async fn rsync(
     State(state): State<AppState>,
     Extension(AuthUser(username)): Extension<AuthUser>,
+    version: Version,
     body: Result<Bytes, BytesRejection>,
-) -> SyncResponse {
+) -> Response {
     let start = Local::now();
     let request = match read_request(body) {
         Ok(request) => request,
         Err((outcome, message, echo)) => {
-            let response = SyncResponse::rejected(username, echo, outcome, message, start);
-            record(&state, &response);
+            let answer = SyncResponse::rejected(username, echo, outcome, message, start);
+            record(&state, &answer);
+            let mut response = answer.into_response();
+            if outcome == Outcome::BodyTooLarge {
+                // Reading stopped at the cap; the rest of the body is still on the wire.
+                close_connection(&mut response, version);
+            }
             return response;
         }
     };
@@ -68,7 +75,7 @@ pub async fn rsync(
         run_sync(&task_state, task_user, request).await
     });
     match task.await {
-        Ok(response) => response,
+        Ok(answer) => answer.into_response(),
         // Only when the runtime itself is going away (shutdown grace period over).
         Err(_) => SyncResponse::rejected(
             username,
@@ -76,7 +83,8 @@ pub async fn rsync(
             Outcome::Internal,
             "the service stopped before the sync finished; run it again",
             start,
-        ),
+        )
+        .into_response(),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The HTTP API (design.md section 2): routes, Basic auth, request and response shapes.
 //!
-//! One job per module: [`router`] wires routes and layers, [`auth`] checks credentials,
-//! [`body`] parses the sync request, [`handlers`] answer, [`response`] holds the JSON
-//! shapes and the single outcome → status mapping, [`home`] renders `GET /`,
+//! One job per module: [`router`](mod@router) wires routes and layers, [`auth`] checks
+//! credentials, [`body`] parses the sync request, [`handlers`] answer, [`response`] holds
+//! the JSON shapes and the single outcome → status mapping, [`home`] renders `GET /`,
 //! [`access_log`] writes one line per request, [`state`] and [`tracker`] hold what
 //! handlers share.
 

@@ -1,7 +1,7 @@
 //! The JSON shapes the API answers with, and [`http_status`]: the one place where an
 //! outcome becomes an HTTP status code.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Local};
@@ -303,6 +303,27 @@ pub fn error_response(status: StatusCode, message: impl Into<String>) -> Respons
         .into_response()
 }
 
+/// True when the request announces a body (a length above zero, or chunked).
+pub fn announces_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// Adds `Connection: close` to an HTTP/1 answer sent while the request body is still
+/// (partly) unread. hyper closes such a connection rather than read an unbounded body
+/// just to reuse it; saying so lets the client open a new one instead of failing on a
+/// dead one. (HTTP/2 has no such header and no such problem: streams end on their own.)
+pub fn close_connection(response: &mut Response, version: Version) {
+    if version <= Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +398,22 @@ mod tests {
             response.headers()[header::WWW_AUTHENTICATE],
             r#"Basic realm="imagersync", charset="UTF-8""#
         );
+    }
+
+    #[test]
+    fn body_announcement() {
+        let mut h = HeaderMap::new();
+        assert!(!announces_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(!announces_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert!(announces_body(&h));
+        let mut chunked = HeaderMap::new();
+        chunked.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(announces_body(&chunked));
     }
 
     #[test]

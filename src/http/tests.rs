@@ -227,6 +227,33 @@ async fn auth_is_checked_before_the_body_is_read() {
 }
 
 #[tokio::test]
+async fn unread_bodies_close_the_connection_and_say_so() {
+    let f = fixture();
+    let with_length = |auth: &str, body: String| {
+        let length = body.len();
+        let mut req = request(Method::POST, "/v1/image/rsync", Some(auth), body);
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, length.into());
+        req
+    };
+    let big = "x".repeat(100 * 1024);
+    let (status, parts, _) = send(&f.app, with_length("admin:no", big.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(parts.headers()[header::CONNECTION], "close");
+    let (status, parts, _) = send(&f.app, with_length("admin:admin", big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(parts.headers()[header::CONNECTION], "close");
+    // Nothing left unread: keep-alive stays possible.
+    let get = request(Method::GET, "/v1/image/rsync", Some("admin:no"), "");
+    let (status, parts, _) = send(&f.app, get).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(parts.headers().get(header::CONNECTION).is_none());
+    let (status, parts, _) = send(&f.app, with_length("admin:admin", "{}".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(parts.headers().get(header::CONNECTION).is_none());
+}
+
+#[tokio::test]
 async fn wrong_methods_are_405_with_allow() {
     let f = fixture();
     for (method, path) in [

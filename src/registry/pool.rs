@@ -28,11 +28,14 @@ pub struct Resolved {
     pub entry: Option<String>,
 }
 
+/// A registry and the name of the credential entry used with it.
+type ClientKey = (String, Option<String>);
+
 /// Registry clients by (registry, credential entry).
 pub struct ClientPool {
     entries: Vec<Entry>,
     timeouts: Timeouts,
-    clients: Mutex<HashMap<(String, Option<String>), Arc<RegistryClient>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
     /// One 429 pause per registry host, whatever the credential.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
 }

@@ -2,7 +2,7 @@
 //! Docker schema 2 manifest, and OCI indexes / Docker manifest lists over them.
 
 use bytes::Bytes;
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -79,7 +79,9 @@ impl Layer {
     /// stream uses stored blocks, so the blob is `size` plus about 1.5 KiB of framing.
     pub fn random(size: usize) -> Layer {
         let mut payload = vec![0u8; size];
-        rand::rng().fill_bytes(&mut payload);
+        // A fast non-cryptographic generator, seeded from the OS-backed one: still
+        // incompressible and unique per layer, and ten times faster in debug builds.
+        rand::rngs::SmallRng::from_rng(&mut rand::rng()).fill_bytes(&mut payload);
         let mut builder = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_size(size as u64);

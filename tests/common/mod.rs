@@ -18,6 +18,7 @@ pub mod push;
 pub mod registry;
 pub mod service;
 pub mod skopeo;
+pub mod token_issuer;
 pub mod tools;
 
 pub use cases::Cases;
@@ -25,3 +26,4 @@ pub use image::{Format, Image, Index, Layer, Platform};
 pub use push::Pushed;
 pub use registry::{Creds, Registry};
 pub use service::{Service, ServiceConfig};
+pub use token_issuer::TokenIssuer;

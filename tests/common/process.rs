@@ -17,7 +17,8 @@ pub struct Owned {
 impl Owned {
     /// Spawns `cmd` with stdout and stderr written to the given files (the same path
     /// twice is allowed). The child gets SIGKILL if the spawning thread dies, so an
-    /// interrupted test run leaves no process behind.
+    /// interrupted test run leaves no process behind; spawn from the test's own thread
+    /// (the test body), not from `spawn_blocking`, whose threads come and go.
     pub fn spawn(label: &str, mut cmd: Command, stdout: &Path, stderr: &Path) -> Owned {
         let out = File::create(stdout).expect("create stdout log");
         let err = if stderr == stdout {

@@ -8,6 +8,7 @@ use tempfile::TempDir;
 
 use super::net::free_port;
 use super::process::Owned;
+use super::token_issuer::{self, TokenIssuer};
 use super::tools::{DOCKER_REGISTRY, HTPASSWD};
 
 /// User name and password for a registry or the service.
@@ -59,6 +60,12 @@ impl Registry {
         Self::start(Some(Creds::new(user, pass))).await
     }
 
+    /// A registry in token mode: it trusts bearer tokens from `issuer`, which grants
+    /// everything to `user:pass`. Anonymous requests get a Bearer challenge.
+    pub async fn start_token(user: &str, pass: &str, issuer: &TokenIssuer) -> Registry {
+        Self::start_with(Some(Creds::new(user, pass)), Some(issuer)).await
+    }
+
     /// `127.0.0.1:PORT`, the registry part of an image reference.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -90,20 +97,43 @@ impl Registry {
     }
 
     async fn start(creds: Option<Creds>) -> Registry {
+        Self::start_with(creds, None).await
+    }
+
+    async fn start_with(creds: Option<Creds>, issuer: Option<&TokenIssuer>) -> Registry {
         let exe = DOCKER_REGISTRY.path();
         let dir = tempfile::Builder::new()
             .prefix("imagersync-registry-")
             .tempdir()
             .expect("tempdir");
-        if let Some(c) = &creds {
-            write_htpasswd(&dir.path().join("htpasswd"), c);
-        }
+        let auth = match (&creds, issuer) {
+            (_, Some(issuer)) => {
+                let bundle = dir.path().join("token-cert.pem");
+                std::fs::write(&bundle, issuer.cert_pem()).expect("write token cert");
+                format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    issuer.realm(),
+                    token_issuer::SERVICE,
+                    token_issuer::ISSUER,
+                    bundle.display()
+                )
+            }
+            (Some(c), None) => {
+                let htpasswd = dir.path().join("htpasswd");
+                write_htpasswd(&htpasswd, c);
+                format!(
+                    "auth:\n  htpasswd:\n    realm: imagersync-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            (None, None) => String::new(),
+        };
         let log = dir.path().join("registry.log");
         let mut failures = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, config_yaml(dir.path(), port, creds.is_some()))
+            std::fs::write(&config, config_yaml(dir.path(), port) + &auth)
                 .expect("write registry config");
             let mut cmd = Command::new(&exe);
             cmd.arg("serve").arg(&config).current_dir(dir.path());
@@ -159,23 +189,16 @@ async fn wait_ready(process: &mut Owned, port: u16, log: &Path) -> Result<(), St
     ))
 }
 
-/// The registry's config: filesystem storage in `dir`, deletes enabled, plain HTTP on
-/// 127.0.0.1:`port`, and htpasswd auth when asked.
-fn config_yaml(dir: &Path, port: u16, htpasswd: bool) -> String {
-    let mut yaml = format!(
+/// The registry's config without auth: filesystem storage in `dir`, deletes enabled,
+/// plain HTTP on 127.0.0.1:`port`.
+fn config_yaml(dir: &Path, port: u16) -> String {
+    format!(
         "version: 0.1\n\
          log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: imagersync-test-secret\n",
         data = dir.join("data").display(),
-    );
-    if htpasswd {
-        yaml.push_str(&format!(
-            "auth:\n  htpasswd:\n    realm: imagersync-test\n    path: {}\n",
-            dir.join("htpasswd").display()
-        ));
-    }
-    yaml
+    )
 }
 
 /// Writes a bcrypt htpasswd file with `htpasswd -Bbn`.

@@ -18,6 +18,8 @@ use serde_json::json;
 
 /// `service` the registry is configured with; must equal the token's `aud`.
 pub const SERVICE: &str = "imagersync-test-registry";
+/// Lifetime every token answer promises, in seconds.
+const ADVERTISED_LIFETIME: i64 = 300;
 /// `issuer` the registry is configured with; must equal the token's `iss`.
 pub const ISSUER: &str = "imagersync-test-issuer";
 
@@ -29,7 +31,8 @@ struct Shared {
     /// Seconds added to `exp`; distribution allows 60 s of leeway, so -60 makes a token
     /// that expires `expires_in` seconds after issue really expire then.
     exp_offset: AtomicI64,
-    expires_in: AtomicI64,
+    /// Real lifetime of a token, in seconds.
+    lifetime: AtomicI64,
     requests: AtomicUsize,
     issued: Mutex<Vec<String>>,
     scopes: Mutex<Vec<String>>,
@@ -57,7 +60,7 @@ impl TokenIssuer {
             key_der: key.serialize_der(),
             cert_b64: base64::engine::general_purpose::STANDARD.encode(cert.der()),
             exp_offset: AtomicI64::new(0),
-            expires_in: AtomicI64::new(300),
+            lifetime: AtomicI64::new(ADVERTISED_LIFETIME),
             requests: AtomicUsize::new(0),
             issued: Mutex::default(),
             scopes: Mutex::default(),
@@ -104,9 +107,11 @@ impl TokenIssuer {
         self.shared.scopes.lock().unwrap().clone()
     }
 
-    /// Tokens issued from now on really expire `seconds` after issue (leeway removed).
-    pub fn expire_after(&self, seconds: i64) {
-        self.shared.expires_in.store(seconds, Ordering::SeqCst);
+    /// Tokens issued from now on really expire `seconds` after issue (the registry's 60 s
+    /// leeway removed), while the answer still promises the usual lifetime: the client
+    /// only learns it from the registry's 401, as when a long upload outlives its token.
+    pub fn expire_early(&self, seconds: i64) {
+        self.shared.lifetime.store(seconds, Ordering::SeqCst);
         self.shared.exp_offset.store(-60, Ordering::SeqCst);
     }
 }
@@ -120,7 +125,7 @@ async fn issue(
     let url = reqwest::Url::parse(&format!("http://issuer/?{}", query.unwrap_or_default()))
         .expect("query parses");
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    let param = |k: &str| {
+    let param = |k: &'static str| {
         pairs
             .iter()
             .filter(move |(key, _)| key == k)
@@ -153,10 +158,10 @@ async fn issue(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let expires_in = shared.expires_in.load(Ordering::SeqCst);
+    let lifetime = shared.lifetime.load(Ordering::SeqCst);
     let claims = json!({
         "iss": ISSUER, "sub": shared.user, "aud": SERVICE,
-        "exp": now + expires_in + shared.exp_offset.load(Ordering::SeqCst),
+        "exp": now + lifetime + shared.exp_offset.load(Ordering::SeqCst),
         "nbf": now - 1, "iat": now, "jti": format!("{now}-{}", shared.requests.load(Ordering::SeqCst)),
         "access": access,
     });
@@ -165,5 +170,6 @@ async fn issue(
     let key = jsonwebtoken::EncodingKey::from_ec_der(&shared.key_der);
     let token = jsonwebtoken::encode(&header, &claims, &key).expect("sign token");
     shared.issued.lock().unwrap().push(token.clone());
-    Json(json!({"token": token, "access_token": token, "expires_in": expires_in})).into_response()
+    Json(json!({"token": token, "access_token": token, "expires_in": ADVERTISED_LIFETIME}))
+        .into_response()
 }
