@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use crate::batch;
+use crate::config::{Config, RsyncConfig};
 use crate::engine::{Engine, FailureKind, SyncRequest, SyncStatus};
 use crate::http::response::{RsyncConfigEcho, SyncResponse, TargetEcho};
 use crate::server;
@@ -52,11 +53,19 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// Source image or rule, e.g. reg-a.example.com/team/app:v1
-    #[arg(long)]
-    pub source: String,
+    #[arg(long, required_unless_present = "images", conflicts_with = "images")]
+    pub source: Option<String>,
     /// Target image or rule, e.g. reg-b.example.com/team/app:v1; repeat for several targets
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "images", conflicts_with = "images")]
     pub target: Vec<String>,
+    /// image-syncer images file (`source: target` or `source: [targets]`, YAML or JSON);
+    /// runs every entry. The config file is optional in this mode.
+    #[arg(long, value_name = "FILE")]
+    pub images: Option<PathBuf>,
+    /// image-syncer auth file (`registry[/namespace]: {username, password, insecure}`),
+    /// added to the config's registry credentials
+    #[arg(long, value_name = "FILE", requires = "images")]
+    pub auth: Option<PathBuf>,
     /// Push even when a target already holds the source's digest
     #[arg(long)]
     pub force: bool,
@@ -65,7 +74,7 @@ pub struct SyncArgs {
     #[arg(long = "platform", value_name = "OS/ARCH")]
     pub platforms: Vec<String>,
     /// Print the API's JSON response on stdout instead of the sync log
-    #[arg(long)]
+    #[arg(long, conflicts_with = "images")]
     pub json: bool,
 }
 
@@ -144,12 +153,18 @@ async fn serve(config_file: &Path, address: SocketAddr) -> ExitCode {
 async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
     // stdout carries the sync log (or JSON) only; diagnostics go to stderr.
     init_tracing(Output::Stderr, "warn");
+    if let Some(images) = &args.images {
+        return sync_batch(config_file, images, args.auth.as_deref(), &args).await;
+    }
     let Some(config) = load_config(config_file) else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let Some(source) = args.source else {
         return ExitCode::from(EXIT_USAGE);
     };
     let engine = Engine::new(&config.rsyncserver.rsyncconfig);
     let request = SyncRequest {
-        source: args.source,
+        source,
         targets: args.target,
         force: args.force,
         platforms: args.platforms,
@@ -190,6 +205,55 @@ async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// Runs every entry of image-syncer files, printing the same log lines; exits 1 when any
+/// entry failed, as image-syncer does.
+async fn sync_batch(
+    config_file: &Path,
+    images: &Path,
+    auth: Option<&Path>,
+    args: &SyncArgs,
+) -> ExitCode {
+    let batch = match batch::load(images, auth) {
+        Ok(batch) => batch,
+        Err(e) => {
+            eprintln!("imagersync: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // image-syncer users have no service config: use it when present, defaults otherwise.
+    let mut rsync = if config_file.exists() {
+        match load_config(config_file) {
+            Some(config) => config.rsyncserver.rsyncconfig,
+            None => return ExitCode::from(EXIT_USAGE),
+        }
+    } else {
+        RsyncConfig::default()
+    };
+    rsync.auth.extend(batch.credentials);
+    let engine = Engine::new(&rsync);
+    let (mut failed, mut unusable) = (0, 0);
+    for mut request in batch.requests {
+        request.force = args.force;
+        request.platforms = args.platforms.clone();
+        let report = engine.run_request(&request).await;
+        print!("{}", report.log);
+        match report.status {
+            SyncStatus::Successfully => {}
+            SyncStatus::Unusual => unusable += 1,
+            SyncStatus::Failed => failed += 1,
+        }
+        if let Some(error) = &report.error {
+            eprintln!("imagersync: {}: {error}", request.source);
+        }
+    }
+    if failed + unusable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("imagersync: {failed} entries failed, {unusable} entries unusable");
+        ExitCode::from(1)
+    }
 }
 
 /// Loads the config, or prints the one-line reason to stderr.
