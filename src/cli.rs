@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(cli.config_file, PathBuf::from("c.yaml"));
         match cli.command {
             Some(Command::Sync(args)) => {
-                assert_eq!(args.source, "a:1");
+                assert_eq!(args.source.as_deref(), Some("a:1"));
                 assert_eq!(args.target, ["b:1"]);
                 assert!(!args.json);
             }
