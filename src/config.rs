@@ -55,6 +55,11 @@ pub struct RsyncConfig {
     /// Concurrency and retry settings.
     #[serde(default)]
     pub task: TaskConfig,
+    /// Registries (`host[:port]`) the service may contact besides those in `auth`. Empty:
+    /// any public host. Not empty: only these and those in `auth`. Internal addresses
+    /// (loopback, private, link-local, `localhost`) must always be listed here or in `auth`.
+    #[serde(default)]
+    pub allowed_registries: Vec<String>,
 }
 
 /// One registry credential, matched by the longest `registry` or `registry/namespace` prefix.

@@ -34,6 +34,7 @@ fn engine_for(registries: &[&Registry]) -> Engine {
             retries: 1,
             ..TaskConfig::default()
         },
+        ..RsyncConfig::default()
     })
 }
 
@@ -256,6 +257,7 @@ async fn failures_name_the_registry_and_leave_no_tag() {
     let engine = Engine::new(&RsyncConfig {
         auth,
         task: TaskConfig::default(),
+        ..RsyncConfig::default()
     });
     let report = engine
         .sync(&pushed.reference(), &format!("{}/team/app:v1", dst.host()))
@@ -459,6 +461,7 @@ async fn wrong_token_credentials_fail_clearly() {
     let engine = Engine::new(&RsyncConfig {
         auth,
         task: TaskConfig::default(),
+        ..RsyncConfig::default()
     });
     let report = engine
         .sync(

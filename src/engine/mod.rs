@@ -1,6 +1,7 @@
 //! The sync engine: turns a source/target pair into copied images. Knows nothing of HTTP
 //! serving; the API and the command line both drive it through [`Engine::sync`].
 
+mod allow;
 mod copy;
 pub mod platforms;
 pub mod reference;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use chrono::Local;
 
+use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
 use self::reference::ImageRef;
@@ -34,6 +36,7 @@ pub struct Engine {
     /// Platform filter of the config (`task.os` / `task.arch`); a request may override it.
     platforms: Option<PlatformFilter>,
     transfers: Transfers,
+    allowed: AllowList,
 }
 
 /// One sync request, as the API and the command line hand it over.
@@ -56,6 +59,9 @@ enum PlanError {
     /// The request itself is unusable: nothing was contacted.
     #[error("{0}")]
     BadInput(String),
+    /// A registry the service may not contact: nothing was contacted.
+    #[error("{0}")]
+    NotAllowed(String),
     /// Listing the source's tags failed at the registry.
     #[error("{0}")]
     Registry(#[from] crate::registry::RegistryError),
@@ -89,6 +95,7 @@ impl Engine {
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),
+            allowed: AllowList::new(config),
         }
     }
 
@@ -140,6 +147,11 @@ impl Engine {
                 Some(FailureKind::BadInput),
                 Some(e.to_string()),
             ),
+            Some(e @ PlanError::NotAllowed(_)) => (
+                SyncStatus::Unusual,
+                Some(FailureKind::NotAllowed),
+                Some(e.to_string()),
+            ),
             Some(e @ PlanError::Registry(_)) => (
                 SyncStatus::Failed,
                 Some(FailureKind::Registry),
@@ -183,6 +195,11 @@ impl Engine {
             .iter()
             .map(|t| RuleSide::parse(t).map_err(|e| bad("target", &e)))
             .collect::<Result<Vec<_>, _>>()?;
+        for side in std::iter::once(&src).chain(&dsts) {
+            self.allowed
+                .check(&side.image.registry)
+                .map_err(PlanError::NotAllowed)?;
+        }
         let needs_listing = matches!(src.selector, Selector::All | Selector::Regex(_));
         // Shapes first, with a stand-in tag list, so a bad rule never costs a request.
         for dst in &dsts {
@@ -291,7 +308,16 @@ mod tests {
 
     #[tokio::test]
     async fn bad_rules_are_refused_without_network() {
-        let engine = Engine::new(&RsyncConfig::default());
+        let engine = Engine::new(&RsyncConfig {
+            allowed_registries: vec!["127.0.0.1:9".into()],
+            ..RsyncConfig::default()
+        });
+        let refused = engine.sync("127.0.0.1:9/a:v1", "10.0.0.1:5000/a").await;
+        assert_eq!(refused.failure, Some(FailureKind::NotAllowed));
+        assert!(refused
+            .error
+            .unwrap()
+            .contains("10.0.0.1:5000 is not allowed"));
         let d = format!("sha256:{}", "a".repeat(64));
         for (s, t) in [
             ("127.0.0.1:9/a:v1", "127.0.0.1:9/a:v1"),

@@ -78,8 +78,8 @@ mod tests {
             registry: "r".into(),
             step: "s".into(),
             status,
+            code: None,
             detail: String::new(),
-            hint: "",
             retry_after: retry_after.map(Duration::from_secs),
         }
     }

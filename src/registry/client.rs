@@ -12,7 +12,7 @@ use tokio::sync::{OnceCell, RwLock};
 
 use super::auth::{Challenge, Credentials, TokenAnswer, TokenCache};
 use super::digest::digest_of;
-use super::error::{describe_transport_error, status_hint, RegistryError};
+use super::error::{describe_transport_error, RegistryError};
 use super::limiter::RateLimiter;
 use super::media;
 
@@ -713,8 +713,8 @@ impl RegistryClient {
             registry: self.registry().to_owned(),
             step: step.to_owned(),
             status,
+            code: media::error_code(&body),
             detail: media::error_detail(&body),
-            hint: status_hint(status),
             retry_after,
         }
     }

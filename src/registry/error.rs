@@ -16,7 +16,7 @@ pub enum RegistryError {
         cause: String,
     },
     /// The registry answered with an error status.
-    #[error("registry {registry}: {step}: HTTP {status}{detail}{hint}")]
+    #[error("registry {registry}: {step}: HTTP {status}{detail}{}", status_hint(*.status))]
     Status {
         /// host[:port] of the registry.
         registry: String,
@@ -24,10 +24,10 @@ pub enum RegistryError {
         step: String,
         /// HTTP status code.
         status: u16,
+        /// The registry's error code (`MANIFEST_BLOB_UNKNOWN`, ...), if it sent one.
+        code: Option<String>,
         /// The registry's own error code and message, if it sent any, prefixed with ": ".
         detail: String,
-        /// What the operator can do about it, prefixed with ". ".
-        hint: &'static str,
         /// `Retry-After` of a 429 or 503 answer.
         retry_after: Option<Duration>,
     },
@@ -78,8 +78,11 @@ impl RegistryError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RegistryError::Network { .. } | RegistryError::TokenExpired { .. } => true,
-            RegistryError::Status { status, .. } => {
+            RegistryError::Status { status, code, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+                    // Registries backed by eventually consistent storage may not see a
+                    // blob pushed a moment ago when the manifest arrives.
+                    || (*status == 400 && code.as_deref() == Some("MANIFEST_BLOB_UNKNOWN"))
             }
             _ => false,
         }

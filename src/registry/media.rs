@@ -173,23 +173,36 @@ pub fn parse_manifest(media_type: &str, bytes: &[u8]) -> Result<ManifestKind, Ma
     Ok(ManifestKind::Image(blobs))
 }
 
-/// The registry's own error code and message from an error body, as ": CODE: message".
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn first_error(body: &[u8]) -> Option<ErrorEntry> {
+    serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()?
+        .errors
+        .into_iter()
+        .next()
+}
+
+/// The registry's own error code (e.g. `MANIFEST_BLOB_UNKNOWN`), if the body has one.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    first_error(body).map(|e| e.code).filter(|c| !c.is_empty())
+}
+
+/// The registry's own error code and message from an error body, as ": CODE message".
 pub fn error_detail(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Envelope {
-        errors: Vec<Entry>,
-    }
-    #[derive(Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
-        if let Some(e) = env.errors.first() {
-            return format!(": {} {}", e.code, e.message).trim_end().to_owned();
-        }
+    if let Some(e) = first_error(body) {
+        return format!(": {} {}", e.code, e.message).trim_end().to_owned();
     }
     // A non-JSON body (HTML from a proxy, binary): a short printable excerpt at most.
     let Ok(text) = std::str::from_utf8(body) else {

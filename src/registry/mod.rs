@@ -10,6 +10,7 @@ pub mod media;
 mod pool;
 
 pub use auth::Credentials;
+pub(crate) use client::is_internal;
 pub use client::{Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MANIFEST_BYTES};
 pub(crate) use error::describe_transport_error;
 pub use error::RegistryError;
