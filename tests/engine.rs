@@ -478,3 +478,139 @@ async fn wrong_token_credentials_fail_clearly() {
     assert!(!error.contains("wrong-Pw-6"));
     skopeo::assert_absent(&tokened, "team/app:v1").await;
 }
+
+/// A descriptor JSON for raw content.
+fn descriptor(media_type: &str, digest: &str, size: usize) -> serde_json::Value {
+    serde_json::json!({"mediaType": media_type, "digest": digest, "size": size})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_every_kind_of_content_verbatim() {
+    use bytes::Bytes;
+    use serde_json::json;
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let engine = engine_for(&[&src, &dst]);
+    let repo = "kinds/app";
+    let push_json = |v: serde_json::Value| Bytes::from(serde_json::to_vec(&v).unwrap());
+
+    // An image whose layers are a zstd one and a truly empty (0-byte) one.
+    let zstd = Bytes::from(vec![7u8; 3000]);
+    let empty = Bytes::new();
+    let config = push_json(
+        json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}),
+    );
+    let (zstd_d, empty_d, config_d) = (
+        src.push_blob(repo, zstd.clone()).await,
+        src.push_blob(repo, empty.clone()).await,
+        src.push_blob(repo, config.clone()).await,
+    );
+    let image = push_json(json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config_d, config.len()),
+        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+zstd", &zstd_d, zstd.len()),
+                   descriptor("application/vnd.oci.image.layer.v1.tar", &empty_d, 0)],
+    }));
+    let image_d = src
+        .push_raw_manifest(
+            repo,
+            "image",
+            "application/vnd.oci.image.manifest.v1+json",
+            image.clone(),
+        )
+        .await;
+    // An attestation manifest, as buildx writes it, with an in-toto layer.
+    let statement = push_json(json!({"_type": "https://in-toto.io/Statement/v0.1"}));
+    let statement_d = src.push_blob(repo, statement.clone()).await;
+    let attestation = push_json(json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config_d, config.len()),
+        "layers": [descriptor("application/vnd.in-toto+json", &statement_d, statement.len())],
+    }));
+    let attestation_d = src
+        .push_raw_manifest(
+            repo,
+            "att",
+            "application/vnd.oci.image.manifest.v1+json",
+            attestation.clone(),
+        )
+        .await;
+    // An artifact with a non-image config media type.
+    let art_config = push_json(json!({"kind": "helm-chart"}));
+    let art_config_d = src.push_blob(repo, art_config.clone()).await;
+    let artifact = push_json(json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.chart",
+        "config": descriptor("application/vnd.example.config.v1+json", &art_config_d, art_config.len()),
+        "layers": [descriptor("application/vnd.example.chart.layer.v1.tar", &zstd_d, zstd.len())],
+    }));
+    let artifact_d = src
+        .push_raw_manifest(
+            repo,
+            "art",
+            "application/vnd.oci.image.manifest.v1+json",
+            artifact.clone(),
+        )
+        .await;
+    let mut entries = vec![
+        descriptor(
+            "application/vnd.oci.image.manifest.v1+json",
+            &image_d,
+            image.len(),
+        ),
+        descriptor(
+            "application/vnd.oci.image.manifest.v1+json",
+            &attestation_d,
+            attestation.len(),
+        ),
+        descriptor(
+            "application/vnd.oci.image.manifest.v1+json",
+            &artifact_d,
+            artifact.len(),
+        ),
+    ];
+    entries[0]["platform"] = json!({"os": "linux", "architecture": "amd64"});
+    entries[1]["platform"] = json!({"os": "unknown", "architecture": "unknown"});
+    entries[1]["annotations"] = json!({"vnd.docker.reference.type": "attestation-manifest",
+                                        "vnd.docker.reference.digest": image_d});
+    let index = push_json(
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}),
+    );
+    let index_d = src
+        .push_raw_manifest(repo, "v1", "application/vnd.oci.image.index.v1+json", index)
+        .await;
+
+    let report = engine
+        .sync(
+            &format!("{}/{repo}:v1", src.host()),
+            &format!("{}/{repo}", dst.host()),
+        )
+        .await;
+    assert_success(&report);
+    let img = &report.images[0];
+    assert_eq!(img.digest.as_deref(), Some(index_d.as_str()));
+    assert_eq!(img.manifests_pushed, 4);
+    assert_eq!(
+        img.blobs_copied, 5,
+        "zstd, empty, config, statement, artifact config"
+    );
+    skopeo::assert_digest(&dst, &format!("{repo}:v1"), &index_d).await;
+    for (digest, size) in [
+        (&zstd_d, 3000),
+        (&empty_d, 0),
+        (&statement_d, statement.len()),
+    ] {
+        let resp = reqwest::Client::new()
+            .head(format!("{}/v2/{repo}/blobs/{digest}", dst.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{digest}");
+        // reqwest's content_length() is the body's (empty for HEAD): read the header.
+        let length = resp.headers()["content-length"].to_str().unwrap().to_owned();
+        assert_eq!(length, size.to_string(), "{digest}");
+    }
+    for child in [&image_d, &attestation_d, &artifact_d] {
+        skopeo::assert_digest(&dst, &format!("{repo}@{child}"), child).await;
+    }
+}

@@ -96,6 +96,29 @@ impl Registry {
         }
     }
 
+    /// Uploads raw blob bytes to `repo` (any content, any size, 0 included); returns
+    /// the digest.
+    pub async fn push_blob(&self, repo: &str, data: Bytes) -> String {
+        let digest = super::image::sha256_digest(&data);
+        Api::new(self).put_blob(repo, &digest, data).await;
+        digest
+    }
+
+    /// PUTs raw manifest bytes of any media type as `reference`; returns the digest.
+    pub async fn push_raw_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> String {
+        let digest = super::image::sha256_digest(&bytes);
+        Api::new(self)
+            .put_manifest(repo, reference, media_type, &bytes, &digest)
+            .await;
+        digest
+    }
+
     /// Deletes a blob from `repo` (storage.delete is enabled), e.g. to prove the oracle
     /// notices a missing blob.
     pub async fn delete_blob(&self, repo: &str, digest: &str) {
