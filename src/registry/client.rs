@@ -162,6 +162,7 @@ impl RegistryClient {
             cause,
         };
         let mut builder = reqwest::Client::builder()
+            .redirect(redirect_policy())
             .connect_timeout(endpoint.timeouts.connect)
             .read_timeout(endpoint.timeouts.idle_read)
             .tcp_nodelay(true)
@@ -768,6 +769,32 @@ impl RegistryClient {
 /// The request path of a manifest by tag or digest.
 fn manifest_path(repository: &str, reference: &str) -> String {
     format!("/v2/{repository}/manifests/{reference}")
+}
+
+/// Redirects are followed (blob GETs often go to object storage), at most five, never to
+/// an internal address the registry did not start on; reqwest itself drops
+/// `Authorization` when a redirect changes host.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first_host = attempt
+            .previous()
+            .first()
+            .and_then(|u| u.host_str())
+            .unwrap_or_default()
+            .to_owned();
+        let host = attempt.url().host_str().unwrap_or_default().to_owned();
+        let internal = host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| is_internal(&ip));
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if internal && !host.eq_ignore_ascii_case(&first_host) {
+            attempt.error(format!("redirect to internal address {host} refused"))
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// The host of `host[:port]`.
