@@ -479,6 +479,21 @@ async fn wrong_token_credentials_fail_clearly() {
     skopeo::assert_absent(&tokened, "team/app:v1").await;
 }
 
+/// Pushes an OCI manifest given as JSON under its digest; returns (digest, length).
+async fn push_manifest(
+    registry: &Registry,
+    repo: &str,
+    manifest: serde_json::Value,
+) -> (String, usize) {
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap());
+    let digest = common::image::sha256_digest(&bytes);
+    let media_type = "application/vnd.oci.image.manifest.v1+json";
+    registry
+        .push_raw_manifest(repo, &digest, media_type, bytes.clone())
+        .await;
+    (digest, bytes.len())
+}
+
 /// A descriptor JSON for raw content.
 fn descriptor(media_type: &str, digest: &str, size: usize) -> serde_json::Value {
     serde_json::json!({"mediaType": media_type, "digest": digest, "size": size})
@@ -505,70 +520,37 @@ async fn copies_every_kind_of_content_verbatim() {
         src.push_blob(repo, empty.clone()).await,
         src.push_blob(repo, config.clone()).await,
     );
-    let image = push_json(json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let image = push_manifest(&src, repo, json!({
+        "schemaVersion": 2, "mediaType": oci,
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config_d, config.len()),
         "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+zstd", &zstd_d, zstd.len()),
                    descriptor("application/vnd.oci.image.layer.v1.tar", &empty_d, 0)],
-    }));
-    let image_d = src
-        .push_raw_manifest(
-            repo,
-            "image",
-            "application/vnd.oci.image.manifest.v1+json",
-            image.clone(),
-        )
-        .await;
+    }))
+    .await;
     // An attestation manifest, as buildx writes it, with an in-toto layer.
     let statement = push_json(json!({"_type": "https://in-toto.io/Statement/v0.1"}));
     let statement_d = src.push_blob(repo, statement.clone()).await;
-    let attestation = push_json(json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    let attestation = push_manifest(&src, repo, json!({
+        "schemaVersion": 2, "mediaType": oci,
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config_d, config.len()),
         "layers": [descriptor("application/vnd.in-toto+json", &statement_d, statement.len())],
-    }));
-    let attestation_d = src
-        .push_raw_manifest(
-            repo,
-            "att",
-            "application/vnd.oci.image.manifest.v1+json",
-            attestation.clone(),
-        )
-        .await;
+    }))
+    .await;
     // An artifact with a non-image config media type.
     let art_config = push_json(json!({"kind": "helm-chart"}));
     let art_config_d = src.push_blob(repo, art_config.clone()).await;
-    let artifact = push_json(json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.example.chart",
+    let artifact = push_manifest(&src, repo, json!({
+        "schemaVersion": 2, "mediaType": oci, "artifactType": "application/vnd.example.chart",
         "config": descriptor("application/vnd.example.config.v1+json", &art_config_d, art_config.len()),
         "layers": [descriptor("application/vnd.example.chart.layer.v1.tar", &zstd_d, zstd.len())],
-    }));
-    let artifact_d = src
-        .push_raw_manifest(
-            repo,
-            "art",
-            "application/vnd.oci.image.manifest.v1+json",
-            artifact.clone(),
-        )
-        .await;
-    let mut entries = vec![
-        descriptor(
-            "application/vnd.oci.image.manifest.v1+json",
-            &image_d,
-            image.len(),
-        ),
-        descriptor(
-            "application/vnd.oci.image.manifest.v1+json",
-            &attestation_d,
-            attestation.len(),
-        ),
-        descriptor(
-            "application/vnd.oci.image.manifest.v1+json",
-            &artifact_d,
-            artifact.len(),
-        ),
-    ];
+    }))
+    .await;
+    let mut entries: Vec<_> = [&image, &attestation, &artifact]
+        .iter()
+        .map(|(digest, len)| descriptor(oci, digest, *len))
+        .collect();
+    let (image_d, attestation_d, artifact_d) = (&image.0, &attestation.0, &artifact.0);
     entries[0]["platform"] = json!({"os": "linux", "architecture": "amd64"});
     entries[1]["platform"] = json!({"os": "unknown", "architecture": "unknown"});
     entries[1]["annotations"] = json!({"vnd.docker.reference.type": "attestation-manifest",
@@ -607,10 +589,13 @@ async fn copies_every_kind_of_content_verbatim() {
             .unwrap();
         assert_eq!(resp.status(), 200, "{digest}");
         // reqwest's content_length() is the body's (empty for HEAD): read the header.
-        let length = resp.headers()["content-length"].to_str().unwrap().to_owned();
+        let length = resp.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert_eq!(length, size.to_string(), "{digest}");
     }
-    for child in [&image_d, &attestation_d, &artifact_d] {
+    for child in [image_d, attestation_d, artifact_d] {
         skopeo::assert_digest(&dst, &format!("{repo}@{child}"), child).await;
     }
 }
