@@ -401,12 +401,7 @@ impl CopyJob<'_> {
         );
         let upload = self
             .dst
-            .blob_upload(
-                dst_repo,
-                digest,
-                blob.size,
-                reqwest::Body::wrap_stream(stream),
-            )
+            .blob_upload(dst_repo, digest, blob.size, stream)
             .await;
         // A failing source stream surfaces at the target as a broken upload; report the cause.
         if let Some(source_err) = source_failure.lock().expect("source failure lock").take() {

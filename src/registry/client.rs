@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::Stream;
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::{OnceCell, RwLock};
@@ -15,6 +16,7 @@ use super::digest::digest_of;
 use super::error::{describe_transport_error, RegistryError};
 use super::limiter::RateLimiter;
 use super::media;
+use super::watchdog::Activity;
 
 /// Largest manifest accepted (distribution's own limit; containers/image uses the same).
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -140,6 +142,8 @@ pub struct RegistryClient {
     /// Host to connect to (Docker Hub's API host differs from its reference name).
     api_host: String,
     http: reqwest::Client,
+    /// The same, without a read timeout, for blob uploads.
+    upload_http: reqwest::Client,
     /// `scheme://host`, found on first use.
     base: OnceCell<String>,
     challenge: RwLock<Challenge>,
@@ -156,45 +160,14 @@ impl RegistryClient {
         } else {
             endpoint.registry.clone()
         };
-        let setup_error = |cause: String| RegistryError::Protocol {
-            registry: endpoint.registry.clone(),
-            step: "setting up the connection".into(),
-            cause,
-        };
-        let mut builder = reqwest::Client::builder()
-            .redirect(redirect_policy())
-            .connect_timeout(endpoint.timeouts.connect)
-            .read_timeout(endpoint.timeouts.idle_read)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")));
-        match &endpoint.transport {
-            Transport::Verified {
-                ca_file: Some(path),
-            } => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    setup_error(format!("cannot read ca_file {}: {e}", path.display()))
-                })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    setup_error(format!(
-                        "ca_file {} holds no usable PEM certificate: {e}",
-                        path.display()
-                    ))
-                })?;
-                for cert in certs {
-                    builder = builder.add_root_certificate(cert);
-                }
-            }
-            Transport::Verified { ca_file: None } | Transport::PlainHttp => {}
-            Transport::SkipVerify | Transport::Insecure => {
-                builder = builder.danger_accept_invalid_certs(true);
-            }
-        }
-        let http = builder.build().map_err(|e| setup_error(e.to_string()))?;
+        let http = http_client(&endpoint, Some(endpoint.timeouts.idle_read))?;
+        // Uploads get no read timeout (it would cut long uploads); see watchdog.rs.
+        let upload_http = http_client(&endpoint, None)?;
         Ok(Self {
             endpoint,
             api_host,
             http,
+            upload_http,
             base: OnceCell::new(),
             challenge: RwLock::new(Challenge::None),
             tokens: TokenCache::default(),
@@ -421,13 +394,17 @@ impl RegistryClient {
     }
 
     /// Uploads a blob of known `size` from `body` (a stream) with one POST and one PUT.
-    pub async fn blob_upload(
+    /// The PUT fails when nothing moved for the idle limit, never for lasting long.
+    pub async fn blob_upload<S>(
         &self,
         repository: &str,
         digest: &str,
         size: u64,
-        body: reqwest::Body,
-    ) -> Result<(), RegistryError> {
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Unpin + 'static,
+    {
         let step = format!("pushing blob {digest} to {repository}");
         let resp = self
             .send(&step, Access::Push(repository), |c, base| {
@@ -437,24 +414,34 @@ impl RegistryClient {
             .await?;
         let resp = self.expect(resp, &step, &[StatusCode::ACCEPTED]).await?;
         let location = self.upload_location(&resp, &step).await?;
+        let activity = Activity::new();
         // The stream cannot be replayed, so this request is sent once with the token
         // the POST just used; a failure is retried by the caller from a fresh GET.
         let request = self
-            .http
+            .upload_http
             .put(location.as_str())
             .query(&[("digest", digest)])
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size)
-            .body(body);
-        let request = self
+            .body(reqwest::Body::wrap_stream(activity.track(body)));
+        let (request, used) = self
             .authorize(request, Access::Push(repository), &step)
             .await?;
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| self.network_error(&step, &e))?;
-        let bearer = matches!(*self.challenge.read().await, Challenge::Bearer { .. });
-        if resp.status() == StatusCode::UNAUTHORIZED && bearer {
+        self.limiter.ready().await;
+        // Half as long again as the read timeout, so a stalled source (whose own read
+        // timeout fires first) is reported as the source's fault.
+        let idle = self.endpoint.timeouts.idle_read;
+        let resp = tokio::select! {
+            resp = request.send() => resp.map_err(|e| self.network_error(&step, &e))?,
+            () = activity.stalled(idle + idle / 2) => {
+                return Err(RegistryError::Network {
+                    registry: self.registry().to_owned(),
+                    step,
+                    cause: format!("timed out: nothing moved for {}s", (idle + idle / 2).as_secs()),
+                })
+            }
+        };
+        if resp.status() == StatusCode::UNAUTHORIZED && matches!(used, Challenge::Bearer { .. }) {
             // The POST just passed with this token, so it expired on the way: drop it,
             // and the caller's retry fetches a fresh one.
             self.tokens.forget(&Access::Push(repository).key()).await;
@@ -535,9 +522,10 @@ impl RegistryClient {
         let base = self.base(step).await?;
         let mut refreshed = false;
         loop {
-            let request = self
+            let (request, used) = self
                 .authorize(build(&self.http, base), access, step)
                 .await?;
+            self.limiter.ready().await;
             let resp = request
                 .send()
                 .await
@@ -546,13 +534,11 @@ impl RegistryClient {
                 return Ok(resp);
             }
             refreshed = true;
-            let before = self.challenge.read().await.clone();
-            let after = self.learn_challenge(resp.headers()).await;
-            if after == Challenge::None {
-                return Ok(resp);
-            }
-            if matches!(after, Challenge::Basic) && before == after {
-                // Basic credentials were already sent and refused: asking again cannot help.
+            // Judge by the challenge this request was sent under: a concurrent request
+            // may have learnt the registry's challenge in the meantime.
+            let learnt = self.learn_challenge(resp.headers()).await;
+            let basic_refused = used == Challenge::Basic && learnt == Challenge::Basic;
+            if learnt == Challenge::None || basic_refused {
                 return Ok(resp);
             }
             self.tokens.forget(&access.key()).await;
@@ -577,29 +563,30 @@ impl RegistryClient {
         request: RequestBuilder,
         access: Access<'_>,
         step: &str,
-    ) -> Result<RequestBuilder, RegistryError> {
+    ) -> Result<(RequestBuilder, Challenge), RegistryError> {
         let challenge = self.challenge.read().await.clone();
-        match challenge {
-            Challenge::None => Ok(request),
-            Challenge::Basic => Ok(match &self.endpoint.credentials {
+        let request = match &challenge {
+            Challenge::None => request,
+            Challenge::Basic => match &self.endpoint.credentials {
                 Some(c) => request.basic_auth(&c.username, Some(c.password.expose())),
                 None => request,
-            }),
+            },
             Challenge::Bearer { realm, service } => {
                 let scope = access.key();
                 let token = match self.tokens.get(&scope).await {
                     Some(t) => t,
                     None => {
                         let t = self
-                            .fetch_token(&realm, service.as_deref(), &access, step)
+                            .fetch_token(realm, service.as_deref(), &access, step)
                             .await?;
                         self.tokens.put(&scope, t.clone()).await;
                         t
                     }
                 };
-                Ok(request.header(AUTHORIZATION, format!("Bearer {}", token.value.expose())))
+                request.header(AUTHORIZATION, format!("Bearer {}", token.value.expose()))
             }
-        }
+        };
+        Ok((request, challenge))
     }
 
     /// Asks the token realm for a bearer token covering `access`.
@@ -769,6 +756,49 @@ impl RegistryClient {
 /// The request path of a manifest by tag or digest.
 fn manifest_path(repository: &str, reference: &str) -> String {
     format!("/v2/{repository}/manifests/{reference}")
+}
+
+/// An HTTP client for `endpoint`'s transport; `read_timeout` limits each wait for data.
+fn http_client(
+    endpoint: &Endpoint,
+    read_timeout: Option<Duration>,
+) -> Result<reqwest::Client, RegistryError> {
+    let setup_error = |cause: String| RegistryError::Protocol {
+        registry: endpoint.registry.clone(),
+        step: "setting up the connection".into(),
+        cause,
+    };
+    let mut builder = reqwest::Client::builder()
+        .redirect(redirect_policy())
+        .connect_timeout(endpoint.timeouts.connect)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")));
+    if let Some(limit) = read_timeout {
+        builder = builder.read_timeout(limit);
+    }
+    match &endpoint.transport {
+        Transport::Verified {
+            ca_file: Some(path),
+        } => {
+            let pem = std::fs::read(path)
+                .map_err(|e| setup_error(format!("cannot read ca_file {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                setup_error(format!(
+                    "ca_file {} holds no usable PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Transport::Verified { ca_file: None } | Transport::PlainHttp => {}
+        Transport::SkipVerify | Transport::Insecure => {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+    }
+    builder.build().map_err(|e| setup_error(e.to_string()))
 }
 
 /// Redirects are followed (blob GETs often go to object storage), at most five, never to

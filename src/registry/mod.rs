@@ -8,6 +8,7 @@ mod error;
 mod limiter;
 pub mod media;
 mod pool;
+mod watchdog;
 
 pub use auth::Credentials;
 pub(crate) use client::is_internal;

@@ -66,6 +66,13 @@ impl Registry {
         Self::start_with(Some(Creds::new(user, pass)), Some(issuer)).await
     }
 
+    /// A registry with extra config: `extra_yaml` is merged key by key into the generated
+    /// config (e.g. `storage: {maintenance: {readonly: {enabled: true}}}` or a
+    /// `validation:` section). `creds` adds htpasswd auth as [`Registry::start_htpasswd`].
+    pub async fn start_configured(creds: Option<Creds>, extra_yaml: &str) -> Registry {
+        Self::start_full(creds, None, extra_yaml).await
+    }
+
     /// `127.0.0.1:PORT`, the registry part of an image reference.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -101,6 +108,14 @@ impl Registry {
     }
 
     async fn start_with(creds: Option<Creds>, issuer: Option<&TokenIssuer>) -> Registry {
+        Self::start_full(creds, issuer, "").await
+    }
+
+    async fn start_full(
+        creds: Option<Creds>,
+        issuer: Option<&TokenIssuer>,
+        extra_yaml: &str,
+    ) -> Registry {
         let exe = DOCKER_REGISTRY.path();
         let dir = tempfile::Builder::new()
             .prefix("imagersync-registry-")
@@ -133,8 +148,8 @@ impl Registry {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, config_yaml(dir.path(), port) + &auth)
-                .expect("write registry config");
+            let yaml = merge_yaml(&(config_yaml(dir.path(), port) + &auth), extra_yaml);
+            std::fs::write(&config, yaml).expect("write registry config");
             let mut cmd = Command::new(&exe);
             cmd.arg("serve").arg(&config).current_dir(dir.path());
             for (key, _) in std::env::vars_os() {
@@ -199,6 +214,33 @@ fn config_yaml(dir: &Path, port: u16) -> String {
          http:\n  addr: 127.0.0.1:{port}\n  secret: imagersync-test-secret\n",
         data = dir.join("data").display(),
     )
+}
+
+/// `base` with `extra` merged in: mappings key by key, anything else replaced.
+fn merge_yaml(base: &str, extra: &str) -> String {
+    use serde_yaml_ng::Value;
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Mapping(into), Value::Mapping(from)) => {
+                for (k, v) in from {
+                    match into.get_mut(&k) {
+                        Some(existing) => merge(existing, v),
+                        None => {
+                            into.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (into, from) => *into = from,
+        }
+    }
+    if extra.trim().is_empty() {
+        return base.to_owned();
+    }
+    let mut value: Value = serde_yaml_ng::from_str(base).expect("registry config parses");
+    let extra: Value = serde_yaml_ng::from_str(extra).expect("extra registry config parses");
+    merge(&mut value, extra);
+    serde_yaml_ng::to_string(&value).expect("registry config serialises")
 }
 
 /// Writes a bcrypt htpasswd file with `htpasswd -Bbn`.
