@@ -333,6 +333,51 @@ mod tests {
         assert!(config.rsyncserver.rsyncconfig.auth["local"].insecure);
     }
 
+    /// The commented-out block of the shipped config that starts with `  # {key}:`,
+    /// uncommented.
+    fn commented_example(text: &str, key: &str) -> String {
+        let start = format!("  # {key}:");
+        let mut lines = text.lines().skip_while(|l| !l.starts_with(&start));
+        let first = lines
+            .next()
+            .unwrap_or_else(|| panic!("no {start} in the config"));
+        std::iter::once(first)
+            .chain(lines.take_while(|l| l.starts_with("  #   ")))
+            .map(|l| format!("  {}", &l[4..]))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn shipped_config_examples_of_the_security_keys_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/config.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let hash_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("#   jenkins: '$2y$"))
+            .expect("a bcrypt example under auth");
+        let hash = hash_line.split('\'').nth(1).unwrap();
+        let yaml = format!(
+            "rsyncserver:\n  auth: {{admin: admin, jenkins: '{hash}', promoter: p}}\n{}\n{}\n{}\n",
+            commented_example(&text, "scopes"),
+            commented_example(&text, "max_concurrent_syncs"),
+            commented_example(&text, "login_damping"),
+        );
+        let config = Config::from_yaml(&yaml, Path::new("example.yaml"))
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let server = &config.rsyncserver;
+        assert_eq!(server.scopes.len(), 2, "{yaml}");
+        assert_eq!(server.max_concurrent_syncs, 32);
+        assert_eq!(server.login_damping.max_failures, 10);
+        assert_eq!(server.login_damping.window_seconds, 60);
+        // The example hash is what the comment says it is.
+        let users = crate::http::auth::UserTable::new(&server.auth);
+        assert!(users.verify(&crate::http::auth::Credentials {
+            user: "jenkins".into(),
+            password: crate::secret::Secret::new("change-me"),
+        }));
+    }
+
     #[test]
     fn defaults() {
         let cli = parse(&[]).unwrap();

@@ -32,17 +32,76 @@ pub struct SiteConfig {
 }
 
 /// The `rsyncserver` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Analysis log: one JSON line per sync is appended here.
     #[serde(default = "default_logfile")]
     pub logfile: PathBuf,
-    /// Service users for HTTP Basic auth: user name → password.
+    /// Service users for HTTP Basic auth: user name → password, in plain text or as a
+    /// bcrypt hash (`$2a$`, `$2b$`, `$2y$`, as `htpasswd -nbB` writes).
     pub auth: BTreeMap<String, Secret>,
+    /// Per-user limits on what a user may sync from and to; users without an entry are
+    /// unrestricted.
+    #[serde(default)]
+    pub scopes: BTreeMap<String, UserScopeConfig>,
+    /// Syncs running at once across the service; a request beyond that gets 503.
+    #[serde(default = "default_max_concurrent_syncs")]
+    pub max_concurrent_syncs: usize,
+    /// Answering 429 to a client address after repeated failed logins.
+    #[serde(default)]
+    pub login_damping: LoginDampingConfig,
     /// Registry credentials and task settings for the sync engine.
     #[serde(default)]
     pub rsyncconfig: RsyncConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            logfile: default_logfile(),
+            auth: BTreeMap::new(),
+            scopes: BTreeMap::new(),
+            max_concurrent_syncs: default_max_concurrent_syncs(),
+            login_damping: LoginDampingConfig::default(),
+            rsyncconfig: RsyncConfig::default(),
+        }
+    }
+}
+
+/// One user's entry in `rsyncserver.scopes`: `registry[/repository path]` prefixes,
+/// matched on whole path components. A side that is left out is not restricted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserScopeConfig {
+    /// Prefixes the user may sync from; absent: any source.
+    #[serde(default)]
+    pub source: Option<Vec<String>>,
+    /// Prefixes the user may sync to; absent: any target.
+    #[serde(default)]
+    pub target: Option<Vec<String>>,
+}
+
+/// The `rsyncserver.login_damping` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginDampingConfig {
+    /// Failed logins from one client address within the window after which that address
+    /// gets 429 until the window has passed; 0 turns damping off.
+    #[serde(default = "default_max_failed_logins")]
+    pub max_failures: usize,
+    /// Length of the sliding window, in seconds.
+    #[serde(default = "default_login_window")]
+    pub window_seconds: u64,
+}
+
+impl Default for LoginDampingConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: default_max_failed_logins(),
+            window_seconds: default_login_window(),
+        }
+    }
 }
 
 /// The `rsyncserver.rsyncconfig` section: what the engine needs.
@@ -133,6 +192,15 @@ impl Default for TaskConfig {
 
 fn default_logfile() -> PathBuf {
     PathBuf::from("logs/rsync_analysis.log")
+}
+fn default_max_concurrent_syncs() -> usize {
+    32
+}
+fn default_max_failed_logins() -> usize {
+    10
+}
+fn default_login_window() -> u64 {
+    60
 }
 fn default_proc_num() -> usize {
     5
@@ -249,6 +317,57 @@ impl Config {
                     "empty password: give this user a password".into(),
                 ));
             }
+            if let Err(e) = crate::http::auth::check_password_entry(password.expose()) {
+                return Err((format!("rsyncserver.auth.{user}"), e));
+            }
+        }
+        for (user, scope) in &server.scopes {
+            let key = format!("rsyncserver.scopes.{user}");
+            if !server.auth.contains_key(user) {
+                return Err((
+                    key,
+                    "no such user in rsyncserver.auth: scopes apply to service users".into(),
+                ));
+            }
+            if scope.source.is_none() && scope.target.is_none() {
+                return Err((
+                    key,
+                    "restricts nothing: give `source`, `target` or both (a list of registry[/path] prefixes), or remove the entry".into(),
+                ));
+            }
+            for (side, prefixes) in [("source", &scope.source), ("target", &scope.target)] {
+                let Some(prefixes) = prefixes else { continue };
+                if prefixes.is_empty() {
+                    return Err((
+                        format!("{key}.{side}"),
+                        "an empty list would allow nothing: list registry[/path] prefixes, or leave the key out to allow any".into(),
+                    ));
+                }
+                for (i, prefix) in prefixes.iter().enumerate() {
+                    if let Err(e) = crate::http::scopes::normalise_prefix(prefix) {
+                        return Err((format!("{key}.{side}[{i}]"), e));
+                    }
+                }
+            }
+        }
+        if server.max_concurrent_syncs == 0 || server.max_concurrent_syncs > 4096 {
+            return Err((
+                "rsyncserver.max_concurrent_syncs".into(),
+                "must be between 1 and 4096".into(),
+            ));
+        }
+        let damping = &server.login_damping;
+        if damping.max_failures > 1000 {
+            return Err((
+                "rsyncserver.login_damping.max_failures".into(),
+                "must be between 0 (off) and 1000".into(),
+            ));
+        }
+        if damping.window_seconds == 0 || damping.window_seconds > 86_400 {
+            return Err((
+                "rsyncserver.login_damping.window_seconds".into(),
+                "must be between 1 and 86400 seconds".into(),
+            ));
         }
         if server.logfile.as_os_str().is_empty() {
             return Err((
@@ -416,6 +535,37 @@ rsyncserver:
     }
 
     #[test]
+    fn security_keys_default_and_load() {
+        let c = Config::from_yaml("rsyncserver: {auth: {a: b}}", Path::new("c.yaml")).unwrap();
+        assert_eq!(c.rsyncserver.max_concurrent_syncs, 32);
+        assert_eq!(c.rsyncserver.login_damping.max_failures, 10);
+        assert_eq!(c.rsyncserver.login_damping.window_seconds, 60);
+        assert!(c.rsyncserver.scopes.is_empty());
+        assert_eq!(ServerConfig::default().max_concurrent_syncs, 32);
+        let hash = "$2y$04$X3btQmFvcFKrKG59OVwWm.Nx05nZEsotO8W0mVGZ0RVL9PGH9kTvC";
+        let yaml = format!(
+            r#"
+rsyncserver:
+  auth: {{a: b, ci: '{hash}'}}
+  max_concurrent_syncs: 4
+  login_damping: {{max_failures: 0, window_seconds: 30}}
+  scopes:
+    ci: {{target: [REG.example.com/team/]}}
+"#
+        );
+        let c = Config::from_yaml(&yaml, Path::new("c.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.rsyncserver.max_concurrent_syncs, 4);
+        assert_eq!(c.rsyncserver.login_damping.max_failures, 0);
+        assert_eq!(c.rsyncserver.auth["ci"].expose(), hash);
+        let scope = &c.rsyncserver.scopes["ci"];
+        assert!(scope.source.is_none());
+        assert_eq!(
+            scope.target.as_deref(),
+            Some(&["REG.example.com/team/".to_owned()][..])
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let cases: &[(&str, &str)] = &[
             ("rsyncserver: {auth: {}}", "rsyncserver.auth"),
@@ -431,6 +581,38 @@ rsyncserver:
             (
                 "rsyncserver: {auth: {a: '${IMAGERSYNC_SURELY_UNSET}'}}",
                 "IMAGERSYNC_SURELY_UNSET",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, scopes: {ghost: {source: [reg.example.com]}}}",
+                "rsyncserver.scopes.ghost",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, scopes: {a: {}}}",
+                "rsyncserver.scopes.a",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, scopes: {a: {target: []}}}",
+                "rsyncserver.scopes.a.target",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, scopes: {a: {source: [reg.example.com, team/app]}}}",
+                "rsyncserver.scopes.a.source[1]",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, scopes: {a: {sources: [reg.example.com]}}}",
+                "sources",
+            ),
+            (
+                "rsyncserver: {auth: {a: '$2y$10$truncated'}}",
+                "rsyncserver.auth.a",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, max_concurrent_syncs: 0}",
+                "rsyncserver.max_concurrent_syncs",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, login_damping: {window_seconds: 0}}",
+                "rsyncserver.login_damping.window_seconds",
             ),
             ("rsyncserver: [", "c.yaml"),
             ("config: {}", "rsyncserver"),

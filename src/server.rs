@@ -117,6 +117,8 @@ pub async fn serve_listener(
 ) -> io::Result<()> {
     let syncs = state.syncs().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // The peer address goes into every request: failed-login damping counts per address
+    // (without it, damping would be off).
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // axum's graceful shutdown stops accepting and waits for open connections, without
     // a time limit: run it as a task so the wait below can bound it.

@@ -1,6 +1,7 @@
 //! Route handlers. Status codes come from [`super::response::http_status`], never from here.
 
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
@@ -15,11 +16,15 @@ use super::auth::AuthUser;
 use super::body::{parse_sync_request, ParsedRequest, MAX_BODY_BYTES};
 use super::home;
 use super::response::{
-    close_connection, error_response, AnalysisEntry, Health, Outcome, RsyncConfigEcho,
-    SyncResponse, UsePost,
+    close_connection, error_response, set_retry_after, AnalysisEntry, Health, Outcome,
+    RsyncConfigEcho, SyncResponse, UsePost,
 };
 use super::state::AppState;
 use crate::engine::{FailureKind, SyncStatus};
+
+/// `Retry-After` of a 503 when every sync slot is taken. Syncs take seconds to minutes;
+/// a CI job retrying after this long rarely finds the service still full.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 10;
 
 /// `GET /`.
 pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Html<String> {
@@ -64,14 +69,46 @@ pub async fn rsync(
             return response;
         }
     };
+    // Scopes before anything else: a refused request contacts no registry.
+    if let Err(message) = state.scopes().check(&username, &request.request) {
+        tracing::warn!(user = %username, refusal = ?message, "sync refused by scope");
+        let outcome = Outcome::Sync {
+            status: SyncStatus::Unusual,
+            failure: Some(FailureKind::NotAllowed),
+        };
+        let answer = SyncResponse::rejected(username, request.echo, outcome, message, start);
+        record(&state, &answer);
+        return answer.into_response();
+    }
+    // A slot for the whole sync, taken now or never: a full service answers at once
+    // instead of queueing callers without bound.
+    let Ok(slot) = state.sync_slots().clone().try_acquire_owned() else {
+        let max = state.max_concurrent_syncs();
+        let answer = SyncResponse::rejected(
+            username,
+            request.echo,
+            Outcome::Busy,
+            format!(
+                "the service is busy: it already runs its maximum of {max} syncs at once \
+                 (rsyncserver.max_concurrent_syncs); retry in {BUSY_RETRY_AFTER_SECONDS} s"
+            ),
+            start,
+        );
+        record(&state, &answer);
+        let mut response = answer.into_response();
+        set_retry_after(&mut response, Duration::from_secs(BUSY_RETRY_AFTER_SECONDS));
+        return response;
+    };
     let echo = request.echo.clone();
     let task_state = state.clone();
     let task_user = username.clone();
     let guard = state.syncs().start();
     // In its own task, so that a caller hanging up (which drops this future) does not
-    // cancel the copy half-way; the task logs its own result either way.
+    // cancel the copy half-way; the task logs its own result either way. The slot goes
+    // with it, so a sync whose caller left still counts against the cap.
     let task = tokio::spawn(async move {
         let _guard = guard;
+        let _slot = slot;
         run_sync(&task_state, task_user, request).await
     });
     match task.await {

@@ -1,7 +1,8 @@
 //! The HTTP API (design.md section 2): routes, Basic auth, request and response shapes.
 //!
 //! One job per module: [`router`](mod@router) wires routes and layers, [`auth`] checks
-//! credentials, [`body`] parses the sync request, [`handlers`] answer, [`response`] holds
+//! credentials, [`damping`] slows down password guessing, [`scopes`] limits what each
+//! user may sync, [`body`] parses the sync request, [`handlers`] answer, [`response`] holds
 //! the JSON shapes and the single outcome → status mapping, [`home`] renders `GET /`,
 //! [`access_log`] writes one line per request, [`state`] and [`tracker`] hold what
 //! handlers share.
@@ -9,10 +10,12 @@
 pub mod access_log;
 pub mod auth;
 pub mod body;
+pub mod damping;
 pub mod handlers;
 pub mod home;
 pub mod response;
 pub mod router;
+pub mod scopes;
 pub mod state;
 pub mod tracker;
 

@@ -23,6 +23,10 @@ pub enum Outcome {
     BodyTooLarge,
     /// No usable Basic credentials.
     Unauthenticated,
+    /// Too many failed logins from the client's address: damped for a while.
+    TooManyLogins,
+    /// Every sync slot (`rsyncserver.max_concurrent_syncs`) is taken.
+    Busy,
     /// The service itself broke (the engine panicked); not the caller's nor a registry's fault.
     Internal,
 }
@@ -58,6 +62,8 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
         } => StatusCode::BAD_GATEWAY,
         Outcome::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Outcome::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Outcome::TooManyLogins => StatusCode::TOO_MANY_REQUESTS,
+        Outcome::Busy => StatusCode::SERVICE_UNAVAILABLE,
         Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -186,7 +192,9 @@ impl SyncResponse {
             Outcome::Sync { status, failure } => (status, failure),
             Outcome::Internal => (SyncStatus::Failed, None),
             Outcome::BodyTooLarge => (SyncStatus::Unusual, Some(FailureKind::BadInput)),
-            Outcome::Unauthenticated => (SyncStatus::Unusual, None),
+            Outcome::Unauthenticated | Outcome::TooManyLogins | Outcome::Busy => {
+                (SyncStatus::Unusual, None)
+            }
         };
         let end = Local::now();
         let duration = (end - start)
@@ -213,10 +221,16 @@ impl SyncResponse {
     /// The body of a 401. Depends on nothing but `message`, so it leaks nothing about
     /// which users exist.
     pub fn unauthenticated(message: &str) -> Self {
+        Self::refused_login(Outcome::Unauthenticated, message)
+    }
+
+    /// The body of an answer given before anyone authenticated (401, 429): no user, no
+    /// sync, epoch times; depends on nothing but `outcome` and `message`.
+    pub fn refused_login(outcome: Outcome, message: &str) -> Self {
         let mut response = Self::rejected(
             String::new(),
             RsyncConfigEcho::default(),
-            Outcome::Unauthenticated,
+            outcome,
             message,
             no_time(),
         );
@@ -303,6 +317,19 @@ pub fn error_response(status: StatusCode, message: impl Into<String>) -> Respons
         .into_response()
 }
 
+/// `wait` in whole seconds, rounded up, at least 1: what `Retry-After` says.
+pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// Adds `Retry-After` with [`retry_after_seconds`] of `wait`.
+pub fn set_retry_after(response: &mut Response, wait: std::time::Duration) {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after_seconds(wait)),
+    );
+}
+
 /// True when the request announces a body (a length above zero, or chunked).
 pub fn announces_body(headers: &HeaderMap) -> bool {
     let length = headers
@@ -347,6 +374,8 @@ mod tests {
             (sync(Failed, None), 502),
             (Outcome::BodyTooLarge, 413),
             (Outcome::Unauthenticated, 401),
+            (Outcome::TooManyLogins, 429),
+            (Outcome::Busy, 503),
             (Outcome::Internal, 500),
         ];
         for (outcome, code) in cases {

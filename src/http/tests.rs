@@ -26,13 +26,20 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = r#"
+    fixture_with(
+        r#"
 config:
   tools: {docs: "https://example.com/<docs>"}
 rsyncserver:
   auth: {admin: admin, jenkins: "pa:ss"}
-"#;
+"#,
+    )
+    .0
+}
+
+/// A fixture for `yaml`, and its state (to look at or hold its sync slots).
+fn fixture_with(yaml: &str) -> (Fixture, AppState) {
+    let dir = tempfile::tempdir().unwrap();
     let config = Config::from_yaml(yaml, Path::new("test.yaml")).unwrap();
     let log = dir.path().join("logs/analysis.log");
     let state = AppState::new(
@@ -40,11 +47,12 @@ rsyncserver:
         Engine::new(&config.rsyncserver.rsyncconfig),
         AnalysisLog::open(&log).unwrap(),
     );
-    Fixture {
-        app: router(state),
+    let fixture = Fixture {
+        app: router(state.clone()),
         log,
         _dir: dir,
-    }
+    };
+    (fixture, state)
 }
 
 fn basic(user_pass: &str) -> String {
@@ -376,4 +384,272 @@ async fn unusable_reference_reaches_the_engine_and_is_400() {
     let lines = log_lines(&f.log);
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["rsync_config"]["source"], "Bad Reference!!");
+}
+
+/// What the server adds to every request it accepts: the peer address.
+fn from_ip(mut request: Request<Body>, ip: &str) -> Request<Body> {
+    let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    request
+}
+
+#[tokio::test]
+async fn failed_logins_from_one_address_are_damped_with_429() {
+    let (f, _) = fixture_with(
+        "rsyncserver: {auth: {admin: admin}, login_damping: {max_failures: 3, window_seconds: 60}}",
+    );
+    let get = |auth: Option<&str>, ip: &str| {
+        from_ip(request(Method::GET, "/v1/image/rsync", auth, ""), ip)
+    };
+    // No credentials at all is not a guess: never counted.
+    for _ in 0..5 {
+        assert_eq!(
+            send(&f.app, get(None, "192.0.2.1")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Successes neither count nor reset the tally.
+    assert_eq!(
+        send(&f.app, get(Some("admin:x"), "192.0.2.1")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&f.app, get(Some("admin:admin"), "192.0.2.1")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&f.app, get(Some("nobody:x"), "192.0.2.1")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&f.app, get(Some("admin:admin"), "192.0.2.1")).await.0,
+        StatusCode::OK
+    );
+    let malformed = from_ip(
+        Request::get("/v1/image/rsync")
+            .header(header::AUTHORIZATION, "Basic !!!")
+            .body(Body::empty())
+            .unwrap(),
+        "192.0.2.1",
+    );
+    assert_eq!(send(&f.app, malformed).await.0, StatusCode::UNAUTHORIZED);
+    // Three failures: the address is damped, the right password included.
+    for auth in [Some("admin:y"), Some("admin:admin"), None] {
+        let (status, parts, body) = send(&f.app, get(auth, "192.0.2.1")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{auth:?}");
+        let retry: u64 = parts.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        assert!(parts.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let v = json(&body);
+        assert_seed_shape(&v);
+        assert_eq!(v["rsync_data"]["rsync_status"], "unusual");
+        assert_eq!(v["username"], "");
+        let error = v["rsync_data"]["rsync_error"].as_str().unwrap();
+        assert!(error.contains("too many failed logins"), "{error}");
+    }
+    // POST too, before the body is looked at.
+    let post = from_ip(
+        request(Method::POST, "/v1/image/rsync", Some("admin:admin"), "{}"),
+        "192.0.2.1",
+    );
+    assert_eq!(send(&f.app, post).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Another address is not affected, nor is one without a peer address.
+    assert_eq!(
+        send(&f.app, get(Some("admin:admin"), "192.0.2.2")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&f.app, get(Some("admin:z"), "192.0.2.2")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let no_peer = request(Method::GET, "/v1/image/rsync", Some("admin:admin"), "");
+    assert_eq!(send(&f.app, no_peer).await.0, StatusCode::OK);
+    assert!(log_lines(&f.log).is_empty(), "no sync was logged");
+}
+
+const SCOPED: &str = r#"
+rsyncserver:
+  auth: {admin: admin, ci: cipw}
+  scopes:
+    ci:
+      source: ["127.0.0.1:1/team"]
+      target: ["127.0.0.1:2/team", "127.0.0.1:3"]
+  rsyncconfig:
+    auth:
+      a: {registry: "127.0.0.1:1", insecure: true}
+      b: {registry: "127.0.0.1:2", insecure: true}
+      c: {registry: "127.0.0.1:3", insecure: true}
+    task: {retries: 0}
+"#;
+
+#[tokio::test]
+async fn scopes_refuse_with_403_before_the_engine() {
+    let (f, _) = fixture_with(SCOPED);
+    let cases: &[(&str, serde_json::Value, &str)] = &[
+        (
+            "source outside",
+            serde_json::json!({"source": "127.0.0.1:1/other/app:v1", "target": "127.0.0.1:2/team/app:v1"}),
+            "from 127.0.0.1:1/other/app",
+        ),
+        (
+            "prefix boundary",
+            serde_json::json!({"source": "127.0.0.1:1/teamx/app:v1", "target": "127.0.0.1:2/team/app:v1"}),
+            "from 127.0.0.1:1/teamx/app",
+        ),
+        (
+            "one of two targets outside",
+            serde_json::json!({"source": "127.0.0.1:1/team/app:v1",
+                               "target": ["127.0.0.1:3/any/app:v1", "127.0.0.1:2/elsewhere/app:v1"]}),
+            "to 127.0.0.1:2/elsewhere/app",
+        ),
+    ];
+    for (name, config, needle) in cases {
+        let body = serde_json::json!({ "rsync_config": config }).to_string();
+        let started = std::time::Instant::now();
+        let (status, _, bytes) = send(
+            &f.app,
+            request(Method::POST, "/v1/image/rsync", Some("ci:cipw"), body),
+        )
+        .await;
+        let v = json(&bytes);
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {v}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{name}: slow"
+        );
+        assert_seed_shape(&v);
+        assert_eq!(v["rsync_data"]["rsync_status"], "unusual", "{name}");
+        assert_eq!(v["rsync_data"]["failure"], "not_allowed", "{name}");
+        assert_eq!(
+            v["rsync_data"]["rsync_info"], "",
+            "{name}: the engine did not run"
+        );
+        assert_eq!(v["username"], "ci");
+        assert_eq!(
+            v["rsync_config"]["source"], config["source"],
+            "{name}: echoed"
+        );
+        let error = v["rsync_data"]["rsync_error"].as_str().unwrap();
+        assert!(
+            error.contains(needle) && error.contains("user ci"),
+            "{name}: {error}"
+        );
+    }
+    let lines = log_lines(&f.log);
+    assert_eq!(lines.len(), cases.len());
+    assert!(lines.iter().all(|l| l["http_status"] == 403));
+
+    // Within scope, and an unrestricted user outside it: the engine runs (and fails
+    // against the closed ports: 502, not 403).
+    for (auth, source) in [
+        ("ci:cipw", "127.0.0.1:1/team/app:v1"),
+        ("admin:admin", "127.0.0.1:1/other/app:v1"),
+    ] {
+        let body = format!(
+            r#"{{"rsync_config":{{"source":"{source}","target":"127.0.0.1:3/x/app:v1"}}}}"#
+        );
+        let (status, _, bytes) = send(
+            &f.app,
+            request(Method::POST, "/v1/image/rsync", Some(auth), body),
+        )
+        .await;
+        let v = json(&bytes);
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{auth} {source}: {v}");
+        assert_eq!(v["rsync_data"]["rsync_status"], "failed");
+    }
+}
+
+#[tokio::test]
+async fn a_full_service_answers_503_at_once() {
+    let (f, state) = fixture_with("rsyncserver: {auth: {admin: admin}, max_concurrent_syncs: 2}");
+    assert_eq!(state.max_concurrent_syncs(), 2);
+    let held = state
+        .sync_slots()
+        .clone()
+        .try_acquire_many_owned(2)
+        .unwrap();
+    let body = r#"{"rsync_config":{"source":"Bad Reference!!","target":"reg.example.com/a:1"}}"#;
+    let (status, parts, bytes) = send(
+        &f.app,
+        request(Method::POST, "/v1/image/rsync", Some("admin:admin"), body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        parts.headers()[header::RETRY_AFTER],
+        super::handlers::BUSY_RETRY_AFTER_SECONDS
+            .to_string()
+            .as_str()
+    );
+    let v = json(&bytes);
+    assert_seed_shape(&v);
+    assert_eq!(v["rsync_data"]["rsync_status"], "unusual");
+    assert_eq!(v["username"], "admin");
+    assert_eq!(v["rsync_config"]["source"], "Bad Reference!!");
+    let error = v["rsync_data"]["rsync_error"].as_str().unwrap();
+    assert!(
+        error.contains("busy") && error.contains("max_concurrent_syncs"),
+        "{error}"
+    );
+    assert_eq!(log_lines(&f.log)[0]["http_status"], 503);
+    // A slot frees: the next request runs (and is refused by the engine, 400).
+    drop(held);
+    let (status, _, _) = send(
+        &f.app,
+        request(Method::POST, "/v1/image/rsync", Some("admin:admin"), body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        state.sync_slots().available_permits(),
+        2,
+        "the slot is given back"
+    );
+}
+
+#[test]
+fn debug_of_config_and_state_shows_no_secret() {
+    let hash = bcrypt::hash("hashed-user-pw", 4).unwrap();
+    std::env::set_var("IMAGERSYNC_DEBUG_TEST_PW", "env-registry-pw");
+    let yaml = format!(
+        r#"
+rsyncserver:
+  auth: {{admin: "plain-admin-pw", jenkins: "{hash}"}}
+  scopes: {{jenkins: {{target: [reg.example.com/team]}}}}
+  rsyncconfig:
+    auth:
+      a: {{registry: reg.example.com, username: robot, password: "registry-pw-1"}}
+      b: {{registry: other.example.com, username: robot2, password: "${{IMAGERSYNC_DEBUG_TEST_PW}}"}}
+"#
+    );
+    let (_f, state) = fixture_with(&yaml);
+    let config = Config::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
+    for (what, text) in [
+        ("config", format!("{config:?}")),
+        ("config (pretty)", format!("{config:#?}")),
+        ("state", format!("{state:?}")),
+        ("state (pretty)", format!("{state:#?}")),
+    ] {
+        for secret in [
+            "plain-admin-pw",
+            hash.as_str(),
+            "hashed-user-pw",
+            "registry-pw-1",
+            "env-registry-pw",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{what} Debug shows {secret:?}:\n{text}"
+            );
+        }
+    }
+    // Still useful: it says what is there.
+    assert!(format!("{state:?}").contains("2 users"));
+    assert!(format!("{config:?}").contains("robot"));
 }
