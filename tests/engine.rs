@@ -14,28 +14,12 @@ const KIB: usize = 1024;
 
 /// An engine whose config knows every given registry (plain HTTP, their credentials).
 fn engine_for(registries: &[&Registry]) -> Engine {
-    let mut auth = BTreeMap::new();
-    for (i, r) in registries.iter().enumerate() {
-        auth.insert(
-            format!("r{i}"),
-            RegistryCredential {
-                registry: r.host(),
-                username: r.creds().map(|c| c.user.clone()),
-                password: r.creds().map(|c| Secret::new(c.pass.clone())),
-                insecure: true,
-                ..RegistryCredential::default()
-            },
-        );
-    }
-    Engine::new(&RsyncConfig {
-        auth,
-        task: TaskConfig {
-            proc_num: 4,
-            retries: 1,
-            ..TaskConfig::default()
-        },
-        ..RsyncConfig::default()
-    })
+    let task = TaskConfig {
+        proc_num: 4,
+        retries: 1,
+        ..TaskConfig::default()
+    };
+    common::engine::engine_for(registries.iter().map(|r| (r.host(), *r)), task)
 }
 
 fn assert_success(report: &SyncReport) {

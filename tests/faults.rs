@@ -8,18 +8,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::engine::engine_for;
 use common::fault_proxy::{Canary, FaultProxy, Reply, Rule, Seen};
 use common::fixture::random_password;
 use common::image::sha256_digest;
 use common::{skopeo, Format, Image, Index, Layer, Platform, Pushed, Registry, TokenIssuer};
-use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
+use imagersync::config::TaskConfig;
 use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncStatus};
-use imagersync::secret::Secret;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -86,29 +85,15 @@ impl Scene {
     /// An engine that knows both registries and both proxies (plain HTTP, real
     /// credentials).
     fn engine(&self, task: TaskConfig) -> Engine {
-        let mut auth = BTreeMap::new();
-        for (name, host, registry) in [
-            ("src", self.src.host(), &self.src),
-            ("dst", self.dst.host(), &self.dst),
-            ("src-proxy", self.sp.host(), &self.src),
-            ("dst-proxy", self.dp.host(), &self.dst),
-        ] {
-            auth.insert(
-                name.to_owned(),
-                RegistryCredential {
-                    registry: host,
-                    username: registry.creds().map(|c| c.user.clone()),
-                    password: registry.creds().map(|c| Secret::new(c.pass.clone())),
-                    plain_http: true,
-                    ..RegistryCredential::default()
-                },
-            );
-        }
-        Engine::new(&RsyncConfig {
-            auth,
+        engine_for(
+            [
+                (self.src.host(), &self.src),
+                (self.dst.host(), &self.dst),
+                (self.sp.host(), &self.src),
+                (self.dp.host(), &self.dst),
+            ],
             task,
-            ..RsyncConfig::default()
-        })
+        )
     }
 
     /// `SRC_PROXY/team/app:<tag>`.

@@ -10,6 +10,7 @@
 
 pub mod cases;
 pub mod contract;
+pub mod engine;
 pub mod fault_proxy;
 pub mod fixture;
 pub mod image;
