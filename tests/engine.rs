@@ -583,3 +583,105 @@ async fn copies_every_kind_of_content_verbatim() {
         skopeo::assert_digest(&dst, &format!("{repo}@{child}"), child).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_verified_and_each_weaker_option_does_what_it_says() {
+    let ca = common::tls::TestCa::new();
+    let secure = Registry::start_tls(&ca).await;
+    let src = Registry::start_anonymous().await;
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let run = |target_credential: RegistryCredential, tag: &'static str| {
+        let (src_host, target) = (src.host(), format!("{}/team/app:{tag}", secure.host()));
+        let source = pushed.reference();
+        async move {
+            let mut auth = BTreeMap::new();
+            let plain = RegistryCredential {
+                registry: src_host,
+                plain_http: true,
+                ..RegistryCredential::default()
+            };
+            auth.insert("src".to_owned(), plain);
+            auth.insert("tls".to_owned(), target_credential);
+            let engine = Engine::new(&RsyncConfig {
+                auth,
+                ..RsyncConfig::default()
+            });
+            engine.sync(&source, &target).await
+        }
+    };
+    let entry = |f: fn(&mut RegistryCredential)| {
+        let mut c = RegistryCredential {
+            registry: secure.host(),
+            ..RegistryCredential::default()
+        };
+        f(&mut c);
+        c
+    };
+
+    // Verified by default: an unknown CA is refused, clearly.
+    let refused = run(entry(|_| {}), "default").await;
+    assert_eq!(refused.status, SyncStatus::Failed);
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains(&secure.host()) && error.to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    skopeo::assert_absent(&secure, "team/app:default").await;
+
+    // The CA in ca_file makes it verified and working.
+    let mut with_ca = entry(|_| {});
+    with_ca.ca_file = Some(ca_file.clone());
+    assert_success(&run(with_ca, "ca").await);
+    skopeo::assert_landed(&secure, "team/app:ca", &pushed).await;
+
+    // tls_skip_verify and the seed's insecure both reach it without the CA.
+    assert_success(&run(entry(|c| c.tls_skip_verify = true), "skip").await);
+    assert_success(&run(entry(|c| c.insecure = true), "insecure").await);
+    skopeo::assert_landed(&secure, "team/app:insecure", &pushed).await;
+
+    // plain_http to an HTTPS registry fails rather than silently upgrading.
+    let plain = run(entry(|c| c.plain_http = true), "plain").await;
+    assert_eq!(plain.status, SyncStatus::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_failed_target_does_not_stop_the_others() {
+    let src = Registry::start_anonymous().await;
+    let good = Registry::start_anonymous().await;
+    let locked = Registry::start_htpasswd("someone", "unknown-Pw-8").await;
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    // `locked` is known without its credentials: pushing there fails with 401.
+    let engine = common::engine::engine_for(
+        [
+            (src.host(), &src),
+            (good.host(), &good),
+            (locked.host(), &src),
+        ],
+        TaskConfig::default(),
+    );
+    let report = engine
+        .run_request(&SyncRequest {
+            source: pushed.reference(),
+            targets: vec![
+                format!("{}/team/app", locked.host()),
+                format!("{}/team/app", good.host()),
+            ],
+            ..SyncRequest::default()
+        })
+        .await;
+    assert_eq!(report.status, SyncStatus::Failed);
+    let statuses: Vec<_> = report.images.iter().map(|i| i.status).collect();
+    assert_eq!(statuses, [ImageStatus::Failed, ImageStatus::Synced]);
+    assert!(report.images[0].error.as_ref().unwrap().contains("401"));
+    assert!(report
+        .log
+        .contains("Finished, 1 sync tasks failed, 0 tasks generate failed"));
+    skopeo::assert_landed(&good, "team/app:v1", &pushed).await;
+}

@@ -20,6 +20,7 @@ pub mod push;
 pub mod registry;
 pub mod service;
 pub mod skopeo;
+pub mod tls;
 pub mod token_issuer;
 pub mod tools;
 

@@ -8,6 +8,7 @@ use tempfile::TempDir;
 
 use super::net::free_port;
 use super::process::Owned;
+use super::tls::TestCa;
 use super::token_issuer::{self, TokenIssuer};
 use super::tools::{DOCKER_REGISTRY, HTPASSWD};
 
@@ -42,6 +43,8 @@ pub struct Registry {
     port: u16,
     creds: Option<Creds>,
     dir: TempDir,
+    /// Serves HTTPS with a certificate from a test CA.
+    tls: bool,
 }
 
 /// How many ports are tried before giving up on a bind collision.
@@ -73,14 +76,20 @@ impl Registry {
         Self::start_full(creds, None, extra_yaml).await
     }
 
+    /// A registry serving HTTPS with a certificate for 127.0.0.1 issued by `ca`.
+    pub async fn start_tls(ca: &TestCa) -> Registry {
+        Self::start_full_tls(None, None, "", Some(ca)).await
+    }
+
     /// `127.0.0.1:PORT`, the registry part of an image reference.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for a TLS registry.
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.host())
     }
 
     /// The credentials this registry accepts, `None` for an anonymous one.
@@ -116,11 +125,36 @@ impl Registry {
         issuer: Option<&TokenIssuer>,
         extra_yaml: &str,
     ) -> Registry {
+        Self::start_full_tls(creds, issuer, extra_yaml, None).await
+    }
+
+    async fn start_full_tls(
+        creds: Option<Creds>,
+        issuer: Option<&TokenIssuer>,
+        extra_yaml: &str,
+        ca: Option<&TestCa>,
+    ) -> Registry {
         let exe = DOCKER_REGISTRY.path();
         let dir = tempfile::Builder::new()
             .prefix("imagersync-registry-")
             .tempdir()
             .expect("tempdir");
+        let tls_yaml = match ca {
+            Some(ca) => {
+                let (cert, key) = ca.server_cert("127.0.0.1");
+                let (cert_path, key_path) =
+                    (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                std::fs::write(&cert_path, cert).expect("write tls cert");
+                std::fs::write(&key_path, key).expect("write tls key");
+                format!(
+                    "http:\n  tls:\n    certificate: {}\n    key: {}\n",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            }
+            None => String::new(),
+        };
+        let extra_yaml = merge_yaml(&tls_yaml, extra_yaml);
         let auth = match (&creds, issuer) {
             (_, Some(issuer)) => {
                 let bundle = dir.path().join("token-cert.pem");
@@ -148,7 +182,7 @@ impl Registry {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let config = dir.path().join("config.yml");
-            let yaml = merge_yaml(&(config_yaml(dir.path(), port) + &auth), extra_yaml);
+            let yaml = merge_yaml(&(config_yaml(dir.path(), port) + &auth), &extra_yaml);
             std::fs::write(&config, yaml).expect("write registry config");
             let mut cmd = Command::new(&exe);
             cmd.arg("serve").arg(&config).current_dir(dir.path());
@@ -158,13 +192,14 @@ impl Registry {
                 }
             }
             let mut process = Owned::spawn(&format!("docker-registry :{port}"), cmd, &log, &log);
-            match wait_ready(&mut process, port, &log).await {
+            match wait_ready(&mut process, port, &log, ca.is_some()).await {
                 Ok(()) => {
                     return Registry {
                         process,
                         port,
                         creds,
                         dir,
+                        tls: ca.is_some(),
                     }
                 }
                 Err(e) => failures.push_str(&format!("{e}\n{}", process.log_tail(20))),
@@ -176,9 +211,14 @@ impl Registry {
 
 /// Waits until the registry has bound its port (it logs `listening on`) and `GET /v2/`
 /// answers 200, or 401 in auth mode. Errors when it exits or takes too long.
-async fn wait_ready(process: &mut Owned, port: u16, log: &Path) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/v2/");
+async fn wait_ready(process: &mut Owned, port: u16, log: &Path, tls: bool) -> Result<(), String> {
+    // Readiness only: the certificate itself is what the tests check.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("readiness client");
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}/v2/");
     let deadline = Instant::now() + START_TIMEOUT;
     let listening = format!("listening on 127.0.0.1:{port}");
     while Instant::now() < deadline {
@@ -236,6 +276,9 @@ fn merge_yaml(base: &str, extra: &str) -> String {
     }
     if extra.trim().is_empty() {
         return base.to_owned();
+    }
+    if base.trim().is_empty() {
+        return extra.to_owned();
     }
     let mut value: Value = serde_yaml_ng::from_str(base).expect("registry config parses");
     let extra: Value = serde_yaml_ng::from_str(extra).expect("extra registry config parses");
