@@ -1207,3 +1207,87 @@ async fn f29_binary_502_is_retried_and_keeps_its_status() {
     );
     s.check(&report, "v2", &pushed).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// F30: schema 1.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn f30_schema1_source_is_refused_clearly_and_not_retried() {
+    let s = Scene::start().await;
+    let img = image(Format::Oci, 16 * KIB);
+    let pushed = s.src.push_image(REPO, "v1", &img).await;
+    let schema1 = br#"{"schemaVersion":1,"name":"team/app","tag":"v1","architecture":"amd64","fsLayers":[],"history":[],"signatures":[]}"#;
+    s.sp.add(
+        Rule::on("GET", "/manifests/v1$").respond(
+            Reply::status(200)
+                .header(
+                    "content-type",
+                    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                )
+                .body(schema1.to_vec()),
+        ),
+    );
+    let report = s
+        .engine(task(2))
+        .sync(&s.source("v1"), &s.target("v1"))
+        .await;
+
+    assert_failed(&report, &["schema 1", &s.sp.host()]);
+    assert_eq!(tries(&s.sp, "GET", "/manifests/v1$"), 1, "not retried");
+    assert!(writes(&s.dp.requests()).is_empty());
+    s.check(&report, "v1", &pushed).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The service-wide transfer cap.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_transfer_cap_holds_across_concurrent_syncs() {
+    let s = Scene::start().await;
+    let (a, b) = (
+        Image::random(Format::Oci, &[96 * KIB, 96 * KIB, 96 * KIB]),
+        Image::random(Format::Oci, &[96 * KIB, 96 * KIB, 96 * KIB]),
+    );
+    s.src.push_image(REPO, "a", &a).await;
+    s.src.push_image(REPO, "b", &b).await;
+    // Every source blob takes about a second, so overlapping transfers would show.
+    s.sp.add(Rule::on("GET", "/blobs/sha256:").trickle(Duration::from_millis(100), 12 * KIB));
+    let engine = Arc::new(s.engine(TaskConfig {
+        proc_num: 4,
+        max_transfers: 2,
+        ..task(0)
+    }));
+    let runs: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|tag| {
+            let (engine, source, target) = (engine.clone(), s.source(tag), s.target(tag));
+            tokio::spawn(async move { engine.sync(&source, &target).await })
+        })
+        .collect();
+    for run in runs {
+        assert_success(&run.await.unwrap());
+    }
+    // A layer stream lasts at least 0.8 s here (8 pieces, 100 ms apart). Three layer GETs
+    // starting within 0.7 s would mean three streams at once; the cap allows two.
+    let layers: Vec<&String> = a
+        .layers
+        .iter()
+        .chain(&b.layers)
+        .map(|l| &l.digest)
+        .collect();
+    let mut starts: Vec<Instant> =
+        s.sp.requests_to("GET", "/blobs/sha256:")
+            .iter()
+            .filter(|r| layers.iter().any(|d| r.path.contains(d.as_str())))
+            .map(|r| r.at)
+            .collect();
+    starts.sort();
+    assert_eq!(starts.len(), 6);
+    for window in starts.windows(3) {
+        let spread = window[2].duration_since(window[0]);
+        assert!(
+            spread >= Duration::from_millis(700),
+            "three layer streams started within {spread:?}"
+        );
+    }
+}
