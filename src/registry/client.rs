@@ -461,11 +461,7 @@ impl RegistryClient {
         resp: &Response,
         step: &str,
     ) -> Result<reqwest::Url, RegistryError> {
-        let protocol = |cause: String| RegistryError::Protocol {
-            registry: self.registry().to_owned(),
-            step: step.to_owned(),
-            cause,
-        };
+        let protocol = |cause: String| self.protocol(step, cause);
         let raw = header_str(resp.headers(), LOCATION.as_str())
             .ok_or_else(|| protocol("upload answer has no Location header".into()))?;
         let base = reqwest::Url::parse(self.base(step).await?)
@@ -714,10 +710,11 @@ impl RegistryClient {
         cap: usize,
         step: &str,
     ) -> Result<bytes::Bytes, RegistryError> {
-        let too_large = || RegistryError::Protocol {
-            registry: self.registry().to_owned(),
-            step: step.to_owned(),
-            cause: format!("answer is larger than the {} KiB limit", cap >> 10),
+        let too_large = || {
+            self.protocol(
+                step,
+                format!("answer is larger than the {} KiB limit", cap >> 10),
+            )
         };
         if resp.content_length().is_some_and(|n| n > cap as u64) {
             return Err(too_large());
