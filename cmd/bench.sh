@@ -129,20 +129,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_http URL LOG PID: until URL answers (any HTTP status), or fail showing LOG, at
-# once when PID has exited.
-wait_http() {
-    local i
-    for i in $(seq 1 400); do
-        if curl -s -o /dev/null "$1"; then return 0; fi
-        kill -0 "$3" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "nothing answers at $1; its log:"
-    tail -n 20 "$2" >&2 || true
-    die "a process did not start"
-}
-
 # start_registry NAME PORT: a docker-registry with filesystem storage in $WORK/NAME/data;
 # prints its pid. Storage is wiped by stopping it and removing the data dir.
 write_registry_config() {
@@ -159,7 +145,7 @@ start_src() {
     write_registry_config src "$SRC_PORT"
     docker-registry serve "$WORK/src/config.yml" >>"$WORK/src/registry.log" 2>&1 &
     SRC_PID=$!
-    wait_http "http://$SRC_HOST/v2/" "$WORK/src/registry.log" "$SRC_PID"
+    wait_http "http://$SRC_HOST/v2/" "$WORK/src/registry.log" "$SRC_PID" || die "the source registry did not start"
 }
 # reset_target: stop the target registry, remove its storage, start it again, empty.
 reset_target() {
@@ -171,7 +157,7 @@ reset_target() {
     rm -rf "$WORK/dst/data"
     docker-registry serve "$WORK/dst/config.yml" >>"$WORK/dst/registry.log" 2>&1 &
     DST_PID=$!
-    wait_http "http://$DST_HOST/v2/" "$WORK/dst/registry.log" "$DST_PID"
+    wait_http "http://$DST_HOST/v2/" "$WORK/dst/registry.log" "$DST_PID" || die "the target registry did not start"
 }
 
 SRC_PORT="$(free_port)"
@@ -199,7 +185,7 @@ start_service() {
     SVC_PORT="$(free_port)"
     "$BIN" --address "127.0.0.1:$SVC_PORT" --configFile "$WORK/service.yaml" >>"$WORK/service.log" 2>&1 &
     SVC_PID=$!
-    wait_http "http://127.0.0.1:$SVC_PORT/check" "$WORK/service.log" "$SVC_PID"
+    wait_http "http://127.0.0.1:$SVC_PORT/check" "$WORK/service.log" "$SVC_PID" || die "the service did not start"
 }
 stop_service() {
     kill "$SVC_PID" 2>/dev/null || true

@@ -39,18 +39,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_http URL LOG: until URL answers (any HTTP status), or fail showing LOG.
-wait_http() {
-    local i
-    for i in $(seq 1 200); do
-        if curl -s -o /dev/null "$1"; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing answers at $1; its log:" >&2
-    tail -n 20 "$2" >&2
-    return 1
-}
-
 # start_registry NAME [USER PASS]: a docker-registry on a free port; sets NAME_HOST.
 start_registry() {
     local name="$1" port dir

@@ -2,6 +2,7 @@
 #   ensure_tools  installs docker-registry, skopeo and htpasswd (Debian) when missing
 #   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
 #   free_port     prints a TCP port that is free on 127.0.0.1 right now
+#   wait_http     waits until a URL answers
 
 # Runs "$@" as root: directly when root, with sudo when available, else fails.
 as_root() {
@@ -46,4 +47,18 @@ ensure_cargo() {
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_http URL LOG [PID]: returns once URL answers (any HTTP status), within 20 s; else,
+# or as soon as PID (when given) has exited, shows the tail of LOG and returns 1.
+wait_http() {
+    local i
+    for i in $(seq 1 400); do
+        if curl -s -o /dev/null "$1"; then return 0; fi
+        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then break; fi
+        sleep 0.05
+    done
+    echo "nothing answers at $1; its log:" >&2
+    tail -n 20 "$2" >&2 || true
+    return 1
 }

@@ -5,9 +5,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::engine::assert_success;
 use common::{skopeo, Format, Image, Index, Platform, Registry, TokenIssuer};
 use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
-use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncRequest, SyncStatus};
+use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncRequest, SyncStatus};
 use imagersync::secret::Secret;
 
 const KIB: usize = 1024;
@@ -20,20 +21,6 @@ fn engine_for(registries: &[&Registry]) -> Engine {
         ..TaskConfig::default()
     };
     common::engine::engine_for(registries.iter().map(|r| (r.host(), *r)), task)
-}
-
-fn assert_success(report: &SyncReport) {
-    assert_eq!(
-        report.status,
-        SyncStatus::Successfully,
-        "error: {:?}\nlog:\n{}",
-        report.error,
-        report.log
-    );
-    assert!(report.error.is_none());
-    assert!(report
-        .log
-        .contains("Finished, 0 sync tasks failed, 0 tasks generate failed"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

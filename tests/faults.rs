@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::engine::engine_for;
+use common::engine::{assert_success, engine_for};
 use common::fault_proxy::{Canary, FaultProxy, Reply, Rule, Seen};
 use common::fixture::random_password;
 use common::image::sha256_digest;
@@ -183,20 +183,6 @@ async fn head_blob(registry: &Registry, repo: &str, digest: &str) -> (u16, Optio
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     (resp.status().as_u16(), size)
-}
-
-/// Asserts the sync succeeded.
-fn assert_success(report: &SyncReport) {
-    assert_eq!(
-        report.status,
-        SyncStatus::Successfully,
-        "error: {:?}\nlog:\n{}",
-        report.error,
-        report.log
-    );
-    assert!(report
-        .log
-        .contains("Finished, 0 sync tasks failed, 0 tasks generate failed"));
 }
 
 /// Asserts the sync failed because of a registry, with an error holding every needle

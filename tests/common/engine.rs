@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
-use imagersync::engine::Engine;
+use imagersync::engine::{Engine, SyncReport, SyncStatus};
 use imagersync::secret::Secret;
 
 use super::registry::Registry;
@@ -32,4 +32,19 @@ pub fn engine_for<'a>(
         task,
         ..RsyncConfig::default()
     })
+}
+
+/// Asserts the sync succeeded, with the log as the message when it did not.
+pub fn assert_success(report: &SyncReport) {
+    assert_eq!(
+        report.status,
+        SyncStatus::Successfully,
+        "error: {:?}\nlog:\n{}",
+        report.error,
+        report.log
+    );
+    assert!(report.error.is_none());
+    assert!(report
+        .log
+        .contains("Finished, 0 sync tasks failed, 0 tasks generate failed"));
 }
