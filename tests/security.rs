@@ -2,8 +2,8 @@
 //! nothing contacted), failed-login damping per client address (429), the global cap
 //! on running syncs (503), and the start-up warning about a readable config file.
 //!
-//! These need config keys the shared `ServiceConfig` does not write, so this file starts
-//! the binary itself, with the rig's process, port and registry helpers.
+//! These need config keys the shared `ServiceConfig` does not write, so the service is
+//! started from hand-written config text (`Service::start_raw`).
 
 mod common;
 
@@ -14,90 +14,38 @@ use std::time::{Duration, Instant};
 use reqwest::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 use common::contract::{assert_seed_shape, error_of, status_of};
 use common::fixture::random_password;
 use common::net::free_port;
-use common::process::Owned;
-use common::service::{json_of, BIN};
+use common::service::json_of;
 use common::tools::HTPASSWD;
-use common::{Format, Image, Registry};
+use common::{Format, Image, Registry, Service};
 
 const RSYNC: &str = "/v1/image/rsync";
 
 /// The service binary started on 127.0.0.1 with a config written by the test.
-struct Svc {
-    _process: Owned,
-    port: u16,
-    dir: TempDir,
-}
+struct Svc(Service);
 
 impl Svc {
     /// Writes `rsyncserver_yaml` (the body of the `rsyncserver:` section, indented by two
     /// spaces, without `logfile`) with file mode `mode`, starts the service and waits
     /// until `GET /check` answers.
     async fn start(rsyncserver_yaml: &str, mode: u32) -> Svc {
-        let dir = tempfile::Builder::new()
-            .prefix("imagersync-security-")
-            .tempdir()
-            .expect("tempdir");
-        let config = dir.path().join("config.yaml");
-        let logfile = dir.path().join("logs").join("rsync_analysis.log");
-        let text = format!(
-            "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
-            logfile.display()
-        );
-        std::fs::write(&config, text).expect("write config");
-        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .expect("chmod config");
-        let probe = Client::new();
-        let mut failures = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let mut cmd = Command::new(BIN);
-            cmd.arg("--address")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--configFile")
-                .arg(&config)
-                .current_dir(dir.path());
-            let log = dir.path().join("service.log");
-            let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &log, &log);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && process.exited().is_none() {
-                let url = format!("http://127.0.0.1:{port}/check");
-                if let Ok(resp) = probe.get(&url).send().await {
-                    if resp.status() == StatusCode::OK {
-                        return Svc {
-                            _process: process,
-                            port,
-                            dir,
-                        };
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            failures.push_str(&process.log_tail(20));
-        }
-        panic!("imagersync_service_bin did not start:\n{failures}");
+        Svc(Service::start_raw(rsyncserver_yaml, mode).await)
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.0.url(path)
     }
 
     /// What the service printed (stdout and stderr).
     fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+        self.0.stdout() + &self.0.stderr()
     }
 
     fn analysis_log(&self) -> Vec<Value> {
-        let path = self.dir.path().join("logs").join("rsync_analysis.log");
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("analysis log line is JSON"))
-            .collect()
+        self.0.logfile_entries()
     }
 
     /// `GET /v1/image/rsync` as `user:password` from `client`.

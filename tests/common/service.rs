@@ -135,17 +135,36 @@ impl Service {
     /// Writes `config` to a temp dir (log file in `logs/` there, not created yet) and
     /// starts the service on a free port; returns once `GET /check` is 200.
     pub async fn start(config: &ServiceConfig) -> Service {
+        // It holds passwords: owner-only, as an operator would keep it.
+        Self::start_with(|logfile| config.to_yaml(logfile), 0o600).await
+    }
+
+    /// Like [`Service::start`] with a hand-written config: `rsyncserver_yaml` is the body
+    /// of the `rsyncserver:` section (indented by two spaces, without `logfile`), for keys
+    /// [`ServiceConfig`] does not write; the file gets mode `mode`.
+    pub async fn start_raw(rsyncserver_yaml: &str, mode: u32) -> Service {
+        let text = |logfile: &Path| {
+            format!(
+                "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+                logfile.display()
+            )
+        };
+        Self::start_with(text, mode).await
+    }
+
+    /// Writes the config made by `config_text(logfile)` with file mode `mode` and starts
+    /// the service on a free port; returns once `GET /check` is 200.
+    async fn start_with(config_text: impl Fn(&Path) -> String, mode: u32) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("imagersync-service-")
             .tempdir()
             .expect("tempdir");
         let config_path = dir.path().join("config.yaml");
         let logfile = dir.path().join("logs").join("rsync_analysis.log");
-        std::fs::write(&config_path, config.to_yaml(&logfile)).expect("write service config");
-        // It holds passwords: owner-only, as an operator would keep it.
+        std::fs::write(&config_path, config_text(&logfile)).expect("write service config");
         std::fs::set_permissions(
             &config_path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
         )
         .expect("chmod config");
         let client = Client::builder()
