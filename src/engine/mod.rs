@@ -1,5 +1,5 @@
 //! The sync engine: turns a source/target pair into copied images. Knows nothing of HTTP
-//! serving; the API and the command line both drive it through [`Engine::sync`].
+//! serving; the API and the command line both drive it through [`Engine::run_request`].
 
 mod allow;
 mod copy;
