@@ -54,6 +54,38 @@ pub struct ServerConfig {
     /// Registry credentials and task settings for the sync engine.
     #[serde(default)]
     pub rsyncconfig: RsyncConfig,
+    /// Where jobs are kept and how many may wait.
+    #[serde(default)]
+    pub jobs: JobsConfig,
+    /// Users who see and cancel every user's jobs (others see only their own).
+    #[serde(default)]
+    pub admins: Vec<String>,
+}
+
+/// The `rsyncserver.jobs` section: the job store and queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// SQLite database file holding every job; relative to the working directory, its
+    /// folder created if missing. History and queued jobs survive restarts through it.
+    #[serde(default = "default_jobs_database")]
+    pub database: PathBuf,
+    /// Asynchronous jobs allowed to wait for a sync slot; one more gets 503.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+    /// Finished jobs older than this many days are deleted at start-up and daily.
+    #[serde(default = "default_history_days")]
+    pub history_days: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            database: default_jobs_database(),
+            max_queued: default_max_queued(),
+            history_days: default_history_days(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -65,6 +97,8 @@ impl Default for ServerConfig {
             max_concurrent_syncs: default_max_concurrent_syncs(),
             login_damping: LoginDampingConfig::default(),
             rsyncconfig: RsyncConfig::default(),
+            jobs: JobsConfig::default(),
+            admins: Vec::new(),
         }
     }
 }
@@ -192,6 +226,15 @@ impl Default for TaskConfig {
 
 fn default_logfile() -> PathBuf {
     PathBuf::from("logs/rsync_analysis.log")
+}
+fn default_jobs_database() -> PathBuf {
+    PathBuf::from("data/jobs.sqlite3")
+}
+fn default_max_queued() -> usize {
+    1000
+}
+fn default_history_days() -> u32 {
+    30
 }
 fn default_max_concurrent_syncs() -> usize {
     32
@@ -367,6 +410,30 @@ impl Config {
             return Err((
                 "rsyncserver.login_damping.window_seconds".into(),
                 "must be between 1 and 86400 seconds".into(),
+            ));
+        }
+        if server.jobs.database.as_os_str().is_empty() {
+            return Err((
+                "rsyncserver.jobs.database".into(),
+                "empty path: name the job database file".into(),
+            ));
+        }
+        if server.jobs.max_queued > 1_000_000 {
+            return Err((
+                "rsyncserver.jobs.max_queued".into(),
+                "must be between 0 and 1000000".into(),
+            ));
+        }
+        if server.jobs.history_days == 0 {
+            return Err((
+                "rsyncserver.jobs.history_days".into(),
+                "must be at least 1 day".into(),
+            ));
+        }
+        if let Some(unknown) = server.admins.iter().find(|a| !server.auth.contains_key(*a)) {
+            return Err((
+                "rsyncserver.admins".into(),
+                format!("{unknown:?} is not a user of rsyncserver.auth"),
             ));
         }
         if server.logfile.as_os_str().is_empty() {

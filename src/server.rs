@@ -4,6 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{router, AppState};
+use crate::jobs::SqliteStore;
 
 /// How long shutdown waits for running syncs before exiting anyway.
 ///
@@ -32,6 +34,9 @@ pub enum ServeError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The job database cannot be opened.
+    #[error("config key rsyncserver.jobs.database: {0}")]
+    JobStore(#[source] crate::jobs::StoreError),
     /// The listen address is taken, not local, or not permitted.
     #[error("cannot listen on {address}: {source} (pass another --address)")]
     Bind {
@@ -49,7 +54,7 @@ impl ServeError {
     /// Process exit code: 2 for what the operator must fix in the config or flags, 1 else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::AnalysisLog { .. } | Self::Bind { .. } => 2,
+            Self::AnalysisLog { .. } | Self::Bind { .. } | Self::JobStore(_) => 2,
             Self::Serve(_) => 1,
         }
     }
@@ -59,6 +64,7 @@ impl ServeError {
 /// Ctrl-C, then drains as [`serve_listener`] does.
 pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError> {
     let state = app_state(&config)?;
+    start_jobs(&state, &config).await;
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ServeError::Bind { address, source })?;
@@ -96,13 +102,42 @@ pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError
     }
 }
 
-/// The router state for `config`: engine, users, and the opened analysis log.
+/// The router state for `config`: engine, users, the opened analysis log and job store.
 pub fn app_state(config: &Config) -> Result<AppState, ServeError> {
     let path = config.rsyncserver.logfile.clone();
     let log =
         AnalysisLog::open(&path).map_err(|source| ServeError::AnalysisLog { path, source })?;
+    let store =
+        SqliteStore::open(&config.rsyncserver.jobs.database).map_err(ServeError::JobStore)?;
     let engine = Engine::new(&config.rsyncserver.rsyncconfig);
-    Ok(AppState::new(config, engine, log))
+    Ok(AppState::new(config, engine, log, Arc::new(store)))
+}
+
+/// Prunes old jobs and picks up those a previous run left queued or running; then
+/// prunes once a day. Failures are logged: the service still serves new syncs.
+pub async fn start_jobs(state: &AppState, config: &Config) {
+    let jobs = state.jobs().clone();
+    let days = config.rsyncserver.jobs.history_days;
+    match jobs.prune(days).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, days, "old jobs deleted"),
+        Err(e) => tracing::error!(error = %e, "cannot delete old jobs"),
+    }
+    match jobs.resume_unfinished().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "unfinished jobs from the last run resumed"),
+        Err(e) => tracing::error!(error = %e, "cannot resume unfinished jobs"),
+    }
+    tokio::spawn(async move {
+        let mut daily = tokio::time::interval(Duration::from_secs(24 * 60 * 60));
+        daily.tick().await;
+        loop {
+            daily.tick().await;
+            if let Err(e) = jobs.prune(days).await {
+                tracing::error!(error = %e, "cannot delete old jobs");
+            }
+        }
+    });
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, lets
@@ -116,6 +151,7 @@ pub async fn serve_listener(
     grace: Duration,
 ) -> io::Result<()> {
     let syncs = state.syncs().clone();
+    let jobs = state.jobs().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The peer address goes into every request: failed-login damping counts per address
     // (without it, damping would be off).
@@ -139,6 +175,8 @@ pub async fn serve_listener(
         "shutting down: no new connections; waiting for running requests and syncs"
     );
     let _ = stop_tx.send(());
+    // Queued jobs stay queued in the store and start with the next run.
+    jobs.stop_starting();
     // Syncs whose caller hung up are not tied to a connection, so wait for them too.
     let drained = async {
         let result = (&mut server).await;
@@ -196,8 +234,9 @@ mod tests {
 
     fn state(dir: &std::path::Path) -> AppState {
         let yaml = format!(
-            "rsyncserver: {{auth: {{admin: admin}}, logfile: {}}}",
-            dir.join("a.log").display()
+            "rsyncserver: {{auth: {{admin: admin}}, logfile: {}, jobs: {{database: {}}}}}",
+            dir.join("a.log").display(),
+            dir.join("jobs.sqlite3").display()
         );
         let config = Config::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
         app_state(&config).unwrap()

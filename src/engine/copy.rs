@@ -3,11 +3,14 @@
 //! tag never points at missing content.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
 
 use super::platforms::PlatformFilter;
+use super::progress::{BlobKind, Observers, Step, SyncEvent};
 use super::reference::ImageRef;
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
@@ -43,6 +46,12 @@ pub(crate) struct CopyJob<'a> {
     pub force: bool,
     /// Keep only these platforms of an index (rewrites it, so its digest changes).
     pub platforms: Option<&'a PlatformFilter>,
+    /// Position of this image in the sync's plan, for progress events.
+    pub index: usize,
+    /// Told of steps, bytes and blobs as they happen.
+    pub observers: &'a Observers,
+    /// Stops the copy before the tag is written; see [`CopyJob::run`].
+    pub cancel: &'a CancellationToken,
 }
 
 /// Why an image copy failed.
@@ -64,6 +73,17 @@ pub(crate) enum CopyError {
     /// Source and target disagree on what the request asked for.
     #[error("{0}")]
     Mismatch(String),
+    /// The sync was cancelled before the tag was written.
+    #[error("cancelled before the target was tagged; blobs already sent stay, untagged")]
+    Cancelled,
+}
+
+/// Where an image copy stands once everything but the tag is at the target.
+enum Prepared {
+    /// The target already holds the source's digest.
+    AlreadySynced,
+    /// Every blob and child is at the target; `top` goes to `reference` last.
+    Ready { top: Manifest, reference: String },
 }
 
 /// How one blob reached the target.
@@ -83,13 +103,28 @@ struct Plan {
 
 impl CopyJob<'_> {
     /// Copies the image and reports the outcome; never panics on registry input.
+    ///
+    /// Cancellation stops transfers at once (their futures are dropped) but never the tag
+    /// write itself: a tag is either not written or written whole, never half.
     pub async fn run(&self) -> ImageResult {
         let mut result = ImageResult {
             source: self.source.to_string(),
             target: self.target.to_string(),
             ..ImageResult::default()
         };
-        match self.copy(&mut result).await {
+        let outcome = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(CopyError::Cancelled),
+            prepared = self.prepare(&mut result) => prepared,
+        };
+        let outcome = match outcome {
+            Ok(Prepared::AlreadySynced) => Ok(ImageStatus::AlreadySynced),
+            Ok(Prepared::Ready { .. }) if self.cancel.is_cancelled() => Err(CopyError::Cancelled),
+            Ok(Prepared::Ready { top, reference }) => self.tag(&top, &reference, &mut result).await,
+            Err(e) => Err(e),
+        };
+        self.observers.step(self.index, Step::Done);
+        match outcome {
             Ok(status) => {
                 result.status = status;
                 result.error = None;
@@ -104,12 +139,18 @@ impl CopyJob<'_> {
                 result.error = Some(message);
             }
         }
+        self.observers.emit(&SyncEvent::ImageFinished {
+            image: self.index,
+            result: &result,
+        });
         result
     }
 
-    async fn copy(&self, result: &mut ImageResult) -> Result<ImageStatus, CopyError> {
+    /// Everything up to the tag: manifests read, target checked, blobs and children sent.
+    async fn prepare(&self, result: &mut ImageResult) -> Result<Prepared, CopyError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let source_ref = self.source.reference().expect("source has a tag or digest");
+        self.observers.step(self.index, Step::ReadingManifest);
         let top = self
             .retry
             .run(self.log, "fetching the source manifest", || {
@@ -135,6 +176,7 @@ impl CopyJob<'_> {
             .tag
             .clone()
             .unwrap_or_else(|| top.digest.clone());
+        self.observers.step(self.index, Step::CheckingTarget);
         let existing = self
             .retry
             .run(self.log, "checking the target manifest", || {
@@ -152,16 +194,37 @@ impl CopyJob<'_> {
                 "Skip synchronization because destination {} already has {}",
                 self.target, top.digest
             ));
-            return Ok(ImageStatus::AlreadySynced);
+            return Ok(Prepared::AlreadySynced);
         }
 
+        self.observers.step(self.index, Step::ReadingChildren);
         let plan = self.gather(&top).await?;
+        self.observers.emit(&SyncEvent::BlobsPlanned {
+            image: self.index,
+            blobs: plan.blobs.len() as u64,
+            bytes: plan.blobs.iter().map(|b| b.size).sum(),
+        });
+        self.observers.step(self.index, Step::CopyingBlobs);
         self.copy_blobs(&plan.blobs, result).await?;
+        self.observers.step(self.index, Step::PushingManifests);
         for child in &plan.children {
             self.put_manifest(&child.digest, child).await?;
             result.manifests_pushed += 1;
         }
-        self.put_manifest(&target_ref, &top).await?;
+        Ok(Prepared::Ready {
+            top,
+            reference: target_ref,
+        })
+    }
+
+    /// Writes the top manifest under the target's tag (or digest): the last write.
+    async fn tag(
+        &self,
+        top: &Manifest,
+        reference: &str,
+        result: &mut ImageResult,
+    ) -> Result<ImageStatus, CopyError> {
+        self.put_manifest(reference, top).await?;
         result.manifests_pushed += 1;
         self.log.info(format!(
             "Synchronization successfully from {} to {}",
@@ -304,17 +367,33 @@ impl CopyJob<'_> {
         blobs: &[Descriptor],
         result: &mut ImageResult,
     ) -> Result<(), CopyError> {
-        let copies: Vec<_> = blobs.iter().map(|b| self.copy_blob(b)).collect();
+        let copies: Vec<_> = blobs
+            .iter()
+            .map(|b| async move { (b.size, self.copy_blob(b).await) })
+            .collect();
         let mut transfers = futures_util::stream::iter(copies).buffer_unordered(self.parallel);
-        while let Some(outcome) = transfers.next().await {
-            match outcome? {
+        while let Some((size, outcome)) = transfers.next().await {
+            let kind = match outcome? {
                 BlobOutcome::Copied(bytes) => {
                     result.blobs_copied += 1;
                     result.bytes_copied += bytes;
+                    BlobKind::Copied
                 }
-                BlobOutcome::Mounted => result.blobs_mounted += 1,
-                BlobOutcome::Skipped => result.blobs_skipped += 1,
-            }
+                BlobOutcome::Mounted => {
+                    result.blobs_mounted += 1;
+                    BlobKind::Mounted
+                }
+                BlobOutcome::Skipped => {
+                    result.blobs_skipped += 1;
+                    BlobKind::Skipped
+                }
+            };
+            self.observers.emit(&SyncEvent::BlobDone {
+                image: self.index,
+                registry: self.dst.registry(),
+                kind,
+                bytes: size,
+            });
         }
         Ok(())
     }
@@ -392,6 +471,7 @@ impl CopyJob<'_> {
             });
         }
         let response = self.src.blob_get(src_repo, digest).await?;
+        let sent = Arc::new(AtomicU64::new(0));
         let (stream, source_failure) = VerifyingStream::new(
             response.bytes_stream(),
             digest,
@@ -399,12 +479,31 @@ impl CopyJob<'_> {
             self.src.registry(),
             &step,
         );
+        let stream = stream.on_chunk({
+            let (sent, observers, image) = (sent.clone(), self.observers.clone(), self.index);
+            Box::new(move |n| {
+                sent.fetch_add(n, Ordering::Relaxed);
+                observers.emit(&SyncEvent::BytesMoved {
+                    image,
+                    delta: i64::try_from(n).unwrap_or(i64::MAX),
+                });
+            })
+        });
         let upload = self
             .dst
             .blob_upload(dst_repo, digest, blob.size, stream)
             .await;
+        let source_err = source_failure.lock().expect("source failure lock").take();
+        if source_err.is_some() || upload.is_err() {
+            // The attempt's bytes did not land; progress must not count them twice.
+            let sent = sent.load(Ordering::Relaxed);
+            self.observers.emit(&SyncEvent::BytesMoved {
+                image: self.index,
+                delta: -i64::try_from(sent).unwrap_or(i64::MAX),
+            });
+        }
         // A failing source stream surfaces at the target as a broken upload; report the cause.
-        if let Some(source_err) = source_failure.lock().expect("source failure lock").take() {
+        if let Some(source_err) = source_err {
             return Err(source_err);
         }
         upload?;

@@ -4,6 +4,7 @@
 mod allow;
 mod copy;
 pub mod platforms;
+pub mod progress;
 pub mod reference;
 mod report;
 mod retry;
@@ -12,16 +13,20 @@ mod synclog;
 mod transfers;
 mod verify;
 
+pub use progress::{BlobKind, Step, SyncEvent, SyncObserver, Unobserved};
 pub use report::{FailureKind, ImageResult, ImageStatus, SyncReport, SyncStatus};
 pub use synclog::SyncLog;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Local;
+use tokio_util::sync::CancellationToken;
 
 use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
+use self::progress::Observers;
 use self::reference::ImageRef;
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
@@ -37,20 +42,50 @@ pub struct Engine {
     platforms: Option<PlatformFilter>,
     transfers: Transfers,
     allowed: AllowList,
+    /// Told of every sync's events (the service's metrics).
+    observer: Arc<dyn SyncObserver>,
 }
 
-/// One sync request, as the API and the command line hand it over.
-#[derive(Debug, Clone, Default)]
+/// What the caller of one sync can attach: who watches it, and how to stop it.
+#[derive(Clone)]
+pub struct SyncContext {
+    /// Told of this sync's events (a job's live progress).
+    pub observer: Arc<dyn SyncObserver>,
+    /// Cancels the sync: transfers stop, no tag is written after it fires.
+    pub cancel: CancellationToken,
+}
+
+impl Default for SyncContext {
+    fn default() -> Self {
+        Self {
+            observer: Arc::new(Unobserved),
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// One sync request, as the API and the command line hand it over (and as a job keeps it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncRequest {
     /// Source rule (image-syncer syntax).
     pub source: String,
     /// Target rules; each gets every selected source image.
     pub targets: Vec<String>,
     /// Push even when a target already holds the source's digest.
+    #[serde(default)]
     pub force: bool,
     /// `os/arch[/variant]` patterns keeping only those index entries (the index digest then
     /// changes); empty means the config's `task.os` / `task.arch`, which default to all.
+    #[serde(default)]
     pub platforms: Vec<String>,
+}
+
+/// How every image of one request is copied.
+struct RunOptions<'a> {
+    force: bool,
+    platforms: Option<&'a PlatformFilter>,
+    observers: &'a Observers,
+    cancel: &'a CancellationToken,
 }
 
 /// Why a request could not be turned into image pairs.
@@ -96,7 +131,19 @@ impl Engine {
             platforms,
             transfers: Transfers::new(config.task.max_transfers),
             allowed: AllowList::new(config),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Tells `observer` of every sync this engine runs (service-wide metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn SyncObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Blob transfers streaming right now, across every sync.
+    pub fn transfers_in_flight(&self) -> usize {
+        self.transfers.in_flight()
     }
 
     /// Copies `source` to `target` (image-syncer rule syntax) and reports what happened.
@@ -113,7 +160,18 @@ impl Engine {
     /// Runs one request: every selected source image to every target. A failed image does
     /// not stop the others.
     pub async fn run_request(&self, request: &SyncRequest) -> SyncReport {
+        self.run_request_with(request, &SyncContext::default())
+            .await
+    }
+
+    /// [`Engine::run_request`], observed and cancellable through `context`.
+    pub async fn run_request_with(
+        &self,
+        request: &SyncRequest,
+        context: &SyncContext,
+    ) -> SyncReport {
         let start_time = Local::now();
+        let observers = Observers::new(self.observer.clone(), context.observer.clone());
         let log = SyncLog::default();
         let planned = match PlatformFilter::from_patterns(&request.platforms) {
             Ok(filter) => {
@@ -125,7 +183,18 @@ impl Engine {
         };
         let (images, plan_error) = match planned {
             Ok((pairs, filter)) => {
-                let images = self.run(&pairs, request.force, filter.as_ref(), &log).await;
+                let named: Vec<(String, String)> = pairs
+                    .iter()
+                    .map(|(s, t)| (s.to_string(), t.to_string()))
+                    .collect();
+                observers.emit(&SyncEvent::Planned { images: &named });
+                let run = RunOptions {
+                    force: request.force,
+                    platforms: filter.as_ref(),
+                    observers: &observers,
+                    cancel: &context.cancel,
+                };
+                let images = self.run(&pairs, &run, &log).await;
                 (images, None)
             }
             Err(e) => {
@@ -156,6 +225,14 @@ impl Engine {
                 SyncStatus::Failed,
                 Some(FailureKind::Registry),
                 Some(e.to_string()),
+            ),
+            None if context.cancel.is_cancelled() && failed > 0 => (
+                SyncStatus::Failed,
+                Some(FailureKind::Cancelled),
+                Some(format!(
+                    "the sync was cancelled: {failed} of {} images not copied; nothing was tagged after the cancel",
+                    images.len()
+                )),
             ),
             None => match images.iter().find(|i| i.status == ImageStatus::Failed) {
                 Some(first) => (
@@ -232,16 +309,30 @@ impl Engine {
         Ok(pairs)
     }
 
-    /// Copies each planned pair in turn; a failed image does not stop the others.
+    /// Copies each planned pair in turn; a failed image does not stop the others, a
+    /// cancel stops them all.
     async fn run(
         &self,
         pairs: &[(ImageRef, ImageRef)],
-        force: bool,
-        platforms: Option<&PlatformFilter>,
+        options: &RunOptions<'_>,
         log: &SyncLog,
     ) -> Vec<ImageResult> {
         let mut results = Vec::with_capacity(pairs.len());
-        for (source, target) in pairs {
+        for (index, (source, target)) in pairs.iter().enumerate() {
+            if options.cancel.is_cancelled() {
+                let result = ImageResult {
+                    source: source.to_string(),
+                    target: target.to_string(),
+                    error: Some("cancelled before this image started".into()),
+                    ..ImageResult::default()
+                };
+                options.observers.emit(&SyncEvent::ImageFinished {
+                    image: index,
+                    result: &result,
+                });
+                results.push(result);
+                continue;
+            }
             let clients = self
                 .client(source, log)
                 .and_then(|src| Ok((src, self.client(target, log)?)));
@@ -256,22 +347,31 @@ impl Engine {
                         parallel: self.task.proc_num,
                         retry: RetryPolicy {
                             retries: self.task.retries,
+                            observers: options.observers.clone(),
                         },
                         transfers: &self.transfers,
-                        force,
-                        platforms,
+                        force: options.force,
+                        platforms: options.platforms,
+                        index,
+                        observers: options.observers,
+                        cancel: options.cancel,
                     }
                     .run()
                     .await
                 }
                 Err(e) => {
                     log.error(e.to_string());
-                    ImageResult {
+                    let result = ImageResult {
                         source: source.to_string(),
                         target: target.to_string(),
                         error: Some(e.to_string()),
                         ..ImageResult::default()
-                    }
+                    };
+                    options.observers.emit(&SyncEvent::ImageFinished {
+                        image: index,
+                        result: &result,
+                    });
+                    result
                 }
             };
             results.push(result);

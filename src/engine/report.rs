@@ -1,7 +1,7 @@
 //! What a sync answers: overall status, the first error, the log and each image's result.
 
 use chrono::{DateTime, Local};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Overall outcome of one sync request, in the seed's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +25,8 @@ pub enum FailureKind {
     NotAllowed,
     /// A registry refused or broke the transfer (HTTP 502).
     Registry,
+    /// Someone cancelled the sync (its job) before it finished (HTTP 409).
+    Cancelled,
 }
 
 /// Result of one source → target image copy.
@@ -53,7 +55,7 @@ pub struct ImageResult {
 }
 
 /// Outcome of one image copy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageStatus {
     /// The target now holds the source's manifest.

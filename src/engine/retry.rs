@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::progress::{Observers, SyncEvent};
 use super::synclog::SyncLog;
 use crate::registry::RegistryError;
 
@@ -12,11 +13,13 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest single wait; a `Retry-After` beyond it fails instead of stalling the sync.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How many times to retry, from `task.retries`.
-#[derive(Debug, Clone, Copy)]
+/// How many times to retry, from `task.retries`, and whom to tell about each retry.
+#[derive(Clone, Default)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub retries: u32,
+    /// Told of every retry (metrics count them by cause).
+    pub observers: Observers,
 }
 
 impl RetryPolicy {
@@ -46,6 +49,10 @@ impl RetryPolicy {
                 None => backoff(tried),
             };
             tried += 1;
+            self.observers.emit(&SyncEvent::Retry {
+                registry: err.registry(),
+                cause: err.retry_cause(),
+            });
             log.warn(format!(
                 "{what} failed, retry {tried}/{} in {:.1}s: {err}",
                 self.retries,
@@ -94,7 +101,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_only_what_can_pass() {
         let log = SyncLog::default();
-        let policy = RetryPolicy { retries: 2 };
+        let policy = RetryPolicy {
+            retries: 2,
+            ..RetryPolicy::default()
+        };
         for (status, retry_after, want_calls) in [
             (503, None, 3),
             (429, Some(2), 3),

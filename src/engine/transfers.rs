@@ -15,6 +15,7 @@ type Key = (String, String);
 /// Shared transfer state, owned by the engine.
 pub(crate) struct Transfers {
     slots: Semaphore,
+    max_streams: usize,
     in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     locations: Mutex<HashMap<Key, String>>,
 }
@@ -31,6 +32,7 @@ impl Transfers {
     pub(crate) fn new(max_streams: usize) -> Self {
         Self {
             slots: Semaphore::new(max_streams.max(1)),
+            max_streams: max_streams.max(1),
             in_flight: Mutex::default(),
             locations: Mutex::default(),
         }
@@ -42,6 +44,11 @@ impl Transfers {
             .acquire()
             .await
             .expect("transfer semaphore never closes")
+    }
+
+    /// Streams holding a slot right now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.max_streams - self.slots.available_permits()
     }
 
     /// Exclusive turn for `digest` at `registry`: a second sync needing the same blob

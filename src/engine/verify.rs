@@ -26,7 +26,11 @@ pub struct VerifyingStream<S> {
     registry: String,
     step: String,
     failure: SourceFailure,
+    on_chunk: Option<ChunkHook>,
 }
+
+/// Called with the size of every chunk passed on, for progress displays.
+pub type ChunkHook = Box<dyn Fn(u64) + Send + Sync>;
 
 impl<S> VerifyingStream<S> {
     /// `inner` must yield exactly `size` bytes whose digest is `expected`.
@@ -47,8 +51,15 @@ impl<S> VerifyingStream<S> {
             registry: registry.to_owned(),
             step: step.to_owned(),
             failure: failure.clone(),
+            on_chunk: None,
         };
         (stream, failure)
+    }
+
+    /// Reports every chunk that passes to `hook` (bytes handed to the target).
+    pub fn on_chunk(mut self, hook: ChunkHook) -> Self {
+        self.on_chunk = Some(hook);
+        self
     }
 
     fn fail(&mut self, err: RegistryError) -> Poll<Option<Result<Bytes, std::io::Error>>> {
@@ -119,6 +130,9 @@ where
                     if let Err(err) = this.finish() {
                         return this.fail(err);
                     }
+                }
+                if let Some(hook) = &this.on_chunk {
+                    hook(chunk.len() as u64);
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }

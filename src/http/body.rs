@@ -9,7 +9,9 @@
 //! the last can never disagree about what was asked.
 //!
 //! Beyond the seed: `target` may be a list (one sync, several targets, as image-syncer
-//! allowed), and `rsync_config.force` / `rsync_config.platforms` are optional.
+//! allowed), and `rsync_config.force` / `rsync_config.platforms` are optional. Next to
+//! `rsync_config`, `"async": true` asks for a job answered with 202 at once, and
+//! `callback_url` for a webhook when the job ends.
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -31,6 +33,10 @@ pub struct ParsedRequest {
     pub request: SyncRequest,
     /// `rsync_config` as the caller spelled it (a one-element list stays a list).
     pub echo: RsyncConfigEcho,
+    /// `"async": true`: answer 202 with the job instead of waiting for the end.
+    pub asynchronous: bool,
+    /// Where to POST the job when it ends.
+    pub callback_url: Option<String>,
 }
 
 /// An unusable body: what is wrong, and whatever source/target could be read, for the echo.
@@ -57,6 +63,10 @@ impl BodyError {
 struct DuplicateCheck {
     #[serde(rename = "rsync_config")]
     _rsync_config: Option<DuplicateCheckInner>,
+    #[serde(rename = "async")]
+    _async: Option<IgnoredAny>,
+    #[serde(rename = "callback_url")]
+    _callback_url: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +129,8 @@ pub fn parse_sync_request(body: &[u8]) -> Result<ParsedRequest, BodyError> {
     let target = target.map_err(fail)?;
     let force = force_field(config).map_err(fail)?;
     let platforms = platforms_field(config).map_err(fail)?;
+    let asynchronous = async_field(&top).map_err(fail)?;
+    let callback_url = callback_field(&top).map_err(fail)?;
     if let Err(e) = serde_json::from_str::<DuplicateCheck>(text) {
         // The shape is already known to be right, so a duplicate key is the only error left.
         return Err(fail(format!("request body has a duplicate key: {e}")));
@@ -140,7 +152,32 @@ pub fn parse_sync_request(body: &[u8]) -> Result<ParsedRequest, BodyError> {
             force,
             platforms,
         },
+        asynchronous,
+        callback_url,
     })
+}
+
+/// `async` (next to `rsync_config`): optional boolean.
+fn async_field(top: &Map<String, Value>) -> Result<bool, String> {
+    match top.get("async") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!("async must be true or false, not {}", kind(other))),
+    }
+}
+
+/// `callback_url` (next to `rsync_config`): optional http(s) URL without credentials.
+fn callback_field(top: &Map<String, Value>) -> Result<Option<String>, String> {
+    match top.get("callback_url") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(url)) => {
+            crate::jobs::webhook::check_callback_url(url).map(|_| Some(url.clone()))
+        }
+        Some(other) => Err(format!(
+            "callback_url must be a string, not {}",
+            kind(other)
+        )),
+    }
 }
 
 const REFERENCE_HINT: &str = "give an image reference, e.g. reg.example.com/team/app:v1";

@@ -1,26 +1,26 @@
 //! Route handlers. Status codes come from [`super::response::http_status`], never from here.
 
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Method, StatusCode, Version};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Local;
-use futures_util::FutureExt as _;
 
 use super::auth::AuthUser;
 use super::body::{parse_sync_request, ParsedRequest, MAX_BODY_BYTES};
 use super::home;
+use super::jobs_api::{job_path, JobView};
 use super::response::{
-    close_connection, error_response, set_retry_after, AnalysisEntry, Health, Outcome,
-    RsyncConfigEcho, SyncResponse, UsePost,
+    close_connection, error_response, set_retry_after, Health, Outcome, RsyncConfigEcho,
+    SyncResponse, UsePost,
 };
 use super::state::AppState;
 use crate::engine::{FailureKind, SyncStatus};
+use crate::jobs::{NewJob, SubmitError};
 
 /// `Retry-After` of a 503 when every sync slot is taken. Syncs take seconds to minutes;
 /// a CI job retrying after this long rarely finds the service still full.
@@ -45,7 +45,9 @@ pub async fn rsync_hint(Extension(AuthUser(username)): Extension<AuthUser>) -> J
     })
 }
 
-/// `POST /v1/image/rsync`: reads the body, runs the sync, answers in the seed's shape.
+/// `POST /v1/image/rsync`: reads the body, creates the job, and either answers `202`
+/// with the job at once (`"async": true` or `Prefer: respond-async`) or waits for its end
+/// and answers in the seed's shape, as before jobs existed.
 ///
 /// Auth has already passed (middleware), so every answer from here, bad body included,
 /// is logged as a sync.
@@ -53,15 +55,19 @@ pub async fn rsync(
     State(state): State<AppState>,
     Extension(AuthUser(username)): Extension<AuthUser>,
     version: Version,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Local::now();
+    let refuse = |username: String, echo, outcome, message: String| {
+        let answer = SyncResponse::rejected(username, echo, outcome, message, start);
+        state.recorder().record(&answer);
+        answer.into_response()
+    };
     let request = match read_request(body) {
         Ok(request) => request,
         Err((outcome, message, echo)) => {
-            let answer = SyncResponse::rejected(username, echo, outcome, message, start);
-            record(&state, &answer);
-            let mut response = answer.into_response();
+            let mut response = refuse(username, echo, outcome, message);
             if outcome == Outcome::BodyTooLarge {
                 // Reading stopped at the cap; the rest of the body is still on the wire.
                 close_connection(&mut response, version);
@@ -76,43 +82,68 @@ pub async fn rsync(
             status: SyncStatus::Unusual,
             failure: Some(FailureKind::NotAllowed),
         };
-        let answer = SyncResponse::rejected(username, request.echo, outcome, message, start);
-        record(&state, &answer);
-        return answer.into_response();
+        return refuse(username, request.echo, outcome, message);
     }
-    // A slot for the whole sync, taken now or never: a full service answers at once
-    // instead of queueing callers without bound.
-    let Ok(slot) = state.sync_slots().clone().try_acquire_owned() else {
-        let max = state.max_concurrent_syncs();
-        let answer = SyncResponse::rejected(
-            username,
-            request.echo,
-            Outcome::Busy,
-            format!(
-                "the service is busy: it already runs its maximum of {max} syncs at once \
-                 (rsyncserver.max_concurrent_syncs); retry in {BUSY_RETRY_AFTER_SECONDS} s"
-            ),
-            start,
-        );
-        record(&state, &answer);
-        let mut response = answer.into_response();
-        set_retry_after(&mut response, Duration::from_secs(BUSY_RETRY_AFTER_SECONDS));
-        return response;
-    };
+    let asynchronous = request.asynchronous || prefers_async(&headers);
     let echo = request.echo.clone();
-    let task_state = state.clone();
-    let task_user = username.clone();
-    let guard = state.syncs().start();
-    // In its own task, so that a caller hanging up (which drops this future) does not
-    // cancel the copy half-way; the task logs its own result either way. The slot goes
-    // with it, so a sync whose caller left still counts against the cap.
-    let task = tokio::spawn(async move {
-        let _guard = guard;
-        let _slot = slot;
-        run_sync(&task_state, task_user, request).await
-    });
-    match task.await {
-        Ok(answer) => answer.into_response(),
+    let new = NewJob {
+        user: username.clone(),
+        request: request.request,
+        rsync_config: serde_json::to_value(&request.echo).unwrap_or_default(),
+        asynchronous,
+        callback_url: request.callback_url,
+    };
+    // A job that waits takes a slot now or never: a full service answers at once instead
+    // of holding callers without bound. Asynchronous jobs queue (up to jobs.max_queued).
+    let submitted = match state.jobs().submit(new).await {
+        Ok(submitted) => submitted,
+        Err(e) => {
+            let (outcome, message) = match e {
+                SubmitError::Busy => (
+                    Outcome::Busy,
+                    format!(
+                        "the service is busy: it already runs its maximum of {} syncs at once \
+                         (rsyncserver.max_concurrent_syncs); retry in {BUSY_RETRY_AFTER_SECONDS} s, \
+                         or send \"async\": true to queue the job",
+                        state.max_concurrent_syncs()
+                    ),
+                ),
+                SubmitError::QueueFull => (
+                    Outcome::Busy,
+                    format!(
+                        "the job queue is full ({} jobs wait for a slot, rsyncserver.jobs.max_queued); \
+                         retry in {BUSY_RETRY_AFTER_SECONDS} s",
+                        state.jobs().limits().max_queued
+                    ),
+                ),
+                SubmitError::ShuttingDown => (
+                    Outcome::Busy,
+                    format!("the service is shutting down; retry in {BUSY_RETRY_AFTER_SECONDS} s"),
+                ),
+                SubmitError::Store(e) => (Outcome::Internal, e.to_string()),
+            };
+            let mut response = refuse(username, echo, outcome, message);
+            if outcome == Outcome::Busy {
+                set_retry_after(&mut response, Duration::from_secs(BUSY_RETRY_AFTER_SECONDS));
+            }
+            return response;
+        }
+    };
+    let location = job_path(submitted.job.id);
+    if asynchronous {
+        let mut response =
+            (StatusCode::ACCEPTED, Json(JobView::new(submitted.job))).into_response();
+        set_header(&mut response, header::LOCATION, &location);
+        return response;
+    }
+    let mut response = match submitted.done.await {
+        Ok(job) => {
+            let status = job
+                .http_status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(job.result.unwrap_or_default())).into_response()
+        }
         // Only when the runtime itself is going away (shutdown grace period over).
         Err(_) => SyncResponse::rejected(
             username,
@@ -122,6 +153,24 @@ pub async fn rsync(
             start,
         )
         .into_response(),
+    };
+    set_header(&mut response, header::CONTENT_LOCATION, &location);
+    response
+}
+
+/// Whether the caller sent `Prefer: respond-async` (RFC 7240).
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+fn set_header(response: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
     }
 }
 
@@ -161,64 +210,4 @@ fn read_request(body: Result<Bytes, BytesRejection>) -> Result<ParsedRequest, Re
         ),
     })?;
     parse_sync_request(&bytes).map_err(|e| (bad_input, e.message, e.echo))
-}
-
-async fn run_sync(state: &AppState, username: String, parsed: ParsedRequest) -> SyncResponse {
-    let start = Local::now();
-    let ParsedRequest { request, echo } = parsed;
-    let sync = state.engine().run_request(&request);
-    // A panic in the engine becomes a 500 for this one request instead of a dropped
-    // connection, and still gets its analysis-log line.
-    let response = match AssertUnwindSafe(sync).catch_unwind().await {
-        Ok(report) => SyncResponse::from_report(username, echo, report),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "sync engine panicked");
-            SyncResponse::rejected(
-                username,
-                echo,
-                Outcome::Internal,
-                "internal error in the sync engine: the service log has details",
-                start,
-            )
-        }
-    };
-    record(state, &response);
-    response
-}
-
-/// Logs one line for the sync and appends it to the analysis log.
-fn record(state: &AppState, response: &SyncResponse) {
-    let data = &response.rsync_data;
-    // Debug formatting (`?`) quotes and escapes caller-supplied text, so a newline in a
-    // reference cannot forge a log line.
-    tracing::info!(
-        user = %response.username,
-        source = ?response.rsync_config.source,
-        target = ?response.rsync_config.target.joined(),
-        status = status_word(data.rsync_status),
-        http_status = response.http_status().as_u16(),
-        duration_s = data.duration_time_seconds,
-        error = ?data.rsync_error.as_deref().unwrap_or(""),
-        "sync"
-    );
-    if let Err(e) = state.analysis_log().append(&AnalysisEntry::new(response)) {
-        tracing::error!(
-            file = %state.analysis_log().path().display(),
-            error = %e,
-            "cannot append to the analysis log (rsyncserver.logfile)"
-        );
-    }
-}
-
-fn status_word(status: SyncStatus) -> &'static str {
-    match status {
-        SyncStatus::Successfully => "successfully",
-        SyncStatus::Failed => "failed",
-        SyncStatus::Unusual => "unusual",
-    }
 }

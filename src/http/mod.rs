@@ -2,10 +2,10 @@
 //!
 //! One job per module: [`router`](mod@router) wires routes and layers, [`auth`] checks
 //! credentials, [`damping`] slows down password guessing, [`scopes`] limits what each
-//! user may sync, [`body`] parses the sync request, [`handlers`] answer, [`response`] holds
-//! the JSON shapes and the single outcome → status mapping, [`home`] renders `GET /`,
-//! [`access_log`] writes one line per request, [`state`] and [`tracker`] hold what
-//! handlers share.
+//! user may sync, [`body`] parses the sync request, [`handlers`] answer, [`jobs_api`]
+//! serves the job routes, [`response`] holds the JSON shapes and the single outcome →
+//! status mapping, [`recorder`] logs finished syncs, [`home`] renders `GET /`,
+//! [`access_log`] writes one line per request, [`state`] holds what handlers share.
 
 pub mod access_log;
 pub mod auth;
@@ -13,11 +13,12 @@ pub mod body;
 pub mod damping;
 pub mod handlers;
 pub mod home;
+pub mod jobs_api;
+pub mod recorder;
 pub mod response;
 pub mod router;
 pub mod scopes;
 pub mod state;
-pub mod tracker;
 
 pub use router::router;
 pub use state::AppState;

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Local};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{FailureKind, ImageResult, SyncReport, SyncStatus};
 
@@ -53,6 +53,10 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
             ..
         } => StatusCode::BAD_GATEWAY,
         Outcome::Sync {
+            failure: Some(FailureKind::Cancelled),
+            ..
+        } => StatusCode::CONFLICT,
+        Outcome::Sync {
             status: SyncStatus::Unusual,
             failure: None,
         } => StatusCode::BAD_REQUEST,
@@ -69,22 +73,23 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
 }
 
 /// The `rsync_config` object, echoed back as the caller sent it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RsyncConfigEcho {
     /// Source reference or rule; empty when the body did not give a usable string.
     pub source: String,
     /// Target reference or rule (or list of them); empty when not usable.
     pub target: TargetEcho,
     /// Echoed only when the caller asked for it.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
     /// Echoed only when the caller gave a platform filter.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<String>,
 }
 
 /// `rsync_config.target`: one reference (the seed's form) or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TargetEcho {
     /// A single target, echoed as a string.

@@ -9,6 +9,7 @@ use super::access_log::log_request;
 use super::auth::require_basic_auth;
 use super::body::MAX_BODY_BYTES;
 use super::handlers;
+use super::jobs_api;
 use super::state::AppState;
 
 /// The sync route; the trailing-slash spelling is served too, as the seed did.
@@ -27,6 +28,17 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(handlers::method_not_allowed);
+    let auth = || middleware::from_fn_with_state(state.clone(), require_basic_auth);
+    let jobs = get(jobs_api::list_jobs)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
+    let job = get(jobs_api::get_job)
+        .delete(jobs_api::cancel_job)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
+    let job_events = get(jobs_api::job_events)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
     Router::new()
         .route(
             "/",
@@ -38,6 +50,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(RSYNC_PATH, rsync.clone())
         .route(&format!("{RSYNC_PATH}/"), rsync)
+        .route(&format!("{RSYNC_PATH}/jobs"), jobs)
+        .route(&format!("{RSYNC_PATH}/jobs/{{id}}"), job)
+        .route(&format!("{RSYNC_PATH}/jobs/{{id}}/events"), job_events)
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(log_request))
         .with_state(state)

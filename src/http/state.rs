@@ -1,19 +1,22 @@
-//! What every handler shares: the engine, the users and their scopes, the failed-login
-//! damping, the sync slots, the home-page links, the analysis log and the running-sync
-//! counter.
+//! What every handler shares: the job manager (and through it the engine), the users,
+//! their scopes and admins, the failed-login damping, the home-page links and the
+//! recorder of finished syncs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use super::auth::UserTable;
 use super::damping::LoginDamping;
+use super::recorder::Recorder;
 use super::scopes::Scopes;
-use super::tracker::SyncTracker;
 use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::jobs::tracker::SyncTracker;
+use crate::jobs::webhook::WebhookSender;
+use crate::jobs::{JobLimits, JobManager, JobStore};
 
 /// Shared state of the router; cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -22,15 +25,13 @@ pub struct AppState {
 }
 
 struct Inner {
-    engine: Engine,
+    jobs: JobManager,
     users: UserTable,
     scopes: Scopes,
+    admins: BTreeSet<String>,
     login_damping: LoginDamping,
-    sync_slots: Arc<Semaphore>,
-    max_concurrent_syncs: usize,
     tools: BTreeMap<String, String>,
-    analysis_log: AnalysisLog,
-    syncs: Arc<SyncTracker>,
+    recorder: Recorder,
 }
 
 /// Written by hand so that nothing secret can ever show: the users appear as a count,
@@ -40,37 +41,57 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("users", &self.inner.users)
             .field("scopes", &self.inner.scopes)
-            .field("max_concurrent_syncs", &self.inner.max_concurrent_syncs)
-            .field("running_syncs", &self.inner.syncs.active())
-            .field("analysis_log", &self.inner.analysis_log.path())
+            .field("admins", &self.inner.admins)
+            .field("jobs", &self.inner.jobs)
+            .field("running_syncs", &self.syncs().active())
+            .field("analysis_log", &self.analysis_log().path())
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// Builds the state from a loaded config, an engine and an opened analysis log.
-    /// Taking the engine and log as arguments lets tests pass their own.
-    pub fn new(config: &Config, engine: Engine, analysis_log: AnalysisLog) -> Self {
-        // A hand-built config may say 0; one slot at least keeps the service usable.
-        let max_concurrent_syncs = config.rsyncserver.max_concurrent_syncs.max(1);
+    /// Builds the state from a loaded config, an engine, an opened analysis log and a
+    /// job store. Taking them as arguments lets tests pass their own.
+    pub fn new(
+        config: &Config,
+        engine: Engine,
+        analysis_log: AnalysisLog,
+        store: Arc<dyn JobStore>,
+    ) -> Self {
+        let server = &config.rsyncserver;
+        let recorder = Recorder::new(Arc::new(analysis_log));
+        let jobs = JobManager::new(
+            Arc::new(engine),
+            store,
+            Arc::new(recorder.clone()),
+            WebhookSender::default(),
+            JobLimits {
+                // A hand-built config may say 0; one slot at least keeps the service usable.
+                max_running: server.max_concurrent_syncs.max(1),
+                max_queued: server.jobs.max_queued,
+            },
+        );
         Self {
             inner: Arc::new(Inner {
-                engine,
-                users: UserTable::new(&config.rsyncserver.auth),
-                scopes: Scopes::new(&config.rsyncserver.scopes),
-                login_damping: LoginDamping::new(&config.rsyncserver.login_damping),
-                sync_slots: Arc::new(Semaphore::new(max_concurrent_syncs)),
-                max_concurrent_syncs,
+                jobs,
+                users: UserTable::new(&server.auth),
+                scopes: Scopes::new(&server.scopes),
+                admins: server.admins.iter().cloned().collect(),
+                login_damping: LoginDamping::new(&server.login_damping),
                 tools: config.config.tools.clone(),
-                analysis_log,
-                syncs: Arc::new(SyncTracker::default()),
+                recorder,
             }),
         }
     }
 
     /// The sync engine.
     pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+        self.inner.jobs.engine()
+    }
+
+    /// Runs and keeps jobs.
+    pub fn jobs(&self) -> &JobManager {
+        &self.inner.jobs
     }
 
     /// The service users allowed on the sync routes.
@@ -83,6 +104,11 @@ impl AppState {
         &self.inner.scopes
     }
 
+    /// Whether `user` sees and cancels every user's jobs.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.inner.admins.contains(user)
+    }
+
     /// Failed-login tallies per client address.
     pub fn login_damping(&self) -> &LoginDamping {
         &self.inner.login_damping
@@ -90,12 +116,12 @@ impl AppState {
 
     /// One permit per sync allowed to run at once (`rsyncserver.max_concurrent_syncs`).
     pub fn sync_slots(&self) -> &Arc<Semaphore> {
-        &self.inner.sync_slots
+        self.inner.jobs.slots()
     }
 
     /// The configured cap on syncs running at once.
     pub fn max_concurrent_syncs(&self) -> usize {
-        self.inner.max_concurrent_syncs
+        self.inner.jobs.limits().max_running
     }
 
     /// The `config.tools` links shown on the home page.
@@ -103,13 +129,18 @@ impl AppState {
         &self.inner.tools
     }
 
+    /// Writes finished syncs to the log and the analysis log.
+    pub fn recorder(&self) -> &Recorder {
+        &self.inner.recorder
+    }
+
     /// Where each sync's JSON line goes.
     pub fn analysis_log(&self) -> &AnalysisLog {
-        &self.inner.analysis_log
+        self.inner.recorder.analysis_log()
     }
 
     /// Syncs still running; shutdown waits on it.
     pub fn syncs(&self) -> &Arc<SyncTracker> {
-        &self.inner.syncs
+        self.inner.jobs.syncs()
     }
 }

@@ -46,6 +46,7 @@ fn fixture_with(yaml: &str) -> (Fixture, AppState) {
         &config,
         Engine::new(&config.rsyncserver.rsyncconfig),
         AnalysisLog::open(&log).unwrap(),
+        std::sync::Arc::new(crate::jobs::SqliteStore::in_memory().unwrap()),
     );
     let fixture = Fixture {
         app: router(state.clone()),

@@ -96,6 +96,33 @@ impl RegistryError {
         }
     }
 
+    /// A low-cardinality name for why a retryable step failed, for metrics.
+    pub fn retry_cause(&self) -> &'static str {
+        match self {
+            RegistryError::Network { .. } => "network",
+            RegistryError::TokenExpired { .. } => "token_expired",
+            RegistryError::Status { status: 429, .. } => "rate_limited",
+            RegistryError::Status { status: 400, .. } => "blob_unknown",
+            RegistryError::Status { status: 408, .. } => "timeout",
+            RegistryError::Status { .. } => "server_error",
+            RegistryError::Auth { .. } => "auth",
+            RegistryError::Protocol { .. } => "protocol",
+            RegistryError::DigestMismatch { .. } => "digest_mismatch",
+        }
+    }
+
+    /// host[:port] of the registry the error is about.
+    pub fn registry(&self) -> &str {
+        match self {
+            RegistryError::Network { registry, .. }
+            | RegistryError::Status { registry, .. }
+            | RegistryError::Auth { registry, .. }
+            | RegistryError::Protocol { registry, .. }
+            | RegistryError::TokenExpired { registry, .. }
+            | RegistryError::DigestMismatch { registry, .. } => registry,
+        }
+    }
+
     /// The HTTP status the registry answered, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -1,0 +1,469 @@
+//! Runs jobs: creates them in the store, queues them for a sync slot, runs the engine with
+//! live progress and a cancel switch, records the end, sends the webhook, and after a
+//! restart picks up whatever was queued or running.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use futures_util::FutureExt as _;
+use serde_json::Value;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::live::LiveJob;
+use super::model::{JobFilter, JobRecord, JobState, NewJob};
+use super::store::{JobStore, StoreError};
+use super::tracker::SyncTracker;
+use super::webhook::WebhookSender;
+use crate::engine::{Engine, SyncContext, SyncLog, SyncReport, SyncStatus};
+
+/// How a job ended, handed to [`JobHooks::finished`] to become the result body.
+#[derive(Debug)]
+pub enum JobEnd {
+    /// The engine ran and reported.
+    Report(SyncReport),
+    /// The engine panicked; the text is the panic message.
+    Panicked(String),
+    /// Cancelled while queued; the text says by whom.
+    CancelledBeforeStart(String),
+}
+
+/// The result of a finished job, as a synchronous POST answers it.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// The response body.
+    pub body: Value,
+    /// The response status.
+    pub http_status: u16,
+}
+
+/// What the API layer does with a finished job: shape the answer, log it.
+pub trait JobHooks: Send + Sync {
+    /// Turns the end of `job` into its result; also the place to log it.
+    fn finished(&self, job: &JobRecord, end: JobEnd) -> JobResult;
+}
+
+/// Why a job could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Every sync slot is taken and the caller wants to wait for the answer.
+    #[error("every sync slot is taken")]
+    Busy,
+    /// The queue of asynchronous jobs is full.
+    #[error("the job queue is full")]
+    QueueFull,
+    /// The service is shutting down and takes no new jobs.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// The job could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a cancel did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such job (or not one the caller may see).
+    #[error("no such job")]
+    NotFound,
+    /// It had already ended.
+    #[error("the job has already ended ({})", .0.as_str())]
+    Finished(JobState),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A job just created.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The record as stored (state queued or running).
+    pub job: JobRecord,
+    /// Resolves with the final record when the job ends.
+    pub done: oneshot::Receiver<JobRecord>,
+}
+
+/// Limits of the manager, from `rsyncserver`.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Syncs running at once.
+    pub max_running: usize,
+    /// Asynchronous jobs waiting at once.
+    pub max_queued: usize,
+}
+
+/// Runs and keeps jobs; cheap to clone.
+#[derive(Clone)]
+pub struct JobManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<Engine>,
+    store: Arc<dyn JobStore>,
+    hooks: Arc<dyn JobHooks>,
+    webhook: WebhookSender,
+    slots: Arc<Semaphore>,
+    limits: JobLimits,
+    queued: AtomicUsize,
+    live: Mutex<HashMap<i64, Arc<LiveJob>>>,
+    syncs: Arc<SyncTracker>,
+    stopping: CancellationToken,
+}
+
+impl std::fmt::Debug for JobManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManager")
+            .field("limits", &self.inner.limits)
+            .field("live", &self.live_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobManager {
+    /// A manager running `engine` with jobs kept in `store`.
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Arc<dyn JobStore>,
+        hooks: Arc<dyn JobHooks>,
+        webhook: WebhookSender,
+        limits: JobLimits,
+    ) -> Self {
+        let limits = JobLimits {
+            max_running: limits.max_running.max(1),
+            ..limits
+        };
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                store,
+                hooks,
+                webhook,
+                slots: Arc::new(Semaphore::new(limits.max_running)),
+                limits,
+                queued: AtomicUsize::new(0),
+                live: Mutex::default(),
+                syncs: Arc::new(SyncTracker::default()),
+                stopping: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The engine jobs run on.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> JobLimits {
+        self.inner.limits
+    }
+
+    /// One permit per sync allowed to run at once.
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.inner.slots
+    }
+
+    /// Syncs running right now; shutdown waits on it.
+    pub fn syncs(&self) -> &Arc<SyncTracker> {
+        &self.inner.syncs
+    }
+
+    /// Jobs waiting for a slot right now.
+    pub fn queued(&self) -> usize {
+        self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    fn live_count(&self) -> usize {
+        self.inner.live.lock().expect("live jobs lock").len()
+    }
+
+    /// Creates a job. A job whose caller waits (`asynchronous: false`) takes a slot now or
+    /// fails with [`SubmitError::Busy`]; an asynchronous one queues for a slot.
+    pub async fn submit(&self, new: NewJob) -> Result<Submitted, SubmitError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let permit = if new.asynchronous {
+            None
+        } else {
+            Some(
+                self.inner
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| SubmitError::Busy)?,
+            )
+        };
+        let queued = permit.is_none();
+        if queued {
+            let limit = self.inner.limits.max_queued;
+            let taken = self
+                .inner
+                .queued
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < limit).then_some(n + 1)
+                });
+            if taken.is_err() {
+                return Err(SubmitError::QueueFull);
+            }
+        }
+        let record = new.into_record(Utc::now());
+        let stored = self.blocking(move |store| store.create(record)).await;
+        let job = match stored {
+            Ok(job) => job,
+            Err(e) => {
+                if queued {
+                    self.inner.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+                return Err(e.into());
+            }
+        };
+        let (done_tx, done) = oneshot::channel();
+        self.spawn(job.clone(), permit, Some(done_tx));
+        Ok(Submitted { job, done })
+    }
+
+    /// Picks up every job the store holds as queued or running (the service stopped
+    /// before they ended); each is queued again and says it was resumed.
+    pub async fn resume_unfinished(&self) -> Result<usize, StoreError> {
+        let jobs = self.blocking(|store| store.unfinished()).await?;
+        let count = jobs.len();
+        for mut job in jobs {
+            let was = job.state;
+            job.resumed += 1;
+            job.state = JobState::Queued;
+            tracing::info!(job = job.id, user = %job.user, was = was.as_str(), "resuming job after a restart");
+            let saved = job.clone();
+            self.blocking(move |store| store.save(&saved)).await?;
+            self.inner.queued.fetch_add(1, Ordering::SeqCst);
+            self.spawn(job, None, None);
+        }
+        Ok(count)
+    }
+
+    /// Deletes finished jobs older than `days`.
+    pub async fn prune(&self, days: u32) -> Result<usize, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
+        self.blocking(move |store| store.prune(cutoff)).await
+    }
+
+    /// The job as it is now: live while unfinished, from the store afterwards.
+    pub async fn get(&self, id: i64) -> Result<Option<JobRecord>, StoreError> {
+        if let Some(live) = self.live(id) {
+            return Ok(Some(live.snapshot()));
+        }
+        self.blocking(move |store| store.get(id)).await
+    }
+
+    /// Jobs matching `filter`, newest first, with live progress for unfinished ones.
+    pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let mut jobs = self.blocking(move |store| store.list(&filter)).await?;
+        for job in &mut jobs {
+            if let Some(live) = self.live(job.id) {
+                *job = live.snapshot();
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Watches an unfinished job; `None` once it has ended (read it with [`Self::get`]).
+    pub fn watch(&self, id: i64) -> Option<watch::Receiver<JobRecord>> {
+        self.live(id).map(|live| live.subscribe())
+    }
+
+    /// Cancels a queued or running job. Transfers stop; no tag is written afterwards.
+    /// Returns the record as it is at the moment of the cancel.
+    pub async fn cancel(&self, id: i64, by: &str) -> Result<JobRecord, CancelError> {
+        let Some(live) = self.live(id) else {
+            return match self.blocking(move |store| store.get(id)).await? {
+                Some(job) => Err(CancelError::Finished(job.state)),
+                None => Err(CancelError::NotFound),
+            };
+        };
+        live.update(|job| {
+            if job.cancelled_by.is_none() {
+                job.cancelled_by = Some(by.to_owned());
+            }
+        });
+        live.cancel.cancel();
+        tracing::info!(job = id, by, "job cancelled");
+        Ok(live.snapshot())
+    }
+
+    /// Stops starting queued jobs (they stay queued in the store for the next start);
+    /// running ones go on. Used when the service shuts down.
+    pub fn stop_starting(&self) {
+        self.inner.stopping.cancel();
+    }
+
+    fn live(&self, id: i64) -> Option<Arc<LiveJob>> {
+        self.inner
+            .live
+            .lock()
+            .expect("live jobs lock")
+            .get(&id)
+            .cloned()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || call(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Query {
+                what: "run a database call",
+                cause: e.to_string(),
+            })?
+    }
+
+    fn spawn(
+        &self,
+        job: JobRecord,
+        permit: Option<OwnedSemaphorePermit>,
+        done: Option<oneshot::Sender<JobRecord>>,
+    ) {
+        let live = LiveJob::new(job);
+        let id = live.snapshot().id;
+        self.inner
+            .live
+            .lock()
+            .expect("live jobs lock")
+            .insert(id, live.clone());
+        let manager = self.clone();
+        // Its own task: a caller hanging up must not cancel the copy half-way.
+        tokio::spawn(async move {
+            let finished = manager.run(&live, permit).await;
+            if let Some(job) = finished {
+                if let Some(done) = done {
+                    let _ = done.send(job.clone());
+                }
+                manager.notify(job).await;
+            }
+        });
+    }
+
+    /// Runs one job to its end; `None` when shutdown came first and it stays queued.
+    async fn run(
+        &self,
+        live: &Arc<LiveJob>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Option<JobRecord> {
+        let permit = match permit {
+            Some(permit) => permit,
+            None => {
+                let waited = tokio::select! {
+                    biased;
+                    _ = live.cancel.cancelled() => Err(true),
+                    _ = self.inner.stopping.cancelled() => Err(false),
+                    permit = self.inner.slots.clone().acquire_owned() => Ok(permit.expect("slots never close")),
+                };
+                self.inner.queued.fetch_sub(1, Ordering::SeqCst);
+                match waited {
+                    Ok(permit) => permit,
+                    Err(true) => {
+                        let by = live.snapshot().cancelled_by.unwrap_or_default();
+                        let end = JobEnd::CancelledBeforeStart(by);
+                        return Some(self.finish(live, end, JobState::Cancelled).await);
+                    }
+                    Err(false) => {
+                        self.forget(live);
+                        return None;
+                    }
+                }
+            }
+        };
+        let _slot = permit;
+        let _running = self.inner.syncs.start();
+        live.update(|job| {
+            job.state = JobState::Running;
+            job.started_at = Some(Utc::now());
+        });
+        self.save(&live.snapshot()).await;
+        let job = live.snapshot();
+        let context = SyncContext {
+            observer: live.clone(),
+            cancel: live.cancel.clone(),
+        };
+        let sync = self.inner.engine.run_request_with(&job.request, &context);
+        // A panic in the engine ends this one job as an internal error.
+        let (end, state) = match AssertUnwindSafe(sync).catch_unwind().await {
+            Ok(mut report) => {
+                if job.resumed > 0 {
+                    prepend_resume_note(&mut report, job.resumed);
+                }
+                let state =
+                    if live.cancel.is_cancelled() && report.status != SyncStatus::Successfully {
+                        JobState::Cancelled
+                    } else if report.status == SyncStatus::Successfully {
+                        JobState::Succeeded
+                    } else {
+                        JobState::Failed
+                    };
+                (JobEnd::Report(report), state)
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, job = job.id, "sync engine panicked");
+                (JobEnd::Panicked(what), JobState::Failed)
+            }
+        };
+        Some(self.finish(live, end, state).await)
+    }
+
+    /// Records the end of a job: result, state, store; then forgets it as live.
+    async fn finish(&self, live: &Arc<LiveJob>, end: JobEnd, state: JobState) -> JobRecord {
+        let result = self.inner.hooks.finished(&live.snapshot(), end);
+        live.update(|job| {
+            job.state = state;
+            job.finished_at = Some(Utc::now());
+            job.result = Some(result.body);
+            job.http_status = Some(result.http_status);
+        });
+        let job = live.snapshot();
+        self.save(&job).await;
+        self.forget(live);
+        job
+    }
+
+    /// Sends the webhook, if asked for, and records whether it got through.
+    async fn notify(&self, mut job: JobRecord) {
+        if job.callback_url.is_none() {
+            return;
+        }
+        job.callback = self.inner.webhook.deliver(&job).await;
+        self.save(&job).await;
+    }
+
+    fn forget(&self, live: &Arc<LiveJob>) {
+        let id = live.snapshot().id;
+        self.inner.live.lock().expect("live jobs lock").remove(&id);
+    }
+
+    async fn save(&self, job: &JobRecord) {
+        let copy = job.clone();
+        if let Err(e) = self.blocking(move |store| store.save(&copy)).await {
+            // The job goes on; only its record in the store is stale.
+            tracing::error!(job = job.id, error = %e, "cannot save job");
+        }
+    }
+}
+
+/// Puts a line at the top of a resumed job's log, so its reader knows why blobs were
+/// found already at the target.
+fn prepend_resume_note(report: &mut SyncReport, times: u32) {
+    let note = SyncLog::default();
+    note.info(format!(
+        "Resumed after a service restart (resume {times}); blobs already at the target are skipped"
+    ));
+    report.log.insert_str(0, &note.text());
+}
