@@ -23,6 +23,7 @@ pub mod skopeo;
 pub mod tls;
 pub mod token_issuer;
 pub mod tools;
+pub mod webhook;
 
 pub use cases::Cases;
 pub use image::{Format, Image, Index, Layer, Platform};

@@ -53,6 +53,12 @@ impl Owned {
         self.child.id()
     }
 
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `Some(exit status)` once the child has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("poll child")

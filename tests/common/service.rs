@@ -53,6 +53,10 @@ pub struct ServiceConfig {
     pub proc_num: usize,
     /// `task.retries`.
     pub retries: u32,
+    /// `rsyncserver.admins`.
+    pub admins: Vec<String>,
+    /// `rsyncserver.max_concurrent_syncs`, when set.
+    pub max_concurrent_syncs: Option<usize>,
 }
 
 impl Default for ServiceConfig {
@@ -62,6 +66,8 @@ impl Default for ServiceConfig {
             registries: Vec::new(),
             proc_num: 5,
             retries: 2,
+            admins: Vec::new(),
+            max_concurrent_syncs: None,
         }
     }
 }
@@ -108,7 +114,7 @@ impl ServiceConfig {
                 (e.key.clone(), v)
             })
             .collect();
-        let doc = json!({
+        let mut doc = json!({
             "config": {"tools": {"github": TOOLS_LINK}},
             "rsyncserver": {
                 "logfile": logfile.display().to_string(),
@@ -116,6 +122,12 @@ impl ServiceConfig {
                 "rsyncconfig": {"auth": auth, "task": {"proc_num": self.proc_num, "retries": self.retries}},
             },
         });
+        if !self.admins.is_empty() {
+            doc["rsyncserver"]["admins"] = json!(self.admins);
+        }
+        if let Some(max) = self.max_concurrent_syncs {
+            doc["rsyncserver"]["max_concurrent_syncs"] = json!(max);
+        }
         serde_yaml_ng::to_string(&doc).expect("config yaml")
     }
 }
@@ -171,30 +183,23 @@ impl Service {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("http client");
-        let mut failures = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let mut cmd = Command::new(BIN);
-            cmd.arg("--address")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--configFile")
-                .arg(&config_path)
-                .current_dir(dir.path());
-            let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
-            let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
-            match wait_ready(&client, &mut process, port).await {
-                Ok(()) => {
-                    return Service {
-                        process,
-                        port,
-                        dir,
-                        client,
-                    }
-                }
-                Err(e) => failures.push_str(&format!("{e}\n{}", process.log_tail(20))),
-            }
+        let (process, port) = launch(dir.path(), &client).await;
+        Service {
+            process,
+            port,
+            dir,
+            client,
         }
-        panic!("imagersync_service_bin did not start:\n{failures}");
+    }
+
+    /// Kills the service at once (SIGKILL: no drain, as a crash or an OOM kill would)
+    /// and starts it again with the same config and working directory, so with the same
+    /// job database and analysis log, on a new port.
+    pub async fn crash_and_restart(&mut self) {
+        self.process.kill();
+        let (process, port) = launch(self.dir.path(), &self.client).await;
+        self.process = process;
+        self.port = port;
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -294,6 +299,29 @@ pub async fn json_of(resp: Response) -> (StatusCode, Value) {
     let value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("HTTP {status}: body is not JSON ({e}): {text}"));
     (status, value)
+}
+
+/// Starts the binary with `dir/config.yaml` in `dir` on a free port (trying other ports
+/// if one is taken meanwhile); returns once `GET /check` is 200.
+async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
+    let config_path = dir.join("config.yaml");
+    let mut failures = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--address")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--configFile")
+            .arg(&config_path)
+            .current_dir(dir);
+        let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
+        let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
+        match wait_ready(client, &mut process, port).await {
+            Ok(()) => return (process, port),
+            Err(e) => failures.push_str(&format!("{e}\n{}", process.log_tail(20))),
+        }
+    }
+    panic!("imagersync_service_bin did not start:\n{failures}");
 }
 
 async fn wait_ready(client: &Client, process: &mut Owned, port: u16) -> Result<(), String> {

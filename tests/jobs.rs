@@ -1,0 +1,737 @@
+//! Jobs through the real service and real registries: asynchronous POST, progress,
+//! listing and privacy, cancel, server-sent events, resume after a crash, and the
+//! completion webhook. skopeo checks what landed (or that nothing did).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use common::contract::{assert_sync_shape, status_of};
+use common::fault_proxy::{FaultProxy, Rule};
+use common::fixture::{Pair, SourceAuth};
+use common::service::{admin, jenkins, json_of};
+use common::webhook::WebhookReceiver;
+use common::{skopeo, Creds, Format, Image, Pushed, Registry, Service, ServiceConfig};
+
+const KIB: usize = 1024;
+const JOBS: &str = "/v1/image/rsync/jobs";
+
+/// The service's source registry reached through a fault proxy, so tests can slow it.
+struct Slowed {
+    src: Registry,
+    dst: Registry,
+    proxy: FaultProxy,
+    service: Service,
+}
+
+impl Slowed {
+    async fn start(configure: impl FnOnce(ServiceConfig) -> ServiceConfig) -> Slowed {
+        let password = common::fixture::random_password("dst");
+        let (src, dst) = tokio::join!(
+            Registry::start_anonymous(),
+            Registry::start_htpasswd("pusher", &password),
+        );
+        let proxy = FaultProxy::start(&src.host()).await;
+        let config = configure(
+            ServiceConfig::new()
+                .entry("src", &proxy.host(), None)
+                .registry("dst", &dst),
+        );
+        let service = Service::start(&config).await;
+        Slowed {
+            src,
+            dst,
+            proxy,
+            service,
+        }
+    }
+
+    /// Pushes a fresh image and slows its largest layer's download to `bytes` per 100 ms.
+    async fn push_slowed(&self, tag: &str, sizes: &[usize], bytes: usize) -> Pushed {
+        let image = Image::random(Format::Oci, sizes);
+        let pushed = self.src.push_image("team/app", tag, &image).await;
+        let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
+        self.proxy.add(
+            Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
+                .every()
+                .trickle(Duration::from_millis(100), bytes),
+        );
+        pushed
+    }
+
+    fn source(&self, tag: &str) -> String {
+        format!("{}/team/app:{tag}", self.proxy.host())
+    }
+
+    fn target(&self, tag: &str) -> String {
+        format!("{}/prod/app:{tag}", self.dst.host())
+    }
+}
+
+fn body(source: &str, target: &str) -> Value {
+    json!({"rsync_config": {"source": source, "target": target}})
+}
+
+fn async_body(source: &str, target: &str) -> Value {
+    json!({"async": true, "rsync_config": {"source": source, "target": target}})
+}
+
+/// `GET path` with Basic `creds`; status and JSON.
+async fn get(service: &Service, creds: &Creds, path: &str) -> (StatusCode, Value) {
+    let resp = service
+        .client()
+        .get(service.url(path))
+        .basic_auth(&creds.user, Some(&creds.pass))
+        .send()
+        .await
+        .expect("GET");
+    json_of(resp).await
+}
+
+/// `DELETE path` with Basic `creds`.
+async fn delete(service: &Service, creds: &Creds, path: &str) -> (StatusCode, Value) {
+    let resp = service
+        .client()
+        .delete(service.url(path))
+        .basic_auth(&creds.user, Some(&creds.pass))
+        .send()
+        .await
+        .expect("DELETE");
+    json_of(resp).await
+}
+
+/// POSTs an async job as `creds`; asserts the 202 and returns the job.
+async fn submit(service: &Service, creds: &Creds, body: &Value) -> Value {
+    let resp = service
+        .post_raw(
+            "/v1/image/rsync",
+            Some(creds),
+            Some("application/json"),
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await;
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let (status, job) = json_of(resp).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_i64().unwrap_or_else(|| panic!("no id: {job}"));
+    assert_eq!(location.as_deref(), Some(format!("{JOBS}/{id}").as_str()));
+    assert_eq!(job["links"]["self"], json!(format!("{JOBS}/{id}")));
+    assert!(
+        ["queued", "running"].contains(&job["state"].as_str().unwrap()),
+        "{job}"
+    );
+    job
+}
+
+/// Polls job `id` until `done(job)` holds; panics after `limit`.
+async fn wait_for(
+    service: &Service,
+    creds: &Creds,
+    id: i64,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, job) = get(service, creds, &format!("{JOBS}/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id}: not {what} after {limit:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is_final(job: &Value) -> bool {
+    ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or(""))
+}
+
+/// Asserts the job succeeded with the full synchronous answer and complete progress.
+fn assert_succeeded(job: &Value, pushed: &Pushed) {
+    assert_eq!(job["state"], json!("succeeded"), "{job}");
+    assert_eq!(job["http_status"], json!(200), "{job}");
+    let result = &job["result"];
+    assert_sync_shape(result);
+    assert_eq!(status_of(result), "successfully", "{job}");
+    assert_eq!(
+        result["rsync_data"]["images"][0]["digest"],
+        json!(pushed.digest)
+    );
+    let progress = &job["progress"];
+    let blobs = pushed.blobs.len() as u64;
+    assert_eq!(progress["blobs_total"], json!(blobs), "{job}");
+    assert_eq!(progress["blobs_done"], json!(blobs), "{job}");
+    assert_eq!(progress["bytes_total"], json!(pushed.blob_bytes()), "{job}");
+    assert_eq!(progress["bytes_done"], json!(pushed.blob_bytes()), "{job}");
+    assert_eq!(progress["images"][0]["step"], json!("done"), "{job}");
+    assert!(
+        job["finished_at"].is_string() && job["started_at"].is_string(),
+        "{job}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn async_post_answers_202_at_once_and_the_job_ends_with_the_synchronous_answer() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let image = Image::random(Format::Oci, &[256 * KIB, 64 * KIB]);
+    let pushed = pair.src.push_image("team/app", "v1", &image).await;
+    let service = &pair.service;
+
+    let job = submit(
+        service,
+        &jenkins(),
+        &async_body(&pair.src_ref("team/app:v1"), &pair.dst_ref("team/app:v1")),
+    )
+    .await;
+    assert_eq!(job["user"], json!("jenkins"));
+    assert_eq!(job["async"], json!(true));
+    let id = job["id"].as_i64().unwrap();
+    let job = wait_for(
+        service,
+        &jenkins(),
+        id,
+        Duration::from_secs(30),
+        "final",
+        is_final,
+    )
+    .await;
+    assert_succeeded(&job, &pushed);
+    assert_eq!(job["result"]["username"], json!("jenkins"));
+    skopeo::assert_landed(&pair.dst, "team/app:v1", &pushed).await;
+
+    // `Prefer: respond-async` asks for the same; the image is there now, so nothing moves.
+    let resp = service
+        .client()
+        .post(service.url("/v1/image/rsync"))
+        .basic_auth("jenkins", Some(&jenkins().pass))
+        .header("prefer", "respond-async")
+        .json(&body(
+            &pair.src_ref("team/app:v1"),
+            &pair.dst_ref("team/app:v1"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let (_, second) = json_of(resp).await;
+    let second = wait_for(
+        service,
+        &jenkins(),
+        second["id"].as_i64().unwrap(),
+        Duration::from_secs(30),
+        "final",
+        is_final,
+    )
+    .await;
+    assert_eq!(
+        second["result"]["rsync_data"]["images"][0]["status"],
+        json!("already_synced"),
+        "{second}"
+    );
+
+    // A plain POST still waits and answers as before, and names its job.
+    let resp = service
+        .post_raw(
+            "/v1/image/rsync",
+            Some(&jenkins()),
+            Some("application/json"),
+            serde_json::to_vec(&body(
+                &pair.src_ref("team/app:v1"),
+                &pair.dst_ref("team/app:v2"),
+            ))
+            .unwrap(),
+        )
+        .await;
+    let job_path = resp
+        .headers()
+        .get("content-location")
+        .expect("Content-Location names the job")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (status, answer) = json_of(resp).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(status_of(&answer), "successfully");
+    assert!(
+        answer.get("id").is_none(),
+        "the seed's body, not a job: {answer}"
+    );
+    let (_, job) = get(service, &jenkins(), &job_path).await;
+    assert_eq!(job["async"], json!(false));
+    assert_eq!(job["result"], answer, "the job keeps the answer it gave");
+    skopeo::assert_landed(&pair.dst, "team/app:v2", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_are_listed_filtered_paged_and_private_to_their_user() {
+    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+        admins: vec!["admin".into()],
+        ..config.registry("dst", dst)
+    })
+    .await;
+    let service = &pair.service;
+    let image = Image::random(Format::Oci, &[16 * KIB]);
+    pair.src.push_image("team/app", "v1", &image).await;
+    let ok = async_body(&pair.src_ref("team/app:v1"), &pair.dst_ref("team/app:v1"));
+    // Passes the body check, fails at the source: a failed job.
+    let missing = async_body(
+        &pair.src_ref("team/app:nope"),
+        &pair.dst_ref("team/app:nope"),
+    );
+    let mut ids = Vec::new();
+    for (creds, body) in [(jenkins(), &ok), (jenkins(), &missing), (admin(), &ok)] {
+        let job = submit(service, &creds, body).await;
+        let id = job["id"].as_i64().unwrap();
+        wait_for(
+            service,
+            &creds,
+            id,
+            Duration::from_secs(30),
+            "final",
+            is_final,
+        )
+        .await;
+        ids.push(id);
+    }
+    let ids_of = |page: &Value| -> Vec<i64> {
+        page["jobs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no jobs list: {page}"))
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    let (status, page) = get(service, &jenkins(), JOBS).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        ids_of(&page),
+        vec![ids[1], ids[0]],
+        "own jobs, newest first"
+    );
+    let (_, failed) = get(service, &jenkins(), &format!("{JOBS}?state=failed")).await;
+    assert_eq!(ids_of(&failed), vec![ids[1]]);
+    assert_eq!(failed["jobs"][0]["http_status"], json!(502), "{failed}");
+    let (_, first) = get(service, &jenkins(), &format!("{JOBS}?limit=1")).await;
+    assert_eq!(ids_of(&first), vec![ids[1]]);
+    let next = first["next"].as_str().expect("a full page links the next");
+    let (_, second) = get(service, &jenkins(), next).await;
+    assert_eq!(ids_of(&second), vec![ids[0]]);
+    let since = chrono::Utc::now().timestamp() + 3600;
+    let (_, none) = get(service, &jenkins(), &format!("{JOBS}?since={since}")).await;
+    assert_eq!(ids_of(&none), Vec::<i64>::new());
+
+    // Someone else's job does not exist for jenkins; an admin sees everyone's.
+    let (status, _) = get(service, &jenkins(), &format!("{JOBS}/{}", ids[2])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = delete(service, &jenkins(), &format!("{JOBS}/{}", ids[2])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = get(service, &jenkins(), &format!("{JOBS}?user=admin")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, all) = get(service, &admin(), JOBS).await;
+    assert_eq!(ids_of(&all), vec![ids[2], ids[1], ids[0]]);
+    let (_, theirs) = get(service, &admin(), &format!("{JOBS}?user=jenkins")).await;
+    assert_eq!(ids_of(&theirs), vec![ids[1], ids[0]]);
+    let (status, _) = get(service, &admin(), &format!("{JOBS}/{}", ids[0])).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Bad parameters are refused clearly; no credentials, no jobs.
+    let (status, body) = get(service, &jenkins(), &format!("{JOBS}?state=done")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("succeeded"),
+        "{body}"
+    );
+    let resp = service
+        .client()
+        .get(service.url(JOBS))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = delete(service, &jenkins(), &format!("{JOBS}/{}", ids[0])).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a finished job cannot be cancelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_running_job_and_leaves_no_tag() {
+    let s = Slowed::start(|c| c).await;
+    // 1 MiB at 16 KiB per 100 ms: about 6 s, plenty of time to cancel mid-way.
+    let pushed = s.push_slowed("v1", &[1024 * KIB, 32 * KIB], 16 * KIB).await;
+    let job = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v1"), &s.target("v1")),
+    )
+    .await;
+    let id = job["id"].as_i64().unwrap();
+    wait_for(
+        &s.service,
+        &jenkins(),
+        id,
+        Duration::from_secs(20),
+        "moving bytes",
+        |j| j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 0,
+    )
+    .await;
+
+    let (status, cancelled) = delete(&s.service, &jenkins(), &format!("{JOBS}/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{cancelled}");
+    assert_eq!(cancelled["cancelled_by"], json!("jenkins"));
+    let started = Instant::now();
+    let job = wait_for(
+        &s.service,
+        &jenkins(),
+        id,
+        Duration::from_secs(10),
+        "final",
+        is_final,
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "transfers stop at once, not after the 6 s the blob needs"
+    );
+    assert_eq!(job["state"], json!("cancelled"), "{job}");
+    assert_eq!(job["http_status"], json!(409), "{job}");
+    assert_eq!(
+        job["result"]["rsync_data"]["failure"],
+        json!("cancelled"),
+        "{job}"
+    );
+    let error = job["result"]["rsync_data"]["rsync_error"].as_str().unwrap();
+    assert!(error.contains("cancelled"), "{error}");
+    skopeo::assert_absent(&s.dst, "prod/app:v1").await;
+
+    // The service goes on, and the same image copies in full once the source is fast.
+    s.proxy.clear_rules();
+    let (status, answer) = s.service.sync(&s.source("v1"), &s.target("v1")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    skopeo::assert_landed(&s.dst, "prod/app:v1", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
+    let s = Slowed::start(|c| ServiceConfig {
+        max_concurrent_syncs: Some(1),
+        ..c
+    })
+    .await;
+    let slow = s.push_slowed("v1", &[512 * KIB], 32 * KIB).await;
+    let quick = s
+        .src
+        .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let first = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v1"), &s.target("v1")),
+    )
+    .await;
+    let second = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v2"), &s.target("v2")),
+    )
+    .await;
+    let third = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v2"), &s.target("v3")),
+    )
+    .await;
+    let (first, second, third) = (
+        first["id"].as_i64().unwrap(),
+        second["id"].as_i64().unwrap(),
+        third["id"].as_i64().unwrap(),
+    );
+    let (_, waiting) = get(&s.service, &jenkins(), &format!("{JOBS}/{second}")).await;
+    assert_eq!(
+        waiting["state"],
+        json!("queued"),
+        "one slot, taken: {waiting}"
+    );
+    // A caller who waits gets 503 while the slot is taken; queued jobs are not disturbed.
+    let (status, busy) = s
+        .service
+        .post_json(Some(&jenkins()), &body(&s.source("v2"), &s.target("v4")))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{busy}");
+    let (status, _) = delete(&s.service, &jenkins(), &format!("{JOBS}/{third}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    let ci = jenkins();
+    let done = |id| {
+        wait_for(
+            &s.service,
+            &ci,
+            id,
+            Duration::from_secs(60),
+            "final",
+            is_final,
+        )
+    };
+    let (first, second, third) = (done(first).await, done(second).await, done(third).await);
+    assert_succeeded(&first, &slow);
+    assert_succeeded(&second, &quick);
+    assert_eq!(third["state"], json!("cancelled"), "{third}");
+    assert!(third["started_at"].is_null(), "never started: {third}");
+    assert!(
+        third["result"]["rsync_data"]["rsync_error"]
+            .as_str()
+            .unwrap()
+            .contains("before it started"),
+        "{third}"
+    );
+    skopeo::assert_absent(&s.dst, "prod/app:v3").await;
+    skopeo::assert_landed(&s.dst, "prod/app:v2", &quick).await;
+}
+
+/// Reads server-sent events until the `done` event; returns (name, job) pairs.
+async fn read_events(service: &Service, creds: &Creds, id: i64) -> Vec<(String, Value)> {
+    let resp = service
+        .client()
+        .get(service.url(&format!("{JOBS}/{id}/events")))
+        .basic_auth(&creds.user, Some(&creds.pass))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let mut stream = resp.bytes_stream();
+    let (mut text, mut events) = (String::new(), Vec::new());
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("an event or a keep-alive within 30 s")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if !data.is_empty() {
+                events.push((name.clone(), serde_json::from_str(&data).unwrap()));
+            }
+            if name == "done" {
+                return events;
+            }
+        }
+    }
+    panic!("the stream ended without a done event: {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_stream_progress_as_it_happens_then_done() {
+    let s = Slowed::start(|c| c).await;
+    // 512 KiB at 32 KiB per 100 ms: about 1.6 s of visible progress.
+    let pushed = s.push_slowed("v1", &[512 * KIB, 16 * KIB], 32 * KIB).await;
+    let job = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v1"), &s.target("v1")),
+    )
+    .await;
+    let id = job["id"].as_i64().unwrap();
+    let events = read_events(&s.service, &jenkins(), id).await;
+
+    let (last_name, last) = events.last().unwrap();
+    assert_eq!(last_name, "done");
+    assert_succeeded(last, &pushed);
+    let progress: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "progress")
+        .map(|(_, j)| j)
+        .collect();
+    let mid_way = progress.iter().filter(|j| {
+        let done = j["progress"]["bytes_done"].as_u64().unwrap();
+        j["state"] == json!("running") && done > 0 && done < pushed.blob_bytes()
+    });
+    assert!(
+        mid_way.count() >= 2,
+        "progress events while bytes move: {progress:?}"
+    );
+    let bytes: Vec<u64> = progress
+        .iter()
+        .map(|j| j["progress"]["bytes_done"].as_u64().unwrap())
+        .collect();
+    assert!(
+        bytes.windows(2).all(|w| w[0] <= w[1]),
+        "bytes only grow: {bytes:?}"
+    );
+
+    // A finished job's stream is its done event, at once.
+    let again = read_events(&s.service, &jenkins(), id).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1["state"], json!("succeeded"));
+    // Someone else's job has no stream.
+    let resp = s
+        .service
+        .client()
+        .get(s.service.url(&format!("{JOBS}/{id}/events")))
+        .basic_auth("admin", Some(&admin().pass))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
+    let mut s = Slowed::start(|c| c).await;
+    let earlier = s
+        .src
+        .push_image("team/app", "v0", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let (status, answer) = s.service.sync(&s.source("v0"), &s.target("v0")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Two small layers land quickly; the big one trickles while the service is killed.
+    let pushed = s
+        .push_slowed("v1", &[2048 * KIB, 24 * KIB, 16 * KIB], 16 * KIB)
+        .await;
+    let job = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v1"), &s.target("v1")),
+    )
+    .await;
+    let id = job["id"].as_i64().unwrap();
+    wait_for(
+        &s.service,
+        &jenkins(),
+        id,
+        Duration::from_secs(30),
+        "two blobs in",
+        |j| {
+            j["progress"]["blobs_done"].as_u64().unwrap_or(0) >= 2
+                && j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 100 * KIB as u64
+        },
+    )
+    .await;
+
+    s.proxy.clear_rules();
+    s.service.crash_and_restart().await;
+    let job = wait_for(
+        &s.service,
+        &jenkins(),
+        id,
+        Duration::from_secs(60),
+        "final",
+        is_final,
+    )
+    .await;
+    assert_succeeded(&job, &pushed);
+    assert_eq!(job["resumed"], json!(1), "{job}");
+    let log = job["result"]["rsync_data"]["rsync_info"].as_str().unwrap();
+    assert!(
+        log.lines()
+            .next()
+            .unwrap()
+            .contains("Resumed after a service restart"),
+        "{log}"
+    );
+    let image = &job["result"]["rsync_data"]["images"][0];
+    assert!(
+        image["blobs_skipped"].as_u64().unwrap() >= 2,
+        "blobs sent before the crash are not sent again: {image}"
+    );
+    skopeo::assert_landed(&s.dst, "prod/app:v1", &pushed).await;
+
+    // History survives too: the synchronous job from before the crash is still listed.
+    let (_, page) = get(&s.service, &admin(), JOBS).await;
+    let sources: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["request"]["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, vec![s.source("v0")], "admin's own jobs: {page}");
+    skopeo::assert_landed(&s.dst, "prod/app:v0", &earlier).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_gets_the_finished_job_without_credentials_and_is_retried() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let service = &pair.service;
+    let image = Image::random(Format::Oci, &[16 * KIB]);
+    let pushed = pair.src.push_image("team/app", "v1", &image).await;
+    let receiver = WebhookReceiver::start(&[500]).await;
+    let mut request = async_body(&pair.src_ref("team/app:v1"), &pair.dst_ref("team/app:v1"));
+    request["callback_url"] = json!(receiver.url());
+    let job = submit(service, &jenkins(), &request).await;
+    let id = job["id"].as_i64().unwrap();
+    let job = wait_for(
+        service,
+        &jenkins(),
+        id,
+        Duration::from_secs(30),
+        "delivered",
+        |j| j["callback"]["delivered"] == json!(true),
+    )
+    .await;
+    assert_succeeded(&job, &pushed);
+    assert_eq!(
+        job["callback"]["attempts"],
+        json!(2),
+        "500 first, then 200: {job}"
+    );
+
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 2);
+    for d in &deliveries {
+        assert_eq!(d.method, "POST");
+        assert_eq!(d.path, "/hook");
+        assert_eq!(d.header("authorization"), None, "never credentials");
+        assert_eq!(d.header("x-imagersync-job"), Some(id.to_string().as_str()));
+        let sent: Value = serde_json::from_slice(&d.body).unwrap();
+        assert_eq!(sent["id"], json!(id));
+        assert_eq!(sent["state"], json!("succeeded"));
+        assert_eq!(
+            sent["result"]["rsync_data"]["rsync_status"],
+            json!("successfully")
+        );
+        let text = String::from_utf8_lossy(&d.body);
+        assert!(!text.contains(&jenkins().pass) && !text.contains(&pair.dst_creds().pass));
+    }
+
+    // A callback with credentials in it is refused before anything runs.
+    let before = receiver.deliveries().len();
+    request["callback_url"] = json!(receiver.url().replace("http://", "http://u:p@"));
+    let (status, answer) = service.post_json(Some(&jenkins()), &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["rsync_data"]["rsync_error"]
+            .as_str()
+            .unwrap()
+            .contains("without credentials"),
+        "{answer}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.deliveries().len(), before);
+}
