@@ -681,6 +681,22 @@ rsyncserver:
                 "rsyncserver: {auth: {a: b}, login_damping: {window_seconds: 0}}",
                 "rsyncserver.login_damping.window_seconds",
             ),
+            (
+                "rsyncserver: {auth: {a: b}, admins: [root]}",
+                "rsyncserver.admins",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {history_days: 0}}",
+                "rsyncserver.jobs.history_days",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {database: ''}}",
+                "rsyncserver.jobs.database",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {max_queue: 5}}",
+                "max_queue",
+            ),
             ("rsyncserver: [", "c.yaml"),
             ("config: {}", "rsyncserver"),
             (
