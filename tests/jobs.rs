@@ -324,6 +324,15 @@ async fn jobs_are_listed_filtered_paged_and_private_to_their_user() {
     let (_, failed) = get(service, &jenkins(), &format!("{JOBS}?state=failed")).await;
     assert_eq!(ids_of(&failed), vec![ids[1]]);
     assert_eq!(failed["jobs"][0]["http_status"], json!(502), "{failed}");
+    let listed = &failed["jobs"][0]["result"]["rsync_data"];
+    assert!(
+        listed["rsync_error"].as_str().unwrap().contains("nope"),
+        "{failed}"
+    );
+    assert!(
+        listed.get("rsync_info").is_none() && listed.get("images").is_none(),
+        "a listing leaves out the log and per-image results: {failed}"
+    );
     let (_, first) = get(service, &jenkins(), &format!("{JOBS}?limit=1")).await;
     assert_eq!(ids_of(&first), vec![ids[1]]);
     let next = first["next"].as_str().expect("a full page links the next");

@@ -15,6 +15,7 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::watch;
 
 use super::auth::AuthUser;
@@ -68,6 +69,23 @@ impl JobView {
     }
 }
 
+impl JobView {
+    /// The job for a listing: its result without the log lines and per-image results,
+    /// which can run to megabytes for an all-tags sync; `GET` the job for them.
+    pub fn summary(mut job: JobRecord) -> Self {
+        if let Some(data) = job
+            .result
+            .as_mut()
+            .and_then(|r| r.get_mut("rsync_data"))
+            .and_then(Value::as_object_mut)
+        {
+            data.remove("rsync_info");
+            data.remove("images");
+        }
+        Self::new(job)
+    }
+}
+
 /// `GET /v1/image/rsync/jobs`: a page of jobs, newest first.
 #[derive(Debug, Serialize)]
 pub struct JobPage {
@@ -96,7 +114,7 @@ pub async fn list_jobs(
             let next = (jobs.len() == limit)
                 .then(|| jobs.last().map(|j| next_page(&params, j.id)))
                 .flatten();
-            let jobs = jobs.into_iter().map(JobView::new).collect();
+            let jobs = jobs.into_iter().map(JobView::summary).collect();
             Json(JobPage { jobs, next }).into_response()
         }
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
