@@ -25,6 +25,12 @@ pub enum FailureKind {
     NotAllowed,
     /// A registry refused or broke the transfer (HTTP 502).
     Registry,
+    /// The service runs as many syncs as it may; nothing was tried (HTTP 503, try again
+    /// after `Retry-After`).
+    Busy,
+    /// Too many failed logins from the caller's address (HTTP 429): wait, then fix the
+    /// credentials.
+    RateLimited,
 }
 
 /// Result of one source → target image copy.
