@@ -20,18 +20,10 @@ use common::{skopeo, Creds, Format, Image, Registry, Service, ServiceConfig};
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-/// Asserts `GET /check` answers 200 healthy: the service survived what came before.
+/// Asserts `GET /check` answers 200: the service survived what came before.
 async fn assert_healthy(svc: &Service) {
-    let resp = svc
-        .client()
-        .get(svc.url("/check"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("GET /check after the fault");
-    let (status, body) = json_of(resp).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"status": "healthy"}));
+    let status = svc.health().await.expect("GET /check after the fault");
+    assert_eq!(status, StatusCode::OK);
 }
 
 // ---------------------------------------------------------------------------------------

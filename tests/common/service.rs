@@ -212,6 +212,17 @@ impl Service {
         self.process.pid()
     }
 
+    /// The status `GET /check` answers within 5 s (an error if it does not answer).
+    pub async fn health(&self) -> Result<StatusCode, reqwest::Error> {
+        let resp = self
+            .client
+            .get(self.url("/check"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        Ok(resp.status())
+    }
+
     /// Sends SIGTERM, as systemd or a container runtime does to stop the service.
     pub fn terminate(&self) {
         // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
