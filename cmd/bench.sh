@@ -22,20 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . cmd/lib.sh
 
-QUICK=false
-for arg in "$@"; do
-    case "$arg" in
-        --quick) QUICK=true ;;
-        -h | --help)
-            sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-            exit 0
-            ;;
-        *)
-            echo "unknown argument: $arg (try --help)" >&2
-            exit 2
-            ;;
-    esac
-done
+quick_flag "$@"
 
 if $QUICK; then RUNS="${RUNS:-1}"; else RUNS="${RUNS:-3}"; fi
 PROC_NUM="${PROC_NUM:-6}"
@@ -88,19 +75,12 @@ if [ ! -x /usr/bin/time ]; then
 fi
 /usr/bin/time -f '%e' true 2>/dev/null || die "/usr/bin/time is not GNU time (needs -f)"
 
+service_bin || die "no service binary"
 if [ -n "${IMAGERSYNC_BIN:-}" ]; then
-    BIN="$IMAGERSYNC_BIN"
-    [ -x "$BIN" ] || die "IMAGERSYNC_BIN=$BIN is not an executable"
     BIN_WHAT="$BIN (IMAGERSYNC_BIN, not built here)"
 else
-    ensure_cargo
-    log "building the release binary (cargo build --release)"
-    cargo build --release --bin imagersync_service_bin >&2
-    BIN="${CARGO_TARGET_DIR:-target}/release/imagersync_service_bin"
-    [ -x "$BIN" ] || die "cargo built no $BIN"
     BIN_WHAT="$BIN (release)"
 fi
-BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
 # ---------------------------------------------------------------------------------------
 # Processes and clean-up

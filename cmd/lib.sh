@@ -1,8 +1,10 @@
 # Shared helpers of the cmd/ scripts; source it, do not run it.
-#   ensure_tools  installs docker-registry, skopeo and htpasswd (Debian) when missing
+#   ensure_tools  installs docker-registry, skopeo, htpasswd and wrk (Debian) when missing
 #   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
 #   free_port     prints a TCP port that is free on 127.0.0.1 right now
 #   wait_http     waits until a URL answers
+#   quick_flag    parses a script's only flags, --quick and --help; sets QUICK
+#   service_bin   sets BIN: $IMAGERSYNC_BIN, or the release binary built now
 
 # Runs "$@" as root: directly when root, with sudo when available, else fails.
 as_root() {
@@ -16,22 +18,24 @@ as_root() {
     fi
 }
 
-# The test rig needs the reference registry, skopeo and htpasswd; install what is missing.
+# The test rig needs the reference registry, skopeo and htpasswd, and cmd/load.sh (run by
+# the suite in its quick form) needs wrk; install what is missing.
 ensure_tools() {
     local missing=()
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
     command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
     command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo and apache2-utils (htpasswd) yourself" >&2
+        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd) and wrk yourself" >&2
         return 1
     fi
     echo "installing ${missing[*]} (apt-get)" >&2
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     # The Debian docker-registry package may start a system service on :5000; the tests
     # and the demo use ephemeral ports, so they neither need nor collide with it.
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo apache2-utils
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 }
 
 ensure_cargo() {
@@ -61,4 +65,40 @@ wait_http() {
     echo "nothing answers at $1; its log:" >&2
     tail -n 20 "$2" >&2 || true
     return 1
+}
+
+# quick_flag "$@": sets QUICK=true for --quick; --help prints the script's header comment
+# (from line 2 to `set -euo`) and exits; anything else stops the script.
+quick_flag() {
+    QUICK=false
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            --quick) QUICK=true ;;
+            -h | --help)
+                sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+                exit 0
+                ;;
+            *)
+                echo "unknown argument: $arg (try --help)" >&2
+                exit 2
+                ;;
+        esac
+    done
+}
+
+# service_bin: sets BIN to the absolute path of $IMAGERSYNC_BIN when given, else builds the
+# release binary (into $CARGO_TARGET_DIR or target/) and uses that.
+service_bin() {
+    if [ -n "${IMAGERSYNC_BIN:-}" ]; then
+        BIN="$IMAGERSYNC_BIN"
+        [ -x "$BIN" ] || { echo "IMAGERSYNC_BIN=$BIN is not an executable" >&2; return 1; }
+    else
+        ensure_cargo || return 1
+        echo "building the release binary (cargo build --release)" >&2
+        cargo build --release --bin imagersync_service_bin >&2 || return 1
+        BIN="${CARGO_TARGET_DIR:-target}/release/imagersync_service_bin"
+        [ -x "$BIN" ] || { echo "cargo built no $BIN" >&2; return 1; }
+    fi
+    BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 }

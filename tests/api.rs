@@ -1,5 +1,6 @@
 //! The HTTP contract (design §2, §4, §8) route by route and status by status: home
-//! page, health check, auth, methods, body checks, start-up errors and the analysis log.
+//! page, health check, auth, methods, start-up errors and the analysis log. Unusable
+//! bodies and references (400/403/413) are the table in `bad_input.rs`.
 
 mod common;
 
@@ -8,7 +9,7 @@ use reqwest::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHE
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use common::contract::{assert_seed_shape, error_of, status_of, without_times};
+use common::contract::{assert_seed_shape, status_of, without_times};
 use common::service::{admin, jenkins, json_of, run_expecting_exit, CURL_CONTENT_TYPE, TOOLS_LINK};
 use common::{Cases, Creds, Registry, Service, ServiceConfig};
 
@@ -268,160 +269,6 @@ async fn scheme_is_case_insensitive_and_passwords_may_hold_colons() {
         });
     }
     cases.finish();
-}
-
-/// A 400 answer in the seed shape: `unusual`, a readable error, the caller's name.
-fn assert_unusual(status: StatusCode, body: &Value) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_seed_shape(body);
-    assert_eq!(status_of(body), "unusual", "{body}");
-    assert!(
-        error_of(body).is_some_and(|e| e.len() > 10),
-        "rsync_error {body}"
-    );
-    assert_eq!(body["username"], json!("admin"));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn unusable_bodies_are_400_whatever_the_content_type() {
-    let svc = service().await;
-    let table: [(&str, &str); 14] = [
-        ("malformed JSON", r#"{"rsync_config":"#),
-        ("empty body", ""),
-        ("blank body", "  \n"),
-        ("empty object", "{}"),
-        ("array", "[]"),
-        ("null", "null"),
-        ("rsync_config not an object", r#"{"rsync_config":"x"}"#),
-        ("empty rsync_config", r#"{"rsync_config":{}}"#),
-        (
-            "missing target",
-            r#"{"rsync_config":{"source":"127.0.0.1:1/a:v1"}}"#,
-        ),
-        (
-            "missing source",
-            r#"{"rsync_config":{"target":"127.0.0.1:1/a:v1"}}"#,
-        ),
-        (
-            "source a number",
-            r#"{"rsync_config":{"source":123,"target":"127.0.0.1:1/a:v1"}}"#,
-        ),
-        (
-            "target null",
-            r#"{"rsync_config":{"source":"127.0.0.1:1/a:v1","target":null}}"#,
-        ),
-        ("not JSON at all", "source=a&target=b"),
-        (
-            "trailing garbage",
-            r#"{"rsync_config":{"source":"a","target":"b"}} x"#,
-        ),
-    ];
-    let content_types = [
-        Some(CURL_CONTENT_TYPE),
-        Some("application/json"),
-        Some("text/plain"),
-        None,
-    ];
-    let mut cases = Cases::new();
-    for (i, (name, body)) in table.into_iter().enumerate() {
-        let ct = content_types[i % content_types.len()];
-        let resp = svc
-            .post_raw(RSYNC, Some(&admin()), ct, body.as_bytes().to_vec())
-            .await;
-        let (status, answer) = json_of(resp).await;
-        cases.check(&format!("{name} ({ct:?})"), || {
-            assert_unusual(status, &answer)
-        });
-    }
-    cases.finish();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn unusable_references_are_400_and_echoed() {
-    let svc = Service::start(&ServiceConfig::new().entry("dead", "127.0.0.1:1", None)).await;
-    let good = "127.0.0.1:1/team/app:v1";
-    let table: [(&str, &str, &str); 7] = [
-        ("upper-case repository", "127.0.0.1:1/Upper:t", good),
-        ("space in the tag", "a:t ", good),
-        ("empty source", "", good),
-        ("empty target", good, ""),
-        ("short digest", "127.0.0.1:1/team/app@sha256:abc", good),
-        ("bad characters", "127.0.0.1:1/team/app:v1;rm -rf", good),
-        (
-            "two tags become one",
-            "127.0.0.1:1/team/app:v1,v2",
-            "127.0.0.1:1/team/app:a,b,c",
-        ),
-    ];
-    let mut cases = Cases::new();
-    for (name, source, target) in table {
-        let body = json!({"rsync_config": {"source": source, "target": target}});
-        let (status, answer) = svc.post_json(Some(&admin()), &body).await;
-        cases.check(name, || {
-            assert_unusual(status, &answer);
-            assert_eq!(answer["rsync_config"], body["rsync_config"], "echo");
-        });
-    }
-    cases.finish();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bodies_over_16_kib_are_413_after_auth() {
-    let svc = service().await;
-    let padded = |len: usize| {
-        let mut body = b"{".to_vec();
-        body.resize(len, b' ');
-        body
-    };
-    let cases: [(&str, Option<Creds>, Vec<u8>, StatusCode); 4] = [
-        (
-            "100 KiB",
-            Some(admin()),
-            padded(100 * 1024),
-            StatusCode::PAYLOAD_TOO_LARGE,
-        ),
-        (
-            "16 KiB + 1",
-            Some(admin()),
-            padded(16 * 1024 + 1),
-            StatusCode::PAYLOAD_TOO_LARGE,
-        ),
-        (
-            "exactly 16 KiB",
-            Some(admin()),
-            padded(16 * 1024),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            "100 KiB, bad auth",
-            Some(Creds::new("admin", "nope")),
-            padded(100 * 1024),
-            StatusCode::UNAUTHORIZED,
-        ),
-    ];
-    let mut table = Cases::new();
-    for (name, creds, body, want) in cases {
-        // A fresh client per request, so that connection reuse (checked in its own test
-        // below) cannot mix into the status codes checked here.
-        let mut req = reqwest::Client::new()
-            .post(svc.url(RSYNC))
-            .header(CONTENT_TYPE, CURL_CONTENT_TYPE)
-            .body(body);
-        if let Some(c) = &creds {
-            req = req.basic_auth(&c.user, Some(&c.pass));
-        }
-        let answer = match req.send().await {
-            Ok(resp) => Ok(json_of(resp).await),
-            Err(e) => Err(format!("no answer, the request failed: {e:?}")),
-        };
-        table.check(name, || {
-            let (status, answer) = answer.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(status, want, "{answer}");
-            assert_seed_shape(&answer);
-            assert!(error_of(&answer).is_some(), "{answer}");
-        });
-    }
-    table.finish();
 }
 
 /// The lines a refused start-up printed on stderr, blank lines dropped.

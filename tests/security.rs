@@ -328,6 +328,7 @@ async fn failed_logins_are_damped_per_address_with_429() {
     let (_, body) = json_of(resp).await;
     assert_seed_shape(&body);
     assert_eq!(status_of(&body), "unusual");
+    assert_eq!(body["rsync_data"]["failure"], "rate_limited", "{body}");
     assert!(error_of(&body)
         .unwrap_or_default()
         .contains("too many failed logins"));
@@ -462,6 +463,7 @@ async fn a_full_service_answers_503_at_once_and_frees_the_slot() {
     );
     assert_seed_shape(&body);
     assert_eq!(status_of(&body), "unusual");
+    assert_eq!(body["rsync_data"]["failure"], "busy", "{body}");
     assert_eq!(body["username"], "admin");
     let error = error_of(&body).unwrap_or_default();
     assert!(

@@ -27,6 +27,12 @@ pub enum FailureKind {
     Registry,
     /// Someone cancelled the sync (its job) before it finished (HTTP 409).
     Cancelled,
+    /// The service runs as many syncs as it may; nothing was tried (HTTP 503, try again
+    /// after `Retry-After`).
+    Busy,
+    /// Too many failed logins from the caller's address (HTTP 429): wait, then fix the
+    /// credentials.
+    RateLimited,
 }
 
 /// Result of one source → target image copy.

@@ -70,7 +70,12 @@ impl RuleSide {
                 let re = regex::RegexBuilder::new(pattern)
                     .size_limit(MAX_REGEX_SIZE)
                     .build()
-                    .map_err(|e| invalid(format!("tag regex /{pattern}/ does not compile: {e}")))?;
+                    .map_err(|e| {
+                        invalid(format!(
+                            "tag regex /{pattern}/ does not compile: {}",
+                            one_line(&e)
+                        ))
+                    })?;
                 Selector::Regex(re)
             }
             Some(s) => {
@@ -84,6 +89,17 @@ impl RuleSide {
         Ok(RuleSide { image, selector })
     }
 }
+
+/// The regex crate's syntax errors span three lines (pattern, caret, message); an error
+/// sentence in a JSON answer and a log line wants only the message.
+fn one_line(err: &regex::Error) -> String {
+    let text = err.to_string();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_owned()
+}
+
+/// Target tags given for a source that is not a tag list, or a different number of them.
+const RENAME: &str = "target tags rename source tags one by one: give the source the same number of explicit tags, or drop the target's tags";
 
 /// Why a rule cannot be turned into image pairs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,6 +147,18 @@ pub fn pair(
         };
         return Ok(vec![(src, dst)]);
     }
+    // The target's shape is checked before the source's tags are looked at, so a rule that
+    // can never work is refused before any tag listing (the planner calls this first with
+    // a stand-in tag list).
+    let target_shape = match &target.selector {
+        Selector::Regex(_) => Some("a target cannot be a regex"),
+        Selector::Digest(_) => Some("a target digest needs a source digest"),
+        Selector::Tags(_) if !matches!(source.selector, Selector::Tags(_)) => Some(RENAME),
+        Selector::Tags(_) | Selector::All => None,
+    };
+    if let Some(message) = target_shape {
+        return Err(shape(message));
+    }
     let tags: Vec<String> = match &source.selector {
         Selector::Tags(t) => t.clone(),
         Selector::All => source_tags.unwrap_or_default().to_vec(),
@@ -146,15 +174,10 @@ pub fn pair(
         return Err(RuleError::NothingMatched(source.image.name()));
     }
     let target_tags: Vec<String> = match &target.selector {
-        Selector::All => tags.clone(),
-        Selector::Tags(t) if t.len() == tags.len() && matches!(source.selector, Selector::Tags(_)) => t.clone(),
-        Selector::Tags(_) => {
-            return Err(shape(
-                "target tags rename source tags one by one: give the source the same number of explicit tags, or drop the target's tags",
-            ))
-        }
-        Selector::Regex(_) => return Err(shape("a target cannot be a regex")),
-        Selector::Digest(_) => return Err(shape("a target digest needs a source digest")),
+        Selector::Tags(t) if t.len() == tags.len() => t.clone(),
+        Selector::Tags(_) => return Err(shape(RENAME)),
+        // Regex and digest targets were refused above.
+        _ => tags.clone(),
     };
     Ok(tags
         .iter()
@@ -248,6 +271,26 @@ mod tests {
             pairs("h.io/a", "g.io/b", &[]),
             Err(RuleError::NothingMatched(_))
         ));
+        // A target that can never work is a shape error whatever the source's tags, so
+        // the planner refuses it before listing them.
+        for (src, dst) in [
+            ("h.io/a:/v.*/", "g.io/b:/x/"),
+            ("h.io/a", "g.io/b:x"),
+            (
+                "h.io/a:/v/",
+                "g.io/b@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ),
+        ] {
+            assert!(
+                matches!(pairs(src, dst, &[]), Err(RuleError::Shape(_))),
+                "{src} -> {dst}"
+            );
+        }
+        let Err(e) = RuleSide::parse("h.io/a:/(a+/") else {
+            panic!("an unclosed group compiles")
+        };
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+        assert!(e.to_string().contains("unclosed group"), "{e}");
         for bad in [
             "h.io/a:/(/",
             "h.io/a:v1,,v2",

@@ -57,6 +57,16 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
             ..
         } => StatusCode::CONFLICT,
         Outcome::Sync {
+            failure: Some(FailureKind::Busy),
+            ..
+        }
+        | Outcome::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::Sync {
+            failure: Some(FailureKind::RateLimited),
+            ..
+        }
+        | Outcome::TooManyLogins => StatusCode::TOO_MANY_REQUESTS,
+        Outcome::Sync {
             status: SyncStatus::Unusual,
             failure: None,
         } => StatusCode::BAD_REQUEST,
@@ -66,8 +76,6 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
         } => StatusCode::BAD_GATEWAY,
         Outcome::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Outcome::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Outcome::TooManyLogins => StatusCode::TOO_MANY_REQUESTS,
-        Outcome::Busy => StatusCode::SERVICE_UNAVAILABLE,
         Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -129,7 +137,8 @@ pub struct RsyncData {
     pub end_time: String,
     /// `end_time - start_time` in seconds.
     pub duration_time_seconds: f64,
-    /// Failure class (`bad_input`, `not_allowed`, `registry`); `null` on success.
+    /// Failure class (`bad_input`, `not_allowed`, `registry`, `busy`, `rate_limited`);
+    /// `null` on success and on a 401.
     /// Not in the seed: lets CI tell "fix your request" from "retry later".
     pub failure: Option<FailureKind>,
     /// Per-image results; not in the seed.
@@ -197,9 +206,10 @@ impl SyncResponse {
             Outcome::Sync { status, failure } => (status, failure),
             Outcome::Internal => (SyncStatus::Failed, None),
             Outcome::BodyTooLarge => (SyncStatus::Unusual, Some(FailureKind::BadInput)),
-            Outcome::Unauthenticated | Outcome::TooManyLogins | Outcome::Busy => {
-                (SyncStatus::Unusual, None)
-            }
+            // No failure class for a 401: it would add nothing the status does not say.
+            Outcome::Unauthenticated => (SyncStatus::Unusual, None),
+            Outcome::TooManyLogins => (SyncStatus::Unusual, Some(FailureKind::RateLimited)),
+            Outcome::Busy => (SyncStatus::Unusual, Some(FailureKind::Busy)),
         };
         let end = Local::now();
         let duration = (end - start)
@@ -377,6 +387,8 @@ mod tests {
             (sync(Failed, Some(NotAllowed)), 403),
             (sync(Failed, Some(Registry)), 502),
             (sync(Failed, None), 502),
+            (sync(Unusual, Some(Busy)), 503),
+            (sync(Unusual, Some(RateLimited)), 429),
             (Outcome::BodyTooLarge, 413),
             (Outcome::Unauthenticated, 401),
             (Outcome::TooManyLogins, 429),

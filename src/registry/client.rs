@@ -658,6 +658,8 @@ impl RegistryClient {
         let internal = realm_host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| is_internal(&ip));
+        // Host only, not port: token servers often run beside their registry at another
+        // port, and only this registry's own credentials go there (doc/design.md).
         if internal && !realm_host.eq_ignore_ascii_case(registry_host) {
             return Err(format!(
                 "{realm_host} is an internal address and not the registry's own host"

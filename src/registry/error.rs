@@ -164,7 +164,11 @@ pub(crate) fn status_hint(status: u16) -> &'static str {
         404 => ". Check that the repository, tag or digest exists",
         405 => ". The registry refuses writes here (read-only or a pull-through cache?)",
         429 => ". The registry is rate limiting; try again later",
-        500..=599 => ". The registry had an internal error; try again later",
+        // distribution answers a full disk with a bare 500 UNKNOWN: name the usual cause.
+        500 => ". The registry had an internal error (its log says why; a full disk is a common cause); try again later",
+        502..=504 => ". The registry, or a proxy in front of it, is unavailable; try again later",
+        507 => ". The registry's storage is full; free space there, then try again",
+        501..=599 => ". The registry had an internal error; try again later",
         _ => "",
     }
 }

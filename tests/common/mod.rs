@@ -21,6 +21,7 @@ pub mod registry;
 pub mod service;
 pub mod skopeo;
 pub mod tls;
+pub mod tmpfs;
 pub mod token_issuer;
 pub mod tools;
 pub mod webhook;

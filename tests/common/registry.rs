@@ -76,6 +76,16 @@ impl Registry {
         Self::start_full(creds, None, extra_yaml).await
     }
 
+    /// A registry (htpasswd when `creds` is given) that stores its data in `storage`
+    /// instead of its temp dir, e.g. on a small [`super::tmpfs::Tmpfs`] that fills up.
+    pub async fn start_on_storage(creds: Option<Creds>, storage: &Path) -> Registry {
+        let yaml = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n",
+            storage.display()
+        );
+        Self::start_full(creds, None, &yaml).await
+    }
+
     /// A registry serving HTTPS with a certificate for 127.0.0.1 issued by `ca`.
     pub async fn start_tls(ca: &TestCa) -> Registry {
         Self::start_full_tls(None, None, "", Some(ca)).await

@@ -217,6 +217,35 @@ impl Service {
         self.process.pid()
     }
 
+    /// The status `GET /check` answers within 5 s (an error if it does not answer).
+    pub async fn health(&self) -> Result<StatusCode, reqwest::Error> {
+        let resp = self
+            .client
+            .get(self.url("/check"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        Ok(resp.status())
+    }
+
+    /// Sends SIGTERM, as systemd or a container runtime does to stop the service.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill -TERM {}: {}",
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_timeout(timeout)
+    }
+
     /// The analysis log file named in the config (under `logs/`, created by the service).
     pub fn logfile(&self) -> PathBuf {
         self.dir.path().join("logs").join("rsync_analysis.log")
