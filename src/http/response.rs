@@ -137,7 +137,7 @@ pub struct RsyncData {
     pub end_time: String,
     /// `end_time - start_time` in seconds.
     pub duration_time_seconds: f64,
-    /// Failure class (`bad_input`, `not_allowed`, `registry`, `busy`, `rate_limited`);
+    /// Failure class (`bad_input`, `not_allowed`, `registry`, `busy`, `rate_limited`, `cancelled`);
     /// `null` on success and on a 401.
     /// Not in the seed: lets CI tell "fix your request" from "retry later".
     pub failure: Option<FailureKind>,
