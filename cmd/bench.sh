@@ -152,6 +152,8 @@ SVC_PASS="bench-$RANDOM$RANDOM"
 cat >"$WORK/service.yaml" <<YAML
 rsyncserver:
   logfile: $WORK/logs/rsync_analysis.log
+  jobs:
+    database: $WORK/jobs.sqlite3
   auth: {$SVC_USER: "$SVC_PASS"}
   rsyncconfig:
     auth:

@@ -118,6 +118,8 @@ config:
   tools: {source: "https://github.com/", demo: "http://127.0.0.1:$SVC_PORT/check"}
 rsyncserver:
   logfile: $WORK/logs/rsync_analysis.log
+  jobs:
+    database: $WORK/jobs.sqlite3
   auth: {$SVC_USER: $SVC_PASS}
   rsyncconfig:
     auth:

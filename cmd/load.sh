@@ -80,6 +80,8 @@ SVC_PASS="load-$RANDOM$RANDOM"
 cat >"$WORK/service.yaml" <<YAML
 rsyncserver:
   logfile: $WORK/logs/rsync_analysis.log
+  jobs:
+    database: $WORK/jobs.sqlite3
   auth: {load: "$SVC_PASS"}
   rsyncconfig:
     auth:

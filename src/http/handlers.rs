@@ -37,6 +37,12 @@ pub async fn health() -> Json<Health> {
     Json(Health { status: "healthy" })
 }
 
+/// `GET /metrics`: the service's metrics in the Prometheus text format, for scrapers.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics().render(state.gauges());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
 /// `GET /v1/image/rsync`: the seed's hint for callers who forgot `-X POST`.
 pub async fn rsync_hint(Extension(AuthUser(username)): Extension<AuthUser>) -> Json<UsePost> {
     Json(UsePost {
@@ -186,7 +192,7 @@ pub async fn method_not_allowed(method: Method) -> Response {
 pub async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        "no such route: the API is GET /check, GET|POST /v1/image/rsync (see GET /)",
+        "no such route: the API is GET /check, GET /metrics, GET|POST /v1/image/rsync (see GET /)",
     )
 }
 

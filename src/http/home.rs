@@ -59,6 +59,7 @@ pub fn render(tools: &BTreeMap<String, String>, host: Option<&str>) -> String {
   <h2>API</h2>
   <ul>
     <li><code>GET /check</code>: health probe</li>
+    <li><code>GET /metrics</code>: Prometheus metrics</li>
     <li><code>POST /v1/image/rsync</code>: sync an image (HTTP Basic auth)</li>
   </ul>
   <p>The full reference is <code>doc/api.md</code> in the source tree.</p>

@@ -5,7 +5,8 @@
 //! user may sync, [`body`] parses the sync request, [`handlers`] answer, [`jobs_api`]
 //! serves the job routes, [`response`] holds the JSON shapes and the single outcome →
 //! status mapping, [`recorder`] logs finished syncs, [`home`] renders `GET /`,
-//! [`access_log`] writes one line per request, [`state`] holds what handlers share.
+//! [`access_log`] writes one line per request, [`request_metrics`] times it for
+//! `GET /metrics`, [`state`] holds what handlers share.
 
 pub mod access_log;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod handlers;
 pub mod home;
 pub mod jobs_api;
 pub mod recorder;
+pub mod request_metrics;
 pub mod response;
 pub mod router;
 pub mod scopes;

@@ -1,5 +1,6 @@
-//! Where a finished sync is written down: one tracing line and one analysis-log line per
-//! sync request, and the answer body a job keeps as its result.
+//! Where a finished sync is written down: one tracing line, one analysis-log line and
+//! one count in the metrics per sync request, and the answer body a job keeps as its
+//! result.
 
 use std::sync::Arc;
 
@@ -9,17 +10,22 @@ use super::response::{AnalysisEntry, Outcome, RsyncConfigEcho, SyncResponse};
 use crate::analysis_log::AnalysisLog;
 use crate::engine::{FailureKind, SyncStatus};
 use crate::jobs::{JobEnd, JobHooks, JobRecord, JobResult};
+use crate::metrics::{Metrics, SyncOutcome};
 
 /// Records sync answers; also the job manager's hook for finished jobs.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     analysis_log: Arc<AnalysisLog>,
+    metrics: Arc<Metrics>,
 }
 
 impl Recorder {
-    /// Records into `analysis_log`.
-    pub fn new(analysis_log: Arc<AnalysisLog>) -> Self {
-        Self { analysis_log }
+    /// Records into `analysis_log` and counts into `metrics`.
+    pub fn new(analysis_log: Arc<AnalysisLog>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            analysis_log,
+            metrics,
+        }
     }
 
     /// The analysis log written to.
@@ -27,8 +33,25 @@ impl Recorder {
         &self.analysis_log
     }
 
-    /// Logs one line for the sync and appends it to the analysis log.
+    /// Logs one line for a sync refused before the engine ran, appends it to the
+    /// analysis log and counts it.
     pub fn record(&self, response: &SyncResponse) {
+        self.record_with(response, false);
+    }
+
+    /// [`Recorder::record`]; `ran` says whether the engine ran, so that only real syncs
+    /// go into the duration histogram.
+    fn record_with(&self, response: &SyncResponse, ran: bool) {
+        let data = &response.rsync_data;
+        self.metrics.record_sync(
+            sync_outcome(response.outcome),
+            response.http_status().as_u16(),
+            ran.then_some(data.duration_time_seconds),
+        );
+        self.log(response);
+    }
+
+    fn log(&self, response: &SyncResponse) {
         let data = &response.rsync_data;
         // Debug formatting (`?`) quotes and escapes caller-supplied text, so a newline in a
         // reference cannot forge a log line.
@@ -61,6 +84,7 @@ impl JobHooks for Recorder {
             .started_at
             .unwrap_or(job.created_at)
             .with_timezone(&Local);
+        let ran = matches!(end, JobEnd::Report(_));
         let response = match end {
             JobEnd::Report(report) => SyncResponse::from_report(user, echo, report),
             JobEnd::Panicked(_) => SyncResponse::rejected(
@@ -81,11 +105,39 @@ impl JobHooks for Recorder {
                 start,
             ),
         };
-        self.record(&response);
+        self.record_with(&response, ran);
         JobResult {
             body: serde_json::to_value(&response).unwrap_or_default(),
             http_status: response.http_status().as_u16(),
         }
+    }
+}
+
+/// The metrics' view of an outcome: `rsync_status`, with cancels apart (they are the
+/// caller's doing, not a registry's).
+fn sync_outcome(outcome: Outcome) -> SyncOutcome {
+    match outcome {
+        Outcome::Sync {
+            failure: Some(FailureKind::Cancelled),
+            ..
+        } => SyncOutcome::Cancelled,
+        Outcome::Sync {
+            status: SyncStatus::Successfully,
+            ..
+        } => SyncOutcome::Succeeded,
+        Outcome::Sync {
+            status: SyncStatus::Failed,
+            ..
+        }
+        | Outcome::Internal => SyncOutcome::Failed,
+        Outcome::Sync {
+            status: SyncStatus::Unusual,
+            ..
+        }
+        | Outcome::BodyTooLarge
+        | Outcome::Unauthenticated
+        | Outcome::TooManyLogins
+        | Outcome::Busy => SyncOutcome::Unusual,
     }
 }
 
@@ -94,5 +146,36 @@ fn status_word(status: SyncStatus) -> &'static str {
         SyncStatus::Successfully => "successfully",
         SyncStatus::Failed => "failed",
         SyncStatus::Unusual => "unusual",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancels_count_apart_from_failures() {
+        let sync = |status, failure| Outcome::Sync { status, failure };
+        let cases = [
+            (sync(SyncStatus::Successfully, None), SyncOutcome::Succeeded),
+            (
+                sync(SyncStatus::Failed, Some(FailureKind::Registry)),
+                SyncOutcome::Failed,
+            ),
+            (
+                sync(SyncStatus::Failed, Some(FailureKind::Cancelled)),
+                SyncOutcome::Cancelled,
+            ),
+            (
+                sync(SyncStatus::Unusual, Some(FailureKind::BadInput)),
+                SyncOutcome::Unusual,
+            ),
+            (Outcome::Busy, SyncOutcome::Unusual),
+            (Outcome::BodyTooLarge, SyncOutcome::Unusual),
+            (Outcome::Internal, SyncOutcome::Failed),
+        ];
+        for (outcome, expected) in cases {
+            assert_eq!(sync_outcome(outcome), expected, "{outcome:?}");
+        }
     }
 }

@@ -10,10 +10,15 @@ use super::auth::require_basic_auth;
 use super::body::MAX_BODY_BYTES;
 use super::handlers;
 use super::jobs_api;
+use super::request_metrics::observe_request;
 use super::state::AppState;
 
 /// The sync route; the trailing-slash spelling is served too, as the seed did.
 pub const RSYNC_PATH: &str = "/v1/image/rsync";
+
+/// The Prometheus scrape route. No auth: scrapers send no credentials, and the answer
+/// holds no secret, image name or user (see `crate::metrics`).
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Builds the whole API. Used by the server and, in-process, by tests.
 pub fn router(state: AppState) -> Router {
@@ -48,12 +53,22 @@ pub fn router(state: AppState) -> Router {
             "/check",
             get(handlers::health).fallback(handlers::method_not_allowed),
         )
+        .route(
+            METRICS_PATH,
+            get(handlers::metrics).fallback(handlers::method_not_allowed),
+        )
         .route(RSYNC_PATH, rsync.clone())
         .route(&format!("{RSYNC_PATH}/"), rsync)
         .route(&format!("{RSYNC_PATH}/jobs"), jobs)
         .route(&format!("{RSYNC_PATH}/jobs/{{id}}"), job)
         .route(&format!("{RSYNC_PATH}/jobs/{{id}}/events"), job_events)
         .fallback(handlers::not_found)
+        // Router::layer wraps each route (and the fallback) after routing, so the
+        // matched route template is known to the middleware.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe_request,
+        ))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

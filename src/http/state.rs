@@ -1,6 +1,6 @@
 //! What every handler shares: the job manager (and through it the engine), the users,
-//! their scopes and admins, the failed-login damping, the home-page links and the
-//! recorder of finished syncs.
+//! their scopes and admins, the failed-login damping, the home-page links, the
+//! recorder of finished syncs and the service's metrics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::engine::Engine;
 use crate::jobs::tracker::SyncTracker;
 use crate::jobs::webhook::WebhookSender;
 use crate::jobs::{JobLimits, JobManager, JobStore};
+use crate::metrics::{Gauges, Metrics};
 
 /// Shared state of the router; cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -32,6 +33,7 @@ struct Inner {
     login_damping: LoginDamping,
     tools: BTreeMap<String, String>,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
 }
 
 /// Written by hand so that nothing secret can ever show: the users appear as a count,
@@ -52,6 +54,9 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// Builds the state from a loaded config, an engine, an opened analysis log and a
     /// job store. Taking them as arguments lets tests pass their own.
+    ///
+    /// The engine's service-wide observer becomes the state's [`Metrics`]: wiring it
+    /// here, where both meet, means `GET /metrics` always shows what this engine did.
     pub fn new(
         config: &Config,
         engine: Engine,
@@ -59,7 +64,9 @@ impl AppState {
         store: Arc<dyn JobStore>,
     ) -> Self {
         let server = &config.rsyncserver;
-        let recorder = Recorder::new(Arc::new(analysis_log));
+        let metrics = Arc::new(Metrics::new());
+        let engine = engine.with_observer(metrics.clone());
+        let recorder = Recorder::new(Arc::new(analysis_log), metrics.clone());
         let jobs = JobManager::new(
             Arc::new(engine),
             store,
@@ -80,7 +87,22 @@ impl AppState {
                 login_damping: LoginDamping::new(&server.login_damping),
                 tools: config.config.tools.clone(),
                 recorder,
+                metrics,
             }),
+        }
+    }
+
+    /// The service's counters and histograms.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The gauges of `GET /metrics`, read now.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            syncs_in_flight: self.syncs().active(),
+            jobs_queued: self.jobs().queued(),
+            blob_transfers_in_flight: self.engine().transfers_in_flight(),
         }
     }
 

@@ -654,3 +654,88 @@ rsyncserver:
     assert!(format!("{state:?}").contains("2 users"));
     assert!(format!("{config:?}").contains("robot"));
 }
+
+/// The value of the sample written exactly as `series` in a scrape, if any.
+fn sample(text: &str, series: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn metrics_need_no_auth_and_label_requests_by_route_template() {
+    let f = fixture();
+    let scrape = request(Method::GET, "/metrics", None, "");
+    let (status, head, _) = send(&f.app, scrape).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        head.headers()[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let job = "/v1/image/rsync/jobs/987654";
+    send(&f.app, request(Method::GET, job, Some("admin:admin"), "")).await;
+    send(
+        &f.app,
+        request(Method::GET, "/no-such-secretpath", None, ""),
+    )
+    .await;
+    send(
+        &f.app,
+        request(Method::GET, "/v1/image/rsync", Some("x:y"), ""),
+    )
+    .await;
+    let bad = r#"{"rsync_config":{"source":"a:1"}}"#;
+    send(
+        &f.app,
+        request(Method::POST, "/v1/image/rsync", Some("admin:admin"), bad),
+    )
+    .await;
+    let (status, _, _) = send(&f.app, request(Method::POST, "/metrics", None, "")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let (_, _, body) = send(&f.app, request(Method::GET, "/metrics", None, "")).await;
+    let text = std::str::from_utf8(&body).unwrap();
+    let requests = |labels: &str| {
+        sample(
+            text,
+            &format!("imagersync_http_request_duration_seconds_count{{{labels}}}"),
+        )
+    };
+    assert_eq!(
+        requests(r#"route="/v1/image/rsync/jobs/{id}",method="GET",status_class="4xx""#).as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        requests(r#"route="unmatched",method="GET",status_class="4xx""#).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        requests(r#"route="/metrics",method="GET",status_class="2xx""#).as_deref(),
+        Some("1"),
+        "the first scrape counts; this one is still being answered"
+    );
+    assert_eq!(
+        requests(r#"route="/metrics",method="POST",status_class="4xx""#).as_deref(),
+        Some("1")
+    );
+    assert!(
+        !text.contains("987654") && !text.contains("secretpath"),
+        "raw paths leak: {text}"
+    );
+    // The refused body is a sync request; the failed login is not (no sync was asked of
+    // an authenticated user), and neither ran the engine.
+    assert_eq!(
+        sample(
+            text,
+            r#"imagersync_syncs_total{outcome="unusual",http_status="400"}"#
+        )
+        .as_deref(),
+        Some("1")
+    );
+    assert!(!text.contains(r#"http_status="401""#), "{text}");
+    assert!(
+        !text.contains("imagersync_sync_duration_seconds_count"),
+        "{text}"
+    );
+}
