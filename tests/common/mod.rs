@@ -23,6 +23,7 @@ pub mod skopeo;
 pub mod tls;
 pub mod token_issuer;
 pub mod tools;
+pub mod webdriver;
 
 pub use cases::Cases;
 pub use image::{Format, Image, Index, Layer, Platform};
@@ -30,3 +31,4 @@ pub use push::Pushed;
 pub use registry::{Creds, Registry};
 pub use service::{Service, ServiceConfig};
 pub use token_issuer::TokenIssuer;
+pub use webdriver::Browser;
