@@ -78,6 +78,31 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn assets_have_their_types_and_the_policy() {
+        for (response, kind, body) in [
+            (script().await, "text/javascript", SCRIPT),
+            (stylesheet().await, "text/css", STYLESHEET),
+        ] {
+            let headers = response.headers();
+            assert!(headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(kind));
+            assert_eq!(
+                headers[header::CONTENT_SECURITY_POLICY],
+                CONTENT_SECURITY_POLICY
+            );
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(bytes, body.as_bytes());
+        }
+        assert!(CONTENT_SECURITY_POLICY.starts_with("default-src 'self';"));
+        assert!(!CONTENT_SECURITY_POLICY.contains("unsafe"));
+    }
+
     #[test]
     fn the_page_loads_nothing_inline() {
         let page = home::render(&Default::default(), None);
