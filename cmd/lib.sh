@@ -1,5 +1,6 @@
 # Shared helpers of the cmd/ scripts; source it, do not run it.
 #   ensure_tools  installs docker-registry, skopeo, htpasswd and wrk (Debian) when missing
+#   ensure_browser installs chromium and chromedriver (Debian) when missing: tests only
 #   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
 #   free_port     prints a TCP port that is free on 127.0.0.1 right now
 #   wait_http     waits until a URL answers
@@ -36,6 +37,22 @@ ensure_tools() {
     # The Debian docker-registry package may start a system service on :5000; the tests
     # and the demo use ephemeral ports, so they neither need nor collide with it.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+}
+
+# The dashboard test (tests/dashboard.rs) drives headless Chromium through chromedriver.
+# Apart from ensure_tools so that the demo and the benchmark do not pull in a browser.
+ensure_browser() {
+    local missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "missing packages ${missing[*]} and no apt-get: install chromium and chromium-driver (chromedriver) yourself" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]} (apt-get)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 }
 
 ensure_cargo() {

@@ -6,13 +6,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Local;
 
 use super::auth::AuthUser;
 use super::body::{parse_sync_request, ParsedRequest, MAX_BODY_BYTES};
-use super::home;
 use super::jobs_api::{job_path, JobView};
 use super::response::{
     close_connection, error_response, set_retry_after, Health, Outcome, RsyncConfigEcho,
@@ -25,12 +24,6 @@ use crate::jobs::{NewJob, SubmitError};
 /// `Retry-After` of a 503 when every sync slot is taken. Syncs take seconds to minutes;
 /// a CI job retrying after this long rarely finds the service still full.
 pub const BUSY_RETRY_AFTER_SECONDS: u64 = 10;
-
-/// `GET /`.
-pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Html<String> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    Html(home::render(state.tools(), host))
-}
 
 /// `GET /check`: answers while the process can serve requests at all.
 pub async fn health() -> Json<Health> {
@@ -192,7 +185,7 @@ pub async fn method_not_allowed(method: Method) -> Response {
 pub async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        "no such route: the API is GET /check, GET /metrics, GET|POST /v1/image/rsync (see GET /)",
+        "no such route: the API is GET /check, GET /metrics, GET|POST /v1/image/rsync and its /jobs (see GET / and GET /openapi.json)",
     )
 }
 

@@ -1,7 +1,13 @@
-//! `GET /`: a small HTML page with the name, version, the config's links and an example.
+//! `GET /`: the page. Its markup is `dashboard/index.html`; this module fills in the
+//! name, version, the config's links and a runnable example, all escaped. Without
+//! JavaScript (`curl /`) the page still says what the service is and how to call it;
+//! with it, `dashboard.js` adds the job dashboard.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// The page's markup, with `{{version}}`, `{{host}}` and `{{tools}}` to fill in.
+const TEMPLATE: &str = include_str!("dashboard/index.html");
 
 /// Escapes text for HTML element content and double-quoted attribute values.
 pub fn escape_html(text: &str) -> String {
@@ -29,49 +35,56 @@ fn is_web_link(url: &str) -> bool {
 /// The page. `host` is the request's `Host` header, used only to make the example
 /// runnable as shown; it is escaped like everything else.
 pub fn render(tools: &BTreeMap<String, String>, host: Option<&str>) -> String {
-    let version = env!("CARGO_PKG_VERSION");
     let host = escape_html(host.unwrap_or("127.0.0.1:8080"));
+    let links = tool_links(tools);
+    fill(TEMPLATE, |name| match name {
+        "version" => Some(env!("CARGO_PKG_VERSION").to_owned()),
+        "host" => Some(host.clone()),
+        "tools" => Some(links.clone()),
+        _ => None,
+    })
+}
+
+/// The `<li>` lines of the `config.tools` links.
+fn tool_links(tools: &BTreeMap<String, String>) -> String {
     let mut links = String::new();
     for (name, url) in tools {
         let (name, shown) = (escape_html(name), escape_html(url));
         if is_web_link(url) {
             let _ = writeln!(
                 links,
-                r#"    <li>{name}: <a href="{shown}">{shown}</a></li>"#
+                r#"        <li>{name}: <a href="{shown}">{shown}</a></li>"#
             );
         } else {
-            let _ = writeln!(links, "    <li>{name}: {shown}</li>");
+            let _ = writeln!(links, "        <li>{name}: {shown}</li>");
         }
     }
     if links.is_empty() {
-        links.push_str("    <li>none configured (config.tools)</li>\n");
+        links.push_str("        <li>none configured (config.tools)</li>\n");
     }
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>imagersync {version}</title>
-</head>
-<body>
-  <h1>imagersync</h1>
-  <p>Copies container images between OCI / Docker registries. Version {version}.</p>
-  <h2>API</h2>
-  <ul>
-    <li><code>GET /check</code>: health probe</li>
-    <li><code>GET /metrics</code>: Prometheus metrics</li>
-    <li><code>POST /v1/image/rsync</code>: sync an image (HTTP Basic auth)</li>
-  </ul>
-  <p>The full reference is <code>doc/api.md</code> in the source tree.</p>
-  <pre>curl -u USER:PASSWORD -X POST http://{host}/v1/image/rsync \
-  -d '{{"rsync_config":{{"source":"reg-a.example.com/team/app:v1","target":"reg-b.example.com/team/app:v1"}}}}'</pre>
-  <h2>Links</h2>
-  <ul>
-{links}  </ul>
-</body>
-</html>
-"#
-    )
+    links
+}
+
+/// Replaces each `{{name}}` of `template` by `value(name)` in one pass, so a filled-in
+/// value that happens to contain `{{tools}}` (a Host header can say anything) is never
+/// expanded again. Unknown names stay as they are; a test makes sure there are none.
+fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len() + 512);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start + 2..].find("}}") else {
+            break;
+        };
+        let name = &rest[start + 2..start + 2 + len];
+        out.push_str(&rest[..start]);
+        match value(name) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[start..start + len + 4]),
+        }
+        rest = &rest[start + len + 4..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -96,5 +109,20 @@ mod tests {
             "no clickable javascript: link"
         );
         assert!(page.contains(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn every_placeholder_is_filled_once() {
+        let page = render(&BTreeMap::new(), Some("{{tools}}"));
+        assert!(!page.contains("{{version}}"));
+        assert!(
+            page.contains("http://{{tools}}/v1/image/rsync"),
+            "a value is not expanded again"
+        );
+        assert!(page.contains("none configured"));
+        let unknown = fill("a {{x}} b {{y", |_| None);
+        assert_eq!(unknown, "a {{x}} b {{y");
+        let page = render(&BTreeMap::new(), None);
+        assert!(!page.contains("{{"), "no placeholder left unfilled");
     }
 }

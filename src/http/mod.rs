@@ -4,17 +4,20 @@
 //! credentials, [`damping`] slows down password guessing, [`scopes`] limits what each
 //! user may sync, [`body`] parses the sync request, [`handlers`] answer, [`jobs_api`]
 //! serves the job routes, [`response`] holds the JSON shapes and the single outcome →
-//! status mapping, [`recorder`] logs finished syncs, [`home`] renders `GET /`,
-//! [`access_log`] writes one line per request, [`request_metrics`] times it for
-//! `GET /metrics`, [`state`] holds what handlers share.
+//! status mapping, [`recorder`] logs finished syncs, [`home`] renders the page at
+//! `GET /` and [`dashboard`] serves it with its script and stylesheet, [`openapi`]
+//! serves the API description, [`access_log`] writes one line per request,
+//! [`request_metrics`] times it for `GET /metrics`, [`state`] holds what handlers share.
 
 pub mod access_log;
 pub mod auth;
 pub mod body;
 pub mod damping;
+pub mod dashboard;
 pub mod handlers;
 pub mod home;
 pub mod jobs_api;
+pub mod openapi;
 pub mod recorder;
 pub mod request_metrics;
 pub mod response;

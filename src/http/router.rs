@@ -8,8 +8,10 @@ use axum::Router;
 use super::access_log::log_request;
 use super::auth::require_basic_auth;
 use super::body::MAX_BODY_BYTES;
+use super::dashboard;
 use super::handlers;
 use super::jobs_api;
+use super::openapi;
 use super::request_metrics::observe_request;
 use super::state::AppState;
 
@@ -22,18 +24,36 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// Builds the whole API. Used by the server and, in-process, by tests.
 pub fn router(state: AppState) -> Router {
+    routes(&state)
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(&path, methods)
+        })
+        .fallback(handlers::not_found)
+        // Router::layer wraps each route (and the fallback) after routing, so the
+        // matched route template is known to the middleware.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe_request,
+        ))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Every path the router serves, with its handlers. Kept as a list (rather than a chain
+/// of `.route` calls) so the OpenAPI test can check that each one is documented in
+/// `doc/openapi.json`: add a route here and the test asks for its description.
+pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
     // route_layer on the method router (not on a Router, where it also wraps the method
-    // fallback): auth runs only for GET/POST, so a wrong method still gets its 405, and
-    // it runs before the handler reads the body.
+    // fallback): auth runs only for the methods a route takes, so a wrong method still
+    // gets its 405, and it runs before the handler reads the body.
+    let auth = || middleware::from_fn_with_state(state.clone(), require_basic_auth);
+    let public = |methods: MethodRouter<AppState>| methods.fallback(handlers::method_not_allowed);
     let rsync: MethodRouter<AppState> = get(handlers::rsync_hint)
         .post(handlers::rsync)
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_basic_auth,
-        ))
+        .route_layer(auth())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(handlers::method_not_allowed);
-    let auth = || middleware::from_fn_with_state(state.clone(), require_basic_auth);
     let jobs = get(jobs_api::list_jobs)
         .route_layer(auth())
         .fallback(handlers::method_not_allowed);
@@ -44,31 +64,23 @@ pub fn router(state: AppState) -> Router {
     let job_events = get(jobs_api::job_events)
         .route_layer(auth())
         .fallback(handlers::method_not_allowed);
-    Router::new()
-        .route(
-            "/",
-            get(handlers::home).fallback(handlers::method_not_allowed),
-        )
-        .route(
-            "/check",
-            get(handlers::health).fallback(handlers::method_not_allowed),
-        )
-        .route(
-            METRICS_PATH,
-            get(handlers::metrics).fallback(handlers::method_not_allowed),
-        )
-        .route(RSYNC_PATH, rsync.clone())
-        .route(&format!("{RSYNC_PATH}/"), rsync)
-        .route(&format!("{RSYNC_PATH}/jobs"), jobs)
-        .route(&format!("{RSYNC_PATH}/jobs/{{id}}"), job)
-        .route(&format!("{RSYNC_PATH}/jobs/{{id}}/events"), job_events)
-        .fallback(handlers::not_found)
-        // Router::layer wraps each route (and the fallback) after routing, so the
-        // matched route template is known to the middleware.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            observe_request,
-        ))
-        .layer(middleware::from_fn(log_request))
-        .with_state(state)
+    vec![
+        ("/".into(), public(get(dashboard::page))),
+        (
+            dashboard::SCRIPT_PATH.into(),
+            public(get(dashboard::script)),
+        ),
+        (
+            dashboard::STYLESHEET_PATH.into(),
+            public(get(dashboard::stylesheet)),
+        ),
+        ("/openapi.json".into(), public(get(openapi::spec))),
+        ("/check".into(), public(get(handlers::health))),
+        (METRICS_PATH.into(), public(get(handlers::metrics))),
+        (RSYNC_PATH.into(), rsync.clone()),
+        (format!("{RSYNC_PATH}/"), rsync),
+        (format!("{RSYNC_PATH}/jobs"), jobs),
+        (format!("{RSYNC_PATH}/jobs/{{id}}"), job),
+        (format!("{RSYNC_PATH}/jobs/{{id}}/events"), job_events),
+    ]
 }

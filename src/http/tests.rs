@@ -126,6 +126,10 @@ async fn check_and_home() {
         .to_str()
         .unwrap()
         .starts_with("text/html"));
+    assert_eq!(
+        parts.headers()[header::CONTENT_SECURITY_POLICY],
+        super::dashboard::CONTENT_SECURITY_POLICY
+    );
     let page = String::from_utf8(body.to_vec()).unwrap();
     assert!(page.contains("imagersync") && page.contains(env!("CARGO_PKG_VERSION")));
     assert!(page.contains("https://example.com/&lt;docs&gt;"));

@@ -24,6 +24,7 @@ pub mod tls;
 pub mod tmpfs;
 pub mod token_issuer;
 pub mod tools;
+pub mod webdriver;
 pub mod webhook;
 
 pub use cases::Cases;
@@ -32,3 +33,4 @@ pub use push::Pushed;
 pub use registry::{Creds, Registry};
 pub use service::{Service, ServiceConfig};
 pub use token_issuer::TokenIssuer;
+pub use webdriver::Browser;

@@ -27,6 +27,17 @@ pub const HTPASSWD: Tool = Tool {
     package: "apache2-utils",
 };
 
+/// The browser the dashboard test drives (headless).
+pub const CHROMIUM: Tool = Tool {
+    name: "chromium",
+    package: "chromium",
+};
+/// The WebDriver server for that browser.
+pub const CHROMEDRIVER: Tool = Tool {
+    name: "chromedriver",
+    package: "chromium-driver",
+};
+
 impl Tool {
     /// The message a test panics with when the tool is missing.
     pub fn missing_message(&self) -> String {
