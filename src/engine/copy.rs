@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::platforms::PlatformFilter;
+use super::rechunk::Rechunk;
 use super::reference::ImageRef;
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
@@ -401,7 +402,7 @@ impl CopyJob<'_> {
         );
         let upload = self
             .dst
-            .blob_upload(dst_repo, digest, blob.size, stream)
+            .blob_upload(dst_repo, digest, blob.size, Rechunk::new(stream))
             .await;
         // A failing source stream surfaces at the target as a broken upload; report the cause.
         if let Some(source_err) = source_failure.lock().expect("source failure lock").take() {

@@ -4,6 +4,7 @@
 mod allow;
 mod copy;
 pub mod platforms;
+mod rechunk;
 pub mod reference;
 mod report;
 mod retry;
