@@ -398,9 +398,55 @@ async fn f05_target_500_on_a_blob_put_is_retried_at_blob_level() {
     skopeo::assert_landed(&s.dst, &format!("{TARGET}:v1"), &pushed).await;
 }
 
+/// F6 on a target repository that already exists: every blob is checked with a HEAD
+/// before its upload, and the retry's HEAD finds the blob whose PUT answer was lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn f06_lost_answer_to_the_final_blob_put_is_found_by_head() {
     let s = Scene::start().await;
+    // The target repository exists (it holds another tag), so blobs are checked first.
+    s.dst
+        .push_image(TARGET, "old", &image(Format::Oci, KIB))
+        .await;
+    let (report, pushed, digest) = lose_one_put_answer(&s).await;
+    assert_eq!(
+        s.dp.requests_to("HEAD", &blob_path(TARGET, &digest)).len(),
+        2,
+        "the first attempt's HEAD misses, the retry's HEAD finds the blob:\n{}",
+        s.dp.summary()
+    );
+    assert_eq!(report.images[0].blobs_skipped, 1);
+    s.check(&report, "v1", &pushed).await;
+    skopeo::assert_landed(&s.dst, &format!("{TARGET}:v1"), &pushed).await;
+}
+
+/// F6 on a new target repository: small blobs go up without a HEAD first, but the retry
+/// after the lost PUT answer still checks, finds the blob, and sends nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn f06_lost_put_answer_in_a_new_repository_is_found_by_the_retry_head() {
+    let s = Scene::start().await;
+    let (report, pushed, digest) = lose_one_put_answer(&s).await;
+    let seen = s.dp.requests();
+    let lost = seen
+        .iter()
+        .position(|r| r.rule.is_some())
+        .expect("the dropped PUT");
+    let heads: Vec<usize> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is("HEAD", &blob_path(TARGET, &digest)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(heads.len(), 1, "only the retry checks:\n{}", s.dp.summary());
+    assert!(heads[0] > lost, "the HEAD follows the lost PUT");
+    assert_eq!(report.images[0].blobs_skipped, 1);
+    s.check(&report, "v1", &pushed).await;
+    skopeo::assert_landed(&s.dst, &format!("{TARGET}:v1"), &pushed).await;
+}
+
+/// Syncs a small two-layer image while the answer to its first blob PUT is dropped;
+/// checks that the sync passes with every blob sent once. Returns the report, the image
+/// and the digest of the blob whose answer was lost.
+async fn lose_one_put_answer(s: &Scene) -> (SyncReport, Pushed, String) {
     let img = image(Format::Oci, 512 * KIB);
     let pushed = s.src.push_image(REPO, "v1", &img).await;
     let dropped = s.dp.add(
@@ -428,19 +474,110 @@ async fn f06_lost_answer_to_the_final_blob_put_is_found_by_head() {
         .expect("digest in query")
         .replace("%3A", ":");
     assert_eq!(
-        s.dp.requests_to("HEAD", &blob_path(TARGET, &digest)).len(),
-        2,
-        "the retry's HEAD finds the blob:\n{}",
-        s.dp.summary()
-    );
-    assert_eq!(
-        s.dp.requests_to("PUT", "/blobs/uploads/").len(),
+        s.dp.requests_to("PUT", &format!("/{TARGET}/blobs/uploads/"))
+            .len(),
         pushed.blobs.len(),
         "no blob is sent twice"
     );
-    assert_eq!(report.images[0].blobs_skipped, 1);
+    (report, pushed, digest)
+}
+
+/// Requests per blob at the target: into a new repository a small blob costs POST + PUT
+/// (no HEAD), a blob above 1 MiB still gets its HEAD first; into a repository that
+/// exists, every blob is checked, and the ones present are not sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_target_repository_skips_the_head_check_of_small_blobs_only() {
+    let s = Scene::start().await;
+    let (large, small) = (Layer::random(2 * MIB), Layer::random(64 * KIB));
+    let amd64 = Image::new(
+        Format::Oci,
+        Platform::AMD64,
+        vec![large.clone(), small.clone()],
+    );
+    let arm64 = Image::new(
+        Format::Oci,
+        Platform::ARM64,
+        vec![large.clone(), small.clone()],
+    );
+    let pushed = s.src.push_image(REPO, "v1", &amd64).await;
+    let pushed_arm = s.src.push_image(REPO, "v2", &arm64).await;
+    let per_blob =
+        |method: &str, digest: &str| s.dp.requests_to(method, &blob_path(TARGET, digest)).len();
+    let puts = |digest: &str| {
+        s.dp.requests_to(
+            "PUT",
+            &format!(
+                "/{TARGET}/blobs/uploads/.*digest={}",
+                digest.replace(':', "%3A")
+            ),
+        )
+        .len()
+    };
+
+    let report = s
+        .engine(task(0))
+        .sync(&s.source("v1"), &s.target("v1"))
+        .await;
+    assert_success(&report);
+    assert_eq!(
+        tries(&s.dp, "GET", &format!("^/v2/{TARGET}/tags/list")),
+        1,
+        "one question whether the repository is new:\n{}",
+        s.dp.summary()
+    );
+    for blob in [&small.digest, &amd64.config_digest] {
+        assert_eq!(
+            (per_blob("HEAD", blob), puts(blob)),
+            (0, 1),
+            "small blob {blob}:\n{}",
+            s.dp.summary()
+        );
+    }
+    assert_eq!(
+        (per_blob("HEAD", &large.digest), puts(&large.digest)),
+        (1, 1),
+        "large blob"
+    );
+    assert_eq!(
+        tries(&s.dp, "POST", &format!("^/v2/{TARGET}/blobs/uploads/")),
+        3,
+        "one upload session per blob"
+    );
+    assert_eq!(report.images[0].blobs_copied, 3);
     s.check(&report, "v1", &pushed).await;
-    skopeo::assert_landed(&s.dst, &format!("{TARGET}:v1"), &pushed).await;
+
+    // The repository now exists: a fresh engine (no memory of the first sync) checks every
+    // blob of the second image, sends only its config, and skips the shared layers.
+    s.dp.clear_requests();
+    let report = s
+        .engine(task(0))
+        .sync(&s.source("v2"), &s.target("v2"))
+        .await;
+    assert_success(&report);
+    for blob in [&small.digest, &large.digest, &arm64.config_digest] {
+        assert_eq!(
+            per_blob("HEAD", blob),
+            1,
+            "blob {blob}:\n{}",
+            s.dp.summary()
+        );
+    }
+    assert_eq!(
+        (
+            puts(&small.digest),
+            puts(&large.digest),
+            puts(&arm64.config_digest)
+        ),
+        (0, 0, 1)
+    );
+    assert_eq!(
+        (
+            report.images[0].blobs_skipped,
+            report.images[0].blobs_copied
+        ),
+        (2, 1)
+    );
+    s.check(&report, "v2", &pushed_arm).await;
 }
 
 /// The gap between the request a rule fired on and the next request matching `regex`.

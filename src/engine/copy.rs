@@ -3,7 +3,7 @@
 //! tag never points at missing content.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::platforms::PlatformFilter;
 use super::progress::{BlobKind, Observers, Step, SyncEvent};
+use super::rechunk::Rechunk;
 use super::reference::ImageRef;
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
@@ -23,6 +24,17 @@ use crate::registry::{Manifest, RegistryClient, RegistryError};
 
 /// Nesting allowed for indexes inside indexes; real images use one level.
 const MAX_INDEX_DEPTH: usize = 4;
+
+/// Blobs up to this size go to a new target repository without a HEAD check first: the
+/// check would almost always miss, and costs the registry about as much as the upload
+/// of such a blob. Should the blob be there after all (a repository holding blobs but no
+/// tag yet, e.g. left by a failed sync of another process), the PUT stores it again,
+/// which the distribution API allows: at most this many bytes are sent for nothing.
+const SMALL_BLOB: u64 = 1 << 20;
+
+/// Fewest blobs for which finding out whether the target repository is new (one request)
+/// can pay off.
+const MIN_BLOBS_TO_PROBE: usize = 2;
 
 /// Everything one image copy needs.
 pub(crate) struct CopyJob<'a> {
@@ -205,7 +217,8 @@ impl CopyJob<'_> {
             bytes: plan.blobs.iter().map(|b| b.size).sum(),
         });
         self.observers.step(self.index, Step::CopyingBlobs);
-        self.copy_blobs(&plan.blobs, result).await?;
+        let fresh = existing.is_none() && self.target_is_new(plan.blobs.len()).await;
+        self.copy_blobs(&plan.blobs, fresh, result).await?;
         self.observers.step(self.index, Step::PushingManifests);
         for child in &plan.children {
             self.put_manifest(&child.digest, child).await?;
@@ -361,15 +374,45 @@ impl CopyJob<'_> {
         Ok(manifest)
     }
 
+    /// Whether the target repository does not exist yet, so HEAD checks of its blobs
+    /// would miss. Only asked when the image has blobs enough to gain from the answer; a
+    /// failure to ask only means "not known", and the blobs are checked as usual.
+    async fn target_is_new(&self, blobs: usize) -> bool {
+        if blobs < MIN_BLOBS_TO_PROBE {
+            return false;
+        }
+        let repo = &self.target.repository;
+        match self.dst.repository_is_new(repo).await {
+            Ok(true) => {
+                self.log.info(format!(
+                    "Destination repository {} is new: blobs up to {} KiB are uploaded without checking for them first",
+                    self.target.name(),
+                    SMALL_BLOB >> 10
+                ));
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.log.warn(format!(
+                    "Could not tell whether {} is new, checking every blob: {e}",
+                    self.target.name()
+                ));
+                false
+            }
+        }
+    }
+
     /// Brings every blob over, `parallel` at a time; the first failure stops the rest.
+    /// `fresh`: the target repository did not exist when the copy began.
     async fn copy_blobs(
         &self,
         blobs: &[Descriptor],
+        fresh: bool,
         result: &mut ImageResult,
     ) -> Result<(), CopyError> {
         let copies: Vec<_> = blobs
             .iter()
-            .map(|b| async move { (b.size, self.copy_blob(b).await) })
+            .map(|b| async move { (b.size, self.copy_blob(b, fresh).await) })
             .collect();
         let mut transfers = futures_util::stream::iter(copies).buffer_unordered(self.parallel);
         while let Some((size, outcome)) = transfers.next().await {
@@ -398,14 +441,28 @@ impl CopyJob<'_> {
         Ok(())
     }
 
-    async fn copy_blob(&self, blob: &Descriptor) -> Result<BlobOutcome, RegistryError> {
+    async fn copy_blob(
+        &self,
+        blob: &Descriptor,
+        fresh: bool,
+    ) -> Result<BlobOutcome, RegistryError> {
         let what = format!("transferring blob {}", blob.digest);
+        // Only a first attempt may go without the HEAD check: a retry must find out
+        // whether the failed attempt landed (a lost answer to the PUT).
+        let first = AtomicBool::new(true);
         self.retry
-            .run(self.log, &what, || self.copy_blob_once(blob))
+            .run(self.log, &what, || {
+                let may_skip_head = fresh && first.swap(false, Ordering::Relaxed);
+                self.copy_blob_once(blob, may_skip_head)
+            })
             .await
     }
 
-    async fn copy_blob_once(&self, blob: &Descriptor) -> Result<BlobOutcome, RegistryError> {
+    async fn copy_blob_once(
+        &self,
+        blob: &Descriptor,
+        may_skip_head: bool,
+    ) -> Result<BlobOutcome, RegistryError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let (digest, dst_registry) = (&blob.digest, self.dst.registry());
         self.transfers
@@ -413,8 +470,17 @@ impl CopyJob<'_> {
         // One transfer per blob and target registry: a concurrent sync that needs the same
         // blob waits here, then finds it present or mountable.
         let _turn = self.transfers.turn(dst_registry, digest).await;
-        // HEAD first: also what makes a retry after a lost PUT answer cheap.
-        if self.dst.blob_size(dst_repo, digest).await?.is_some() {
+        let known = self.transfers.location(dst_registry, digest);
+        // HEAD first: also what makes a retry after a lost PUT answer cheap. In a new
+        // repository it is left out where it cannot pay: for a blob to mount (the mount
+        // answers for itself) and for a small blob no sync of this service has put there
+        // (a concurrent sync that did, within its turn, recorded it in `known`).
+        let skip_head = may_skip_head
+            && match &known {
+                Some(repo) => repo != dst_repo,
+                None => blob.size <= SMALL_BLOB,
+            };
+        if !skip_head && self.dst.blob_size(dst_repo, digest).await?.is_some() {
             self.transfers.remember(dst_registry, digest, dst_repo);
             self.log.info(format!(
                 "Blob {digest}({}) has been pushed to {}, will not be pulled",
@@ -423,11 +489,7 @@ impl CopyJob<'_> {
             ));
             return Ok(BlobOutcome::Skipped);
         }
-        if let Some(from) = self
-            .transfers
-            .location(dst_registry, digest)
-            .filter(|repo| repo != dst_repo)
-        {
+        if let Some(from) = known.filter(|repo| repo != dst_repo) {
             match self.dst.blob_mount(dst_repo, digest, &from).await {
                 Ok(true) => {
                     self.transfers.remember(dst_registry, digest, dst_repo);
@@ -491,7 +553,7 @@ impl CopyJob<'_> {
         });
         let upload = self
             .dst
-            .blob_upload(dst_repo, digest, blob.size, stream)
+            .blob_upload(dst_repo, digest, blob.size, Rechunk::new(stream))
             .await;
         let source_err = source_failure.lock().expect("source failure lock").take();
         if source_err.is_some() || upload.is_err() {

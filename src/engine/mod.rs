@@ -5,6 +5,7 @@ mod allow;
 mod copy;
 pub mod platforms;
 pub mod progress;
+mod rechunk;
 pub mod reference;
 mod report;
 mod retry;

@@ -322,6 +322,24 @@ impl RegistryClient {
         Ok(tags)
     }
 
+    /// Whether `repository` does not exist yet: its tag list answers 404 `NAME_UNKNOWN`.
+    /// Any other answer (tags, an empty list, 401, 403, another error) means "not known to
+    /// be new". Asked with push access, so the token of the blob checks and uploads that
+    /// follow serves it too.
+    pub async fn repository_is_new(&self, repository: &str) -> Result<bool, RegistryError> {
+        let step = format!("listing tags of {repository}");
+        let resp = self
+            .send(&step, Access::Push(repository), |c, base| {
+                c.get(format!("{base}/v2/{repository}/tags/list?n=1"))
+            })
+            .await?;
+        let status = resp.status();
+        // Read (a page of one tag, or an error) so the connection goes back to the pool.
+        let body = self.read_capped(resp, MAX_ERROR_BYTES, &step).await?;
+        Ok(status == StatusCode::NOT_FOUND
+            && media::error_code(&body).as_deref() == Some("NAME_UNKNOWN"))
+    }
+
     /// HEAD a blob: its size when present, `None` when absent. A 401/403 on a repository
     /// that does not exist yet also means absent: the upload that follows will say more.
     pub async fn blob_size(
