@@ -618,7 +618,10 @@ async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
         .src
         .push_image("team/app", "v0", &Image::random(Format::Oci, &[8 * KIB]))
         .await;
-    let (status, answer) = s.service.sync(&s.source("v0"), &s.target("v0")).await;
+    // Another repository: prod/app must be new, where small blobs go without a HEAD
+    // check, unless the job is a resumed one.
+    let other = format!("{}/prod/other:v0", s.dst.host());
+    let (status, answer) = s.service.sync(&s.source("v0"), &other).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     // Two small layers land quickly; the big one trickles while the service is killed.
     let pushed = s
@@ -681,7 +684,7 @@ async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
         .map(|j| j["request"]["source"].as_str().unwrap())
         .collect();
     assert_eq!(sources, vec![s.source("v0")], "admin's own jobs: {page}");
-    skopeo::assert_landed(&s.dst, "prod/app:v0", &earlier).await;
+    skopeo::assert_landed(&s.dst, "prod/other:v0", &earlier).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

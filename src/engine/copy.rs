@@ -56,6 +56,9 @@ pub(crate) struct CopyJob<'a> {
     pub transfers: &'a Transfers,
     /// Push even when the target already holds the source's digest.
     pub force: bool,
+    /// HEAD every blob before sending it, even into a new repository (a resumed sync,
+    /// whose earlier attempt may have left blobs there without a tag).
+    pub check_every_blob: bool,
     /// Keep only these platforms of an index (rewrites it, so its digest changes).
     pub platforms: Option<&'a PlatformFilter>,
     /// Position of this image in the sync's plan, for progress events.
@@ -217,7 +220,9 @@ impl CopyJob<'_> {
             bytes: plan.blobs.iter().map(|b| b.size).sum(),
         });
         self.observers.step(self.index, Step::CopyingBlobs);
-        let fresh = existing.is_none() && self.target_is_new(plan.blobs.len()).await;
+        let fresh = existing.is_none()
+            && !self.check_every_blob
+            && self.target_is_new(plan.blobs.len()).await;
         self.copy_blobs(&plan.blobs, fresh, result).await?;
         self.observers.step(self.index, Step::PushingManifests);
         for child in &plan.children {

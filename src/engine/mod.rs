@@ -54,6 +54,10 @@ pub struct SyncContext {
     pub observer: Arc<dyn SyncObserver>,
     /// Cancels the sync: transfers stop, no tag is written after it fires.
     pub cancel: CancellationToken,
+    /// The sync ran before and was cut short (a job resumed after a restart): its
+    /// target repositories may hold blobs without a tag, so every blob is checked
+    /// before it is sent, new repository or not.
+    pub resumed: bool,
 }
 
 impl Default for SyncContext {
@@ -61,6 +65,7 @@ impl Default for SyncContext {
         Self {
             observer: Arc::new(Unobserved),
             cancel: CancellationToken::new(),
+            resumed: false,
         }
     }
 }
@@ -84,6 +89,7 @@ pub struct SyncRequest {
 /// How every image of one request is copied.
 struct RunOptions<'a> {
     force: bool,
+    check_every_blob: bool,
     platforms: Option<&'a PlatformFilter>,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
@@ -191,6 +197,7 @@ impl Engine {
                 observers.emit(&SyncEvent::Planned { images: &named });
                 let run = RunOptions {
                     force: request.force,
+                    check_every_blob: context.resumed,
                     platforms: filter.as_ref(),
                     observers: &observers,
                     cancel: &context.cancel,
@@ -352,6 +359,7 @@ impl Engine {
                         },
                         transfers: &self.transfers,
                         force: options.force,
+                        check_every_blob: options.check_every_blob,
                         platforms: options.platforms,
                         index,
                         observers: options.observers,

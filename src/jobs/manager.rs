@@ -389,6 +389,7 @@ impl JobManager {
         let context = SyncContext {
             observer: live.clone(),
             cancel: live.cancel.clone(),
+            resumed: job.resumed > 0,
         };
         let sync = self.inner.engine.run_request_with(&job.request, &context);
         // A panic in the engine ends this one job as an internal error.
