@@ -627,18 +627,23 @@ for name in "${FANIN_NAMES[@]}"; do SCEN_BYTES[fanin]=$((SCEN_BYTES[fanin] + ${B
 
 # copy_scenario SCENARIO FLOOR(yes|no) NAME...: RUNS runs of each tool, alternating which
 # goes first, each onto an empty target.
+#
+# The service is started afresh before each of its runs here, as skopeo is: reset_target
+# deletes the target's storage behind the service's back, which no registry in use does,
+# and a service that had put these blobs there before would rightly distrust its memory
+# of them and check each one (a HEAD per blob) instead of sending small ones unchecked
+# into what it can see is a new repository.
 copy_scenario() {
     local scenario="$1" floor="$2" run
     shift 2
     log "scenario $scenario: ${DESC[$scenario]}"
-    restart_service
     for run in $(seq 1 "$RUNS"); do
         if [ $((run % 2)) -eq 1 ]; then
-            reset_target; run_imagersync "$scenario" "$run" synced "$@"
+            reset_target; restart_service; run_imagersync "$scenario" "$run" synced "$@"
             reset_target; run_skopeo "$scenario" "$run" "$@"
         else
             reset_target; run_skopeo "$scenario" "$run" "$@"
-            reset_target; run_imagersync "$scenario" "$run" synced "$@"
+            reset_target; restart_service; run_imagersync "$scenario" "$run" synced "$@"
         fi
         if [ "$floor" = yes ]; then
             reset_target; run_floor "$scenario" "$run" seq "$1"
