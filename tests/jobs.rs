@@ -63,6 +63,15 @@ impl Slowed {
         pushed
     }
 
+    /// Pushes a slowed image as `tag` and submits an async job copying it to
+    /// `prod/app:tag` as jenkins; returns what was pushed and the job id.
+    async fn submit_slowed(&self, tag: &str, sizes: &[usize], bytes: usize) -> (Pushed, i64) {
+        let pushed = self.push_slowed(tag, sizes, bytes).await;
+        let body = async_body(&self.source(tag), &self.target(tag));
+        let job = submit(&self.service, &jenkins(), &body).await;
+        (pushed, job["id"].as_i64().unwrap())
+    }
+
     fn source(&self, tag: &str) -> String {
         format!("{}/team/app:{tag}", self.proxy.host())
     }
@@ -382,14 +391,9 @@ async fn jobs_are_listed_filtered_paged_and_private_to_their_user() {
 async fn cancel_stops_a_running_job_and_leaves_no_tag() {
     let s = Slowed::start(|c| c).await;
     // 1 MiB at 16 KiB per 100 ms: about 6 s, plenty of time to cancel mid-way.
-    let pushed = s.push_slowed("v1", &[1024 * KIB, 32 * KIB], 16 * KIB).await;
-    let job = submit(
-        &s.service,
-        &jenkins(),
-        &async_body(&s.source("v1"), &s.target("v1")),
-    )
-    .await;
-    let id = job["id"].as_i64().unwrap();
+    let (pushed, id) = s
+        .submit_slowed("v1", &[1024 * KIB, 32 * KIB], 16 * KIB)
+        .await;
     wait_for(
         &s.service,
         &jenkins(),
@@ -560,14 +564,9 @@ async fn read_events(service: &Service, creds: &Creds, id: i64) -> Vec<(String, 
 async fn events_stream_progress_as_it_happens_then_done() {
     let s = Slowed::start(|c| c).await;
     // 512 KiB at 32 KiB per 100 ms: about 1.6 s of visible progress.
-    let pushed = s.push_slowed("v1", &[512 * KIB, 16 * KIB], 32 * KIB).await;
-    let job = submit(
-        &s.service,
-        &jenkins(),
-        &async_body(&s.source("v1"), &s.target("v1")),
-    )
-    .await;
-    let id = job["id"].as_i64().unwrap();
+    let (pushed, id) = s
+        .submit_slowed("v1", &[512 * KIB, 16 * KIB], 32 * KIB)
+        .await;
     let events = read_events(&s.service, &jenkins(), id).await;
 
     let (last_name, last) = events.last().unwrap();
@@ -624,16 +623,9 @@ async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
     let (status, answer) = s.service.sync(&s.source("v0"), &other).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     // Two small layers land quickly; the big one trickles while the service is killed.
-    let pushed = s
-        .push_slowed("v1", &[2048 * KIB, 24 * KIB, 16 * KIB], 16 * KIB)
+    let (pushed, id) = s
+        .submit_slowed("v1", &[2048 * KIB, 24 * KIB, 16 * KIB], 16 * KIB)
         .await;
-    let job = submit(
-        &s.service,
-        &jenkins(),
-        &async_body(&s.source("v1"), &s.target("v1")),
-    )
-    .await;
-    let id = job["id"].as_i64().unwrap();
     wait_for(
         &s.service,
         &jenkins(),
