@@ -75,6 +75,7 @@ pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError
         users = config.rsyncserver.auth.len(),
         registries = config.rsyncserver.rsyncconfig.auth.len(),
         analysis_log = %state.analysis_log().path().display(),
+        jobs_database = %config.rsyncserver.jobs.database.display(),
         "imagersync listening"
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
