@@ -283,14 +283,10 @@ async fn start_job(service: &Service, source: &str, target: &str) -> i64 {
 
 /// The job as the API shows it.
 async fn get_job(service: &Service, id: i64) -> Value {
-    let c = admin();
-    let response = service
-        .client()
-        .get(service.url(&format!("/v1/image/rsync/jobs/{id}")))
-        .basic_auth(&c.user, Some(&c.pass))
-        .send()
-        .await
-        .expect("GET job");
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.expect("job JSON")
+    let path = format!("/v1/image/rsync/jobs/{id}");
+    let (status, job) = service
+        .call_json(reqwest::Method::GET, &path, &admin())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    job
 }

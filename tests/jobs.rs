@@ -91,26 +91,14 @@ fn async_body(source: &str, target: &str) -> Value {
 
 /// `GET path` with Basic `creds`; status and JSON.
 async fn get(service: &Service, creds: &Creds, path: &str) -> (StatusCode, Value) {
-    let resp = service
-        .client()
-        .get(service.url(path))
-        .basic_auth(&creds.user, Some(&creds.pass))
-        .send()
-        .await
-        .expect("GET");
-    json_of(resp).await
+    service.call_json(reqwest::Method::GET, path, creds).await
 }
 
 /// `DELETE path` with Basic `creds`.
 async fn delete(service: &Service, creds: &Creds, path: &str) -> (StatusCode, Value) {
-    let resp = service
-        .client()
-        .delete(service.url(path))
-        .basic_auth(&creds.user, Some(&creds.pass))
-        .send()
+    service
+        .call_json(reqwest::Method::DELETE, path, creds)
         .await
-        .expect("DELETE");
-    json_of(resp).await
 }
 
 /// POSTs an async job as `creds`; asserts the 202 and returns the job.

@@ -289,6 +289,23 @@ impl Service {
         (status, answer)
     }
 
+    /// Sends `method path` (no body) with Basic `creds` and parses the JSON answer.
+    pub async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        creds: &Creds,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .request(method.clone(), self.url(path))
+            .basic_auth(&creds.user, Some(&creds.pass))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        json_of(resp).await
+    }
+
     /// POSTs a JSON body (`application/json`) to `/v1/image/rsync` and parses the answer.
     pub async fn post_json(&self, creds: Option<&Creds>, body: &Value) -> (StatusCode, Value) {
         let bytes = serde_json::to_vec(body).unwrap();
