@@ -327,18 +327,22 @@ impl Engine {
     ) -> Vec<ImageResult> {
         let mut results = Vec::with_capacity(pairs.len());
         for (index, (source, target)) in pairs.iter().enumerate() {
-            if options.cancel.is_cancelled() {
+            // An image that fails before its copy starts still gets its result and event.
+            let not_started = |error: String| {
                 let result = ImageResult {
                     source: source.to_string(),
                     target: target.to_string(),
-                    error: Some("cancelled before this image started".into()),
+                    error: Some(error),
                     ..ImageResult::default()
                 };
                 options.observers.emit(&SyncEvent::ImageFinished {
                     image: index,
                     result: &result,
                 });
-                results.push(result);
+                result
+            };
+            if options.cancel.is_cancelled() {
+                results.push(not_started("cancelled before this image started".into()));
                 continue;
             }
             let clients = self
@@ -370,17 +374,7 @@ impl Engine {
                 }
                 Err(e) => {
                     log.error(e.to_string());
-                    let result = ImageResult {
-                        source: source.to_string(),
-                        target: target.to_string(),
-                        error: Some(e.to_string()),
-                        ..ImageResult::default()
-                    };
-                    options.observers.emit(&SyncEvent::ImageFinished {
-                        image: index,
-                        result: &result,
-                    });
-                    result
+                    not_started(e.to_string())
                 }
             };
             results.push(result);

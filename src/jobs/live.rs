@@ -12,6 +12,8 @@ use crate::engine::{SyncEvent, SyncObserver};
 /// The in-memory side of an unfinished job.
 #[derive(Debug)]
 pub struct LiveJob {
+    /// The job's id (fixed; read without cloning the record).
+    pub id: i64,
     /// Fires when someone cancels the job.
     pub cancel: CancellationToken,
     record: watch::Sender<JobRecord>,
@@ -21,6 +23,7 @@ impl LiveJob {
     /// Wraps a freshly stored or resumed record.
     pub fn new(record: JobRecord) -> Arc<Self> {
         Arc::new(Self {
+            id: record.id,
             cancel: CancellationToken::new(),
             record: watch::Sender::new(record),
         })

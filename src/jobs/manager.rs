@@ -329,12 +329,11 @@ impl JobManager {
         done: Option<oneshot::Sender<JobRecord>>,
     ) {
         let live = LiveJob::new(job);
-        let id = live.snapshot().id;
         self.inner
             .live
             .lock()
             .expect("live jobs lock")
-            .insert(id, live.clone());
+            .insert(live.id, live.clone());
         let manager = self.clone();
         // Its own task: a caller hanging up must not cancel the copy half-way.
         tokio::spawn(async move {
@@ -384,8 +383,8 @@ impl JobManager {
             job.state = JobState::Running;
             job.started_at = Some(Utc::now());
         });
-        self.save(&live.snapshot()).await;
         let job = live.snapshot();
+        self.save(&job).await;
         let context = SyncContext {
             observer: live.clone(),
             cancel: live.cancel.clone(),
@@ -446,8 +445,11 @@ impl JobManager {
     }
 
     fn forget(&self, live: &Arc<LiveJob>) {
-        let id = live.snapshot().id;
-        self.inner.live.lock().expect("live jobs lock").remove(&id);
+        self.inner
+            .live
+            .lock()
+            .expect("live jobs lock")
+            .remove(&live.id);
     }
 
     async fn save(&self, job: &JobRecord) {
