@@ -39,7 +39,7 @@ ensure_tools() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 }
 
-# The dashboard test (tests/dashboard.rs) drives headless Chromium through chromedriver.
+# The dashboard test (tests/it/dashboard.rs) drives headless Chromium through chromedriver.
 # Apart from ensure_tools so that the demo and the benchmark do not pull in a browser.
 ensure_browser() {
     local missing=()

@@ -2,7 +2,7 @@
 # Runs every test (unit and integration) against real registries.
 # Installs docker-registry, skopeo, htpasswd, chromium and chromedriver first when they
 # are missing (Debian).
-# Extra arguments go to `cargo test`, e.g.  cmd/test.sh --test sync -- --nocapture
+# Extra arguments go to `cargo test`, e.g.  cmd/test.sh --test it sync:: -- --nocapture
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cmd/lib.sh

@@ -1,10 +1,13 @@
 //! imagersync: an HTTP service (and CLI) that copies container images between registries.
 //!
-//! Layers, from the outside in: [`cli`] parses flags, [`http`] serves the API, [`jobs`]
-//! keeps and runs every sync as a job, [`engine`] plans and runs syncs, [`registry`] speaks the distribution protocol;
-//! [`metrics`] counts what the service does for `GET /metrics`. Dependencies only
-//! point inwards: the engine never sees axum, the registry client never sees the engine.
+//! Layers, from the top down: [`cli`] and [`server`] start things, [`http`] serves the API
+//! (with [`access`] for scopes and login damping), [`jobs`] keeps and runs every sync as a
+//! job, [`metrics`] counts what the service does for `GET /metrics`, [`engine`] plans and
+//! runs syncs, [`registry`] speaks the distribution protocol, [`config`] is plain data with
+//! its value checks. Every import points down: the engine never sees axum or jobs, the
+//! registry client never sees the engine, config sees nothing above it.
 
+pub mod access;
 pub mod analysis_log;
 pub mod batch;
 pub mod cli;

@@ -20,7 +20,7 @@ impl AllowList {
             .chain(config.allowed_registries.iter().map(String::as_str))
             .map(|r| {
                 let host = r.trim().split('/').next().unwrap_or_default();
-                super::reference::normalise_host(host)
+                crate::registry::reference::normalise_host(host)
             })
             .collect();
         Self {

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use super::platforms::PlatformFilter;
 use super::progress::{BlobKind, Observers, Step, SyncEvent};
 use super::rechunk::Rechunk;
-use super::reference::ImageRef;
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
 use super::synclog::SyncLog;
@@ -20,6 +19,7 @@ use super::transfers::Transfers;
 use super::verify::VerifyingStream;
 use crate::registry::digest::digest_of;
 use crate::registry::media::{parse_manifest, Descriptor, ManifestKind};
+use crate::registry::reference::ImageRef;
 use crate::registry::{Manifest, RegistryClient, RegistryError};
 
 /// Nesting allowed for indexes inside indexes; real images use one level.

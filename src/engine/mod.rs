@@ -6,7 +6,6 @@ mod copy;
 pub mod platforms;
 pub mod progress;
 mod rechunk;
-pub mod reference;
 mod report;
 mod retry;
 pub mod rules;
@@ -28,11 +27,11 @@ use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
 use self::progress::Observers;
-use self::reference::ImageRef;
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
 use crate::config::{RsyncConfig, TaskConfig};
+use crate::registry::reference::ImageRef;
 use crate::registry::{ClientPool, Resolved, Timeouts};
 
 /// Shared engine state: registry clients, credentials and limits, reused by every sync.

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::config::checks::{parse_platform_patterns, task_platform_patterns, PlatformPattern};
 use crate::registry::digest::digest_of;
 use crate::registry::media::Platform;
 use crate::registry::Manifest;
@@ -11,48 +12,19 @@ use crate::registry::Manifest;
 /// empty part matches anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlatformFilter {
-    patterns: Vec<[Option<String>; 3]>,
+    patterns: Vec<PlatformPattern>,
 }
 
 impl PlatformFilter {
     /// A filter from `os/arch[/variant]` patterns; `None` when there is nothing to filter.
     pub fn from_patterns(patterns: &[String]) -> Result<Option<Self>, String> {
-        let mut parsed = Vec::new();
-        for p in patterns {
-            let parts: Vec<&str> = p.trim().split('/').collect();
-            let valid_part = |s: &&str| {
-                s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"*_.-".contains(&b))
-            };
-            if parts.len() > 3 || p.trim().is_empty() || !parts.iter().all(valid_part) {
-                return Err(format!(
-                    "platform {p:?} must look like os/arch or os/arch/variant, e.g. linux/arm64"
-                ));
-            }
-            let part = |i: usize| {
-                parts
-                    .get(i)
-                    .filter(|s| !s.is_empty() && **s != "*")
-                    .map(|s| s.to_string())
-            };
-            parsed.push([part(0), part(1), part(2)]);
-        }
+        let parsed = parse_platform_patterns(patterns)?;
         Ok((!parsed.is_empty()).then_some(Self { patterns: parsed }))
     }
 
     /// The filter of the config's `task.os` × `task.arch` lists (`arch` may hold a variant).
     pub fn from_task(os: &[String], arch: &[String]) -> Result<Option<Self>, String> {
-        let any = vec![String::from("*")];
-        let os = if os.is_empty() { &any } else { os };
-        let arch = if arch.is_empty() { &any } else { arch };
-        if *os == any && *arch == any {
-            return Ok(None);
-        }
-        let patterns: Vec<String> = os
-            .iter()
-            .flat_map(|o| arch.iter().map(move |a| format!("{o}/{a}")))
-            .collect();
-        Self::from_patterns(&patterns)
+        Self::from_patterns(&task_platform_patterns(os, arch))
     }
 
     /// Whether an entry of `platform` is kept; entries without a platform are dropped.

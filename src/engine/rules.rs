@@ -5,7 +5,7 @@
 
 use regex::Regex;
 
-use super::reference::{check_tag, ImageRef, ReferenceError, MAX_REFERENCE_LEN};
+use crate::registry::reference::{check_tag, ImageRef, ReferenceError, MAX_REFERENCE_LEN};
 
 /// Largest compiled regex accepted; a rule is a few characters, never megabytes.
 const MAX_REGEX_SIZE: usize = 1 << 20;

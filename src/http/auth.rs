@@ -27,6 +27,7 @@ use super::response::{
     announces_body, close_connection, retry_after_seconds, set_retry_after, Outcome, SyncResponse,
 };
 use super::state::AppState;
+use crate::config::checks::{check_password_entry, is_bcrypt_hash};
 use crate::secret::Secret;
 
 /// The authenticated caller, put into request extensions (for handlers) and response
@@ -92,37 +93,6 @@ pub fn parse_basic(header: Option<&HeaderValue>) -> Result<Credentials, AuthFail
         user: user.to_owned(),
         password: Secret::new(password),
     })
-}
-
-/// Prefixes of the bcrypt hashes accepted in `rsyncserver.auth` (`htpasswd -B` writes `$2y$`).
-const BCRYPT_PREFIXES: [&str; 3] = ["$2a$", "$2b$", "$2y$"];
-
-/// The cost range bcrypt accepts.
-const BCRYPT_MIN_COST: u32 = 4;
-const BCRYPT_MAX_COST: u32 = 31;
-
-/// True when a configured password is to be read as a bcrypt hash.
-pub fn is_bcrypt_hash(password: &str) -> bool {
-    BCRYPT_PREFIXES.iter().any(|p| password.starts_with(p))
-}
-
-/// Checks one `rsyncserver.auth` password at config load: a value with a bcrypt prefix
-/// must be a whole, usable bcrypt hash (a truncated copy-paste would otherwise lock the
-/// user out without a word).
-pub fn check_password_entry(password: &str) -> Result<(), String> {
-    if !is_bcrypt_hash(password) {
-        return Ok(());
-    }
-    let parts: bcrypt::HashParts = password.parse().map_err(|e| {
-        format!("starts like a bcrypt hash ($2a$/$2b$/$2y$) but is not one ({e}); paste the whole output of `htpasswd -nbB user password` after the colon")
-    })?;
-    let cost = parts.get_cost();
-    if !(BCRYPT_MIN_COST..=BCRYPT_MAX_COST).contains(&cost) {
-        return Err(format!(
-            "bcrypt cost {cost} is outside {BCRYPT_MIN_COST}..={BCRYPT_MAX_COST}"
-        ));
-    }
-    Ok(())
 }
 
 /// How a configured password is kept.

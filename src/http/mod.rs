@@ -1,8 +1,7 @@
 //! The HTTP API (design.md section 2): routes, Basic auth, request and response shapes.
 //!
 //! One job per module: [`router`](mod@router) wires routes and layers, [`auth`] checks
-//! credentials, [`damping`] slows down password guessing, [`scopes`] limits what each
-//! user may sync, [`body`] parses the sync request, [`handlers`] answer, [`jobs_api`]
+//! credentials (with `crate::access` for damping and scopes), [`body`] parses the sync request, [`handlers`] answer, [`jobs_api`]
 //! serves the job routes, [`response`] holds the JSON shapes and the single outcome →
 //! status mapping, [`recorder`] logs finished syncs, [`home`] renders the page at
 //! `GET /` and [`dashboard`] serves it with its script and stylesheet, [`openapi`]
@@ -12,7 +11,6 @@
 pub mod access_log;
 pub mod auth;
 pub mod body;
-pub mod damping;
 pub mod dashboard;
 pub mod handlers;
 pub mod home;
@@ -22,7 +20,6 @@ pub mod recorder;
 pub mod request_metrics;
 pub mod response;
 pub mod router;
-pub mod scopes;
 pub mod state;
 
 pub use router::router;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::auth::UserTable;
-use super::damping::LoginDamping;
 use super::recorder::Recorder;
-use super::scopes::Scopes;
+use crate::access::damping::LoginDamping;
+use crate::access::scopes::Scopes;
 use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
 use crate::engine::Engine;

@@ -8,6 +8,7 @@ mod error;
 mod limiter;
 pub mod media;
 mod pool;
+pub mod reference;
 mod watchdog;
 
 pub use auth::Credentials;

@@ -128,7 +128,7 @@ pub fn transport_of(c: &RegistryCredential) -> Transport {
 pub(crate) fn normalise_prefix(prefix: &str) -> String {
     let prefix = prefix.trim().trim_end_matches('/');
     let (host, rest) = prefix.split_once('/').unwrap_or((prefix, ""));
-    let host = crate::engine::reference::normalise_host(host);
+    let host = crate::config::names::normalise_host(host);
     if rest.is_empty() {
         host
     } else {

@@ -5,8 +5,6 @@
 //! These need config keys the shared `ServiceConfig` does not write, so the service is
 //! started from hand-written config text (`Service::start_raw`).
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,12 +13,12 @@ use reqwest::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
-use common::contract::{assert_seed_shape, error_of, status_of};
-use common::fixture::random_password;
-use common::net::free_port;
-use common::service::json_of;
-use common::tools::HTPASSWD;
-use common::{Format, Image, Registry, Service};
+use crate::common::contract::{assert_seed_shape, error_of, status_of};
+use crate::common::fixture::random_password;
+use crate::common::net::free_port;
+use crate::common::service::json_of;
+use crate::common::tools::HTPASSWD;
+use crate::common::{Format, Image, Registry, Service};
 
 const RSYNC: &str = "/v1/image/rsync";
 

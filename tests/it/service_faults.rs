@@ -2,20 +2,18 @@
 //! engine as a library (those are in `faults.rs`): F12, the target's disk fills up, and
 //! F28, SIGTERM while a sync is running. Real registries, skopeo as the oracle.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::contract::{assert_sync_shape, error_of, status_of};
-use common::fault_proxy::{FaultProxy, Rule};
-use common::fixture::random_password;
-use common::service::json_of;
-use common::tmpfs::Tmpfs;
-use common::{skopeo, Creds, Format, Image, Registry, Service, ServiceConfig};
+use crate::common::contract::{assert_sync_shape, error_of, status_of};
+use crate::common::fault_proxy::{FaultProxy, Rule};
+use crate::common::fixture::random_password;
+use crate::common::service::json_of;
+use crate::common::tmpfs::Tmpfs;
+use crate::common::{skopeo, Creds, Format, Image, Registry, Service, ServiceConfig};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;

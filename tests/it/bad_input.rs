@@ -9,19 +9,17 @@
 //! target's catalog, an answer within a sanity bound, and `/check` still healthy. A
 //! last, valid request proves the counters do see traffic.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
-use common::contract::{assert_seed_shape, error_of, status_of};
-use common::fault_proxy::{Canary, FaultProxy};
-use common::fixture::random_password;
-use common::service::{admin, json_of, CURL_CONTENT_TYPE};
-use common::{skopeo, Cases, Creds, Format, Image, Registry, Service, ServiceConfig};
+use crate::common::contract::{assert_seed_shape, error_of, status_of};
+use crate::common::fault_proxy::{Canary, FaultProxy};
+use crate::common::fixture::random_password;
+use crate::common::service::{admin, json_of, CURL_CONTENT_TYPE};
+use crate::common::{skopeo, Cases, Creds, Format, Image, Registry, Service, ServiceConfig};
 
 const RSYNC: &str = "/v1/image/rsync";
 /// Sanity bound per row, not a benchmark: a refusal must not hang, backtrack or retry.

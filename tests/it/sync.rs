@@ -2,19 +2,17 @@
 //! skopeo: formats, indexes, digests, incremental runs, shared layers, failures and
 //! secrets. Each test has its own registries and service.
 
-mod common;
-
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::contract::{
+use crate::common::contract::{
     assert_finished, assert_logrus, assert_no_secrets, assert_sync_shape, count, error_of,
     image_of, info_of, status_of,
 };
-use common::fixture::{random_password, Pair, SourceAuth};
-use common::image::sha256_digest;
-use common::service::{admin, jenkins};
-use common::{skopeo, Creds, Format, Image, Index, Layer, Platform, Pushed};
+use crate::common::fixture::{random_password, Pair, SourceAuth};
+use crate::common::image::sha256_digest;
+use crate::common::service::{admin, jenkins};
+use crate::common::{skopeo, Creds, Format, Image, Index, Layer, Platform, Pushed};
 
 const KIB: usize = 1024;
 

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+pub mod checks;
+pub mod names;
+
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -360,7 +363,7 @@ impl Config {
                     "empty password: give this user a password".into(),
                 ));
             }
-            if let Err(e) = crate::http::auth::check_password_entry(password.expose()) {
+            if let Err(e) = checks::check_password_entry(password.expose()) {
                 return Err((format!("rsyncserver.auth.{user}"), e));
             }
         }
@@ -387,7 +390,7 @@ impl Config {
                     ));
                 }
                 for (i, prefix) in prefixes.iter().enumerate() {
-                    if let Err(e) = crate::http::scopes::normalise_prefix(prefix) {
+                    if let Err(e) = checks::normalise_prefix(prefix) {
                         return Err((format!("{key}.{side}[{i}]"), e));
                     }
                 }
@@ -499,7 +502,9 @@ impl Config {
                 "must be between 1 and 1024".into(),
             ));
         }
-        if let Err(e) = crate::engine::platforms::PlatformFilter::from_task(&task.os, &task.arch) {
+        if let Err(e) =
+            checks::parse_platform_patterns(&checks::task_platform_patterns(&task.os, &task.arch))
+        {
             return Err(("rsyncserver.rsyncconfig.task.arch".into(), e));
         }
         if task.retries > 10 {

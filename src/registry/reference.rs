@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+pub use crate::config::names::{normalise_host, DOCKER_HUB};
 use crate::registry::digest;
 
 /// Longest reference accepted; checked before anything else so parsing stays cheap.
@@ -14,8 +15,6 @@ pub const MAX_REFERENCE_LEN: usize = 512;
 const MAX_NAME_LEN: usize = 255;
 /// Longest tag (distribution spec).
 const MAX_TAG_LEN: usize = 128;
-/// Registry assumed when a reference names none, as docker does.
-pub const DOCKER_HUB: &str = "docker.io";
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -166,17 +165,6 @@ fn split_registry(name: &str) -> Result<(String, String), String> {
             };
             Ok((DOCKER_HUB.to_owned(), repository))
         }
-    }
-}
-
-/// Lower-cases a registry host and maps Docker Hub's aliases to `docker.io`.
-pub fn normalise_host(host: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            DOCKER_HUB.to_owned()
-        }
-        _ => host,
     }
 }
 

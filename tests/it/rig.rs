@@ -2,10 +2,8 @@
 //! images built in-process push correctly, and the skopeo oracle both accepts what
 //! is there and notices what is not.
 
-mod common;
-
-use common::image::sha256_digest;
-use common::{skopeo, tools, Format, Image, Index, Platform, Registry};
+use crate::common::image::sha256_digest;
+use crate::common::{skopeo, tools, Format, Image, Index, Platform, Registry};
 
 const KIB: usize = 1024;
 

@@ -2,20 +2,18 @@
 //! listing and privacy, cancel, server-sent events, resume after a crash, and the
 //! completion webhook. skopeo checks what landed (or that nothing did).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::contract::{assert_sync_shape, status_of};
-use common::fault_proxy::{FaultProxy, Rule};
-use common::fixture::{Pair, SourceAuth};
-use common::service::{admin, jenkins, json_of};
-use common::webhook::WebhookReceiver;
-use common::{skopeo, Creds, Format, Image, Pushed, Registry, Service, ServiceConfig};
+use crate::common::contract::{assert_sync_shape, status_of};
+use crate::common::fault_proxy::{FaultProxy, Rule};
+use crate::common::fixture::{Pair, SourceAuth};
+use crate::common::service::{admin, jenkins, json_of};
+use crate::common::webhook::WebhookReceiver;
+use crate::common::{skopeo, Creds, Format, Image, Pushed, Registry, Service, ServiceConfig};
 
 const KIB: usize = 1024;
 const JOBS: &str = "/v1/image/rsync/jobs";
@@ -30,7 +28,7 @@ struct Slowed {
 
 impl Slowed {
     async fn start(configure: impl FnOnce(ServiceConfig) -> ServiceConfig) -> Slowed {
-        let password = common::fixture::random_password("dst");
+        let password = crate::common::fixture::random_password("dst");
         let (src, dst) = tokio::join!(
             Registry::start_anonymous(),
             Registry::start_htpasswd("pusher", &password),

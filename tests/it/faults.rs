@@ -1,22 +1,20 @@
 //! Fault injection against real registries (reliability plan §2, rows F1-F29): the engine
-//! is driven as a library, and a scriptable proxy (`common::fault_proxy`) in front of a
+//! is driven as a library, and a scriptable proxy (`crate::common::fault_proxy`) in front of a
 //! real `docker-registry` cuts, corrupts, stalls, drops or replaces exactly what a rule
 //! says. After every test, whatever the outcome, [`Scene::check`] runs the plan's checks:
 //! the target tag is absent or holds exactly the source digest with every blob present
 //! (skopeo oracle), and no configured password, Basic header or issued token appears in
 //! the report's error or log.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::engine::{assert_success, engine_for};
+use crate::common::fault_proxy::{Canary, FaultProxy, Reply, Rule, Seen};
+use crate::common::fixture::random_password;
+use crate::common::image::sha256_digest;
+use crate::common::{skopeo, Format, Image, Index, Layer, Platform, Pushed, Registry, TokenIssuer};
 use base64::Engine as _;
-use common::engine::{assert_success, engine_for};
-use common::fault_proxy::{Canary, FaultProxy, Reply, Rule, Seen};
-use common::fixture::random_password;
-use common::image::sha256_digest;
-use common::{skopeo, Format, Image, Index, Layer, Platform, Pushed, Registry, TokenIssuer};
 use imagersync::config::TaskConfig;
 use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncStatus};
 
@@ -808,7 +806,10 @@ async fn f13_read_only_target_fails_fast_without_retries() {
     let (src_pass, dst_pass) = (random_password("src"), random_password("dst"));
     let (src, dst) = tokio::join!(
         Registry::start_htpasswd("puller", &src_pass),
-        Registry::start_configured(Some(common::Creds::new("pusher", &dst_pass)), READ_ONLY),
+        Registry::start_configured(
+            Some(crate::common::Creds::new("pusher", &dst_pass)),
+            READ_ONLY
+        ),
     );
     let s = Scene::over(src, dst).await;
     let img = image(Format::Oci, 256 * KIB);
@@ -1087,8 +1088,8 @@ async fn f22_foreign_layer_urls_are_never_fetched() {
         "validation:\n  manifests:\n    urls:\n      allow:\n        - ^http://127\\.0\\.0\\.1\n";
     let (src_pass, dst_pass) = (random_password("src"), random_password("dst"));
     let (src, dst) = tokio::join!(
-        Registry::start_configured(Some(common::Creds::new("puller", &src_pass)), allow),
-        Registry::start_configured(Some(common::Creds::new("pusher", &dst_pass)), allow),
+        Registry::start_configured(Some(crate::common::Creds::new("puller", &src_pass)), allow),
+        Registry::start_configured(Some(crate::common::Creds::new("pusher", &dst_pass)), allow),
     );
     let s = Scene::over(src, dst).await;
     let base = Image::random(Format::Docker, &[64 * KIB]);

@@ -13,69 +13,10 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::config::checks::normalise_prefix;
 use crate::config::UserScopeConfig;
-use crate::engine::reference::normalise_host;
 use crate::engine::rules::RuleSide;
 use crate::engine::SyncRequest;
-
-/// Turns a configured prefix into the form names are compared in; the error says what
-/// is wrong with it (config validation names the key).
-pub fn normalise_prefix(raw: &str) -> Result<String, String> {
-    if raw.is_empty() {
-        return Err("empty prefix: write registry[/path], e.g. reg.example.com/team".into());
-    }
-    if raw.contains("://") {
-        return Err(format!(
-            "{raw:?}: write registry[/path] without a scheme such as https://"
-        ));
-    }
-    if let Some(c) = raw.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!(
-            "{raw:?} contains {c:?}: a prefix is printable ASCII"
-        ));
-    }
-    let trimmed = raw.strip_suffix('/').unwrap_or(raw);
-    let (host, path) = match trimmed.split_once('/') {
-        Some((host, path)) => (host, Some(path)),
-        None => (trimmed, None),
-    };
-    let looks_like_host =
-        host.contains('.') || host.contains(':') || host.eq_ignore_ascii_case("localhost");
-    if !looks_like_host {
-        return Err(format!(
-            "{raw:?} does not start with a registry host: write e.g. reg.example.com/team \
-             (Docker Hub is docker.io/…, its official images docker.io/library/…)"
-        ));
-    }
-    let host_ok = host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-    if !host_ok {
-        return Err(format!(
-            "{raw:?}: the registry host may hold only letters, digits, '.', '-' and :port"
-        ));
-    }
-    let mut normalised = normalise_host(host);
-    if let Some(path) = path {
-        for component in path.split('/') {
-            let valid = !component.is_empty()
-                && component != "."
-                && component != ".."
-                && component.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                });
-            if !valid {
-                return Err(format!(
-                    "{raw:?}: after the host, a prefix is repository path components \
-                     (lower-case letters, digits, '.', '_', '-'), without tag or digest"
-                ));
-            }
-        }
-        normalised.push('/');
-        normalised.push_str(path);
-    }
-    Ok(normalised)
-}
 
 /// True when `name` (`registry/repository`, normalised) is `prefix` or lies under it.
 pub fn prefix_allows(prefix: &str, name: &str) -> bool {

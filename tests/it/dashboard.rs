@@ -8,14 +8,12 @@
 //! `IMAGERSYNC_DASHBOARD_SHOTS=DIR` also copies the screenshots to DIR (how
 //! `doc/dashboard.png` was made).
 
-mod common;
-
 use std::time::Duration;
 
-use common::fault_proxy::{FaultProxy, Rule};
-use common::fixture::random_password;
-use common::service::admin;
-use common::{skopeo, Browser, Format, Image, Registry, Service, ServiceConfig};
+use crate::common::fault_proxy::{FaultProxy, Rule};
+use crate::common::fixture::random_password;
+use crate::common::service::admin;
+use crate::common::{skopeo, Browser, Format, Image, Registry, Service, ServiceConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -80,7 +78,7 @@ async fn dashboard_follows_jobs_live_shows_their_log_and_cancels() {
         .await;
     assert_eq!(
         tools,
-        json!([common::service::TOOLS_LINK]),
+        json!([crate::common::service::TOOLS_LINK]),
         "config.tools links kept"
     );
     browser.type_into("#user", "admin").await;

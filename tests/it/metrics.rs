@@ -3,16 +3,14 @@
 //! mounted, outcomes, retries injected by a fault proxy), and nothing identifying an
 //! image or a user shows.
 
-mod common;
-
 use std::collections::HashMap;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use common::fault_proxy::{FaultProxy, Reply, Rule};
-use common::fixture::{random_password, Pair, SourceAuth};
-use common::{Format, Image, Registry, Service, ServiceConfig};
+use crate::common::fault_proxy::{FaultProxy, Reply, Rule};
+use crate::common::fixture::{random_password, Pair, SourceAuth};
+use crate::common::{Format, Image, Registry, Service, ServiceConfig};
 
 const KIB: usize = 1024;
 
@@ -190,7 +188,7 @@ async fn counters_follow_real_syncs() {
     let (status, body) = pair
         .service
         .post_json(
-            Some(&common::service::admin()),
+            Some(&crate::common::service::admin()),
             &json!({"rsync_config": {"source": "a:1"}}),
         )
         .await;

@@ -1,12 +1,10 @@
 //! The sync engine driven directly (no HTTP) against real registries, checked by skopeo:
 //! every rule form, incremental copies, mounts, and what lands when a copy fails.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::engine::assert_success;
-use common::{skopeo, Format, Image, Index, Platform, Registry, TokenIssuer};
+use crate::common::engine::assert_success;
+use crate::common::{skopeo, Format, Image, Index, Platform, Registry, TokenIssuer};
 use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
 use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncRequest, SyncStatus};
 use imagersync::secret::Secret;
@@ -20,7 +18,7 @@ fn engine_for(registries: &[&Registry]) -> Engine {
         retries: 1,
         ..TaskConfig::default()
     };
-    common::engine::engine_for(registries.iter().map(|r| (r.host(), *r)), task)
+    crate::common::engine::engine_for(registries.iter().map(|r| (r.host(), *r)), task)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,12 +144,12 @@ async fn every_rule_form_selects_the_right_tags() {
 async fn mounts_and_skips_blobs_the_target_registry_already_has() {
     let reg = Registry::start_anonymous().await;
     let engine = engine_for(&[&reg]);
-    let base = common::Layer::random(200 * KIB);
+    let base = crate::common::Layer::random(200 * KIB);
     let first = Image::new(Format::Oci, Platform::AMD64, vec![base.clone()]);
     let second = Image::new(
         Format::Oci,
         Platform::AMD64,
-        vec![base, common::Layer::random(10 * KIB)],
+        vec![base, crate::common::Layer::random(10 * KIB)],
     );
     let pushed = reg.push_image("src/app", "v1", &first).await;
     reg.push_image("src/app", "v2", &second).await;
@@ -457,7 +455,7 @@ async fn push_manifest(
     manifest: serde_json::Value,
 ) -> (String, usize) {
     let bytes = bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap());
-    let digest = common::image::sha256_digest(&bytes);
+    let digest = crate::common::image::sha256_digest(&bytes);
     let media_type = "application/vnd.oci.image.manifest.v1+json";
     registry
         .push_raw_manifest(repo, &digest, media_type, bytes.clone())
@@ -573,7 +571,7 @@ async fn copies_every_kind_of_content_verbatim() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_is_verified_and_each_weaker_option_does_what_it_says() {
-    let ca = common::tls::TestCa::new();
+    let ca = crate::common::tls::TestCa::new();
     let secure = Registry::start_tls(&ca).await;
     let src = Registry::start_anonymous().await;
     let pushed = src
@@ -645,7 +643,7 @@ async fn one_failed_target_does_not_stop_the_others() {
         .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
         .await;
     // `locked` is known without its credentials: pushing there fails with 401.
-    let engine = common::engine::engine_for(
+    let engine = crate::common::engine::engine_for(
         [
             (src.host(), &src),
             (good.host(), &good),

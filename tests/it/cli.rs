@@ -1,10 +1,8 @@
 //! The command line without the server: one sync, and image-syncer's own files.
 
-mod common;
-
 use std::process::Command;
 
-use common::{skopeo, Format, Image, Registry};
+use crate::common::{skopeo, Format, Image, Registry};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imagersync_service_bin"))

@@ -2,16 +2,16 @@
 //! page, health check, auth, methods, start-up errors and the analysis log. Unusable
 //! bodies and references (400/403/413) are the table in `bad_input.rs`.
 
-mod common;
-
 use base64::Engine as _;
 use reqwest::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use common::contract::{assert_seed_shape, status_of, without_times};
-use common::service::{admin, jenkins, json_of, run_expecting_exit, CURL_CONTENT_TYPE, TOOLS_LINK};
-use common::{Cases, Creds, Registry, Service, ServiceConfig};
+use crate::common::contract::{assert_seed_shape, status_of, without_times};
+use crate::common::service::{
+    admin, jenkins, json_of, run_expecting_exit, CURL_CONTENT_TYPE, TOOLS_LINK,
+};
+use crate::common::{Cases, Creds, Registry, Service, ServiceConfig};
 
 const RSYNC: &str = "/v1/image/rsync";
 const VALID_BODY: &str =

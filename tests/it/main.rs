@@ -1,0 +1,22 @@
+//! Every integration suite in one test binary: each links the whole dependency tree, so
+//! one binary instead of fifteen saves most of a fresh build's link time.
+//!
+//! Run one suite with `cargo test --test it <suite>::` (e.g. `cargo test --test it sync::`).
+//! The shared rig is [`common`]; see `tests/README.md`.
+
+mod common;
+
+mod api;
+mod bad_input;
+mod bench_script;
+mod cli;
+mod dashboard;
+mod engine;
+mod faults;
+mod jobs;
+mod load_script;
+mod metrics;
+mod rig;
+mod security;
+mod service_faults;
+mod sync;
