@@ -1,0 +1,132 @@
+//! Production posture (issue 14) against the real service and real registries: the
+//! queue that synchronous callers wait in, the seed's sync-onto-itself example, the
+//! default-password refusal and machine-readable logs.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::contract::status_of;
+use crate::common::fault_proxy::{FaultProxy, Rule};
+use crate::common::service::admin;
+use crate::common::{skopeo, Format, Image, Registry, Service, ServiceConfig};
+
+/// 100 synchronous POSTs at once against 8 sync slots: every one waits its turn in the
+/// queue and ends 200; never more than 8 run at once; each job's wait is in the job and
+/// in the queue-wait histogram. The source's manifest is trickled (fault proxy over a
+/// real registry) so that each sync holds its slot long enough for the queue to fill.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_100_synchronous_posts_waits_in_line_and_all_end_200() {
+    const BURST: usize = 100;
+    const SLOTS: usize = 8;
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[4 * 1024]))
+        .await;
+    let proxy = FaultProxy::start(&src.host()).await;
+    proxy.add(
+        Rule::on("GET", "^/v2/team/app/manifests/")
+            .every()
+            .trickle(Duration::from_millis(50), 128),
+    );
+    let service = Service::start(&ServiceConfig {
+        max_concurrent_syncs: Some(SLOTS),
+        ..ServiceConfig::new()
+            .entry("src", &proxy.host(), None)
+            .registry("dst", &dst)
+    })
+    .await;
+    let source = format!("{}/team/app:v1", proxy.host());
+    let started = Instant::now();
+    let posts = (0..BURST).map(|i| {
+        let body = json!({"rsync_config": {"source": source, "target": format!("{}/prod/app:b{i}", dst.host())}});
+        let service = &service;
+        async move { service.post_json(Some(&admin()), &body).await }
+    });
+    let answers = futures_util::future::join_all(posts).await;
+    let took = started.elapsed();
+    let refused: Vec<_> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, (status, _))| *status != StatusCode::OK)
+        .map(|(i, (status, body))| format!("#{i}: {status} {body}"))
+        .collect();
+    assert!(refused.is_empty(), "not all 200:\n{}", refused.join("\n"));
+    for (_, body) in &answers {
+        assert_eq!(status_of(body), "successfully", "{body}");
+    }
+
+    let (status, page) = service
+        .call_json(
+            reqwest::Method::GET,
+            "/v1/image/rsync/jobs?limit=500",
+            &admin(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), BURST, "one job per POST");
+    let time = |job: &Value, key: &str| -> DateTime<Utc> {
+        job[key]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{key} missing: {job}"))
+    };
+    let mut edges: Vec<(DateTime<Utc>, i32)> = Vec::new();
+    let mut waits: Vec<f64> = Vec::new();
+    for job in jobs {
+        assert_eq!(job["state"], json!("succeeded"), "{job}");
+        edges.push((time(job, "started_at"), 1));
+        edges.push((time(job, "finished_at"), -1));
+        waits.push(job["queued_seconds"].as_f64().expect("queued_seconds"));
+    }
+    // Ends before starts at the same instant: a slot given back is taken at once.
+    edges.sort_by_key(|(t, delta)| (*t, *delta));
+    let mut running = 0;
+    let mut most = 0;
+    for (_, delta) in edges {
+        running += delta;
+        most = most.max(running);
+    }
+    assert!(
+        most <= SLOTS as i32,
+        "{most} syncs ran at once, over {SLOTS}"
+    );
+    assert_eq!(most, SLOTS as i32, "the burst never filled the slots");
+
+    let metrics = service
+        .client()
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("imagersync_job_queue_wait_seconds_count {BURST}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imagersync_jobs_queued 0"),
+        "queue drained: {metrics}"
+    );
+    waits.sort_by(f64::total_cmp);
+    let p = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "burst: {BURST} synchronous POSTs, {SLOTS} slots: all 200 in {:.1} s; queue wait p50 {:.2} s, p90 {:.2} s, max {:.2} s",
+        took.as_secs_f64(),
+        p(0.5),
+        p(0.9),
+        p(1.0)
+    );
+    for i in [0, BURST - 1] {
+        skopeo::assert_digest(&dst, &format!("prod/app:b{i}"), &pushed.digest).await;
+    }
+}
