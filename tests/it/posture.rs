@@ -130,3 +130,80 @@ async fn a_burst_of_100_synchronous_posts_waits_in_line_and_all_end_200() {
         skopeo::assert_digest(&dst, &format!("prod/app:b{i}"), &pushed.digest).await;
     }
 }
+
+/// The seed's documented example syncs an image onto itself: 200 `successfully`, the
+/// image `already_synced`, a log line saying so, and not one write at the registry (a
+/// fault proxy over the real registry records every request), `force` or not. What
+/// cannot work is still refused: a bad reference (400), a missing image (502).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_onto_itself_answers_200_already_synced_and_writes_nothing() {
+    let registry = Registry::start_anonymous().await;
+    let pushed = registry
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * 1024]))
+        .await;
+    let proxy = FaultProxy::start(&registry.host()).await;
+    let service = Service::start(&ServiceConfig::new().entry("reg", &proxy.host(), None)).await;
+    let image = format!("{}/team/app:v1", proxy.host());
+    let by_digest = format!("{}/team/app@{}", proxy.host(), pushed.digest);
+    for (label, body) in [
+        ("tag", json!({"source": image, "target": image})),
+        (
+            "forced",
+            json!({"source": image, "target": image, "force": true}),
+        ),
+        ("digest", json!({"source": by_digest, "target": by_digest})),
+        (
+            "platform filter",
+            json!({"source": image, "target": image, "platforms": ["linux/arm64"]}),
+        ),
+    ] {
+        let (status, answer) = service
+            .post_json(Some(&admin()), &json!({"rsync_config": body}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{label}: {answer}");
+        assert_eq!(status_of(&answer), "successfully", "{label}: {answer}");
+        let images = answer["rsync_data"]["images"].as_array().unwrap();
+        assert_eq!(images.len(), 1, "{label}: {answer}");
+        assert_eq!(
+            images[0]["status"],
+            json!("already_synced"),
+            "{label}: {answer}"
+        );
+        let info = answer["rsync_data"]["rsync_info"].as_str().unwrap();
+        assert!(
+            info.contains("source and target are the same image"),
+            "{label}: no log line: {info}"
+        );
+    }
+    let writes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| !matches!(r.method.as_str(), "GET" | "HEAD"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "wrote to the registry: {writes:?}");
+    skopeo::assert_digest(&registry, "team/app:v1", &pushed.digest).await;
+
+    // Still refused: what cannot work.
+    for (label, reference, want) in [
+        (
+            "upper-case repository",
+            format!("{}/Team/app:v1", proxy.host()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "missing image",
+            format!("{}/team/app:nope", proxy.host()),
+            StatusCode::BAD_GATEWAY,
+        ),
+    ] {
+        let (status, answer) = service
+            .post_json(
+                Some(&admin()),
+                &json!({"rsync_config": {"source": reference, "target": reference}}),
+            )
+            .await;
+        assert_eq!(status, want, "{label}: {answer}");
+        assert_ne!(status_of(&answer), "successfully", "{label}: {answer}");
+    }
+}
