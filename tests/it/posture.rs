@@ -207,3 +207,113 @@ async fn a_sync_onto_itself_answers_200_already_synced_and_writes_nothing() {
         assert_ne!(status_of(&answer), "successfully", "{label}: {answer}");
     }
 }
+
+/// A config file `rsyncserver.auth: {auth}` in a fresh dir; returns (dir, path).
+fn config_with_auth(auth: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "rsyncserver:\n  logfile: {}\n  jobs: {{database: {}}}\n  auth: {auth}\n",
+            dir.path().join("a.log").display(),
+            dir.path().join("jobs.sqlite3").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (dir, path)
+}
+
+/// Guessable service passwords on an address other hosts can reach: start-up refused
+/// (exit 2) with the user's name, the key and how to set a password, never the
+/// password. On loopback the same config starts and warns; a strong password starts on
+/// 0.0.0.0 (probed over loopback: no packet leaves the machine).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_default_password_is_refused_on_an_open_address_and_warned_about_on_loopback() {
+    use crate::common::net::free_port;
+    use crate::common::service::{run_expecting_exit_on, BIN};
+    let hash_of_name = bcrypt::hash("deploy", 4).unwrap();
+    let open = || format!("0.0.0.0:{}", free_port());
+    let mut table = crate::common::Cases::new();
+    for (label, auth, user) in [
+        ("shipped admin: admin", "{admin: admin}".to_owned(), "admin"),
+        (
+            "the user's own name",
+            "{ci: ci, ok: 'Zq8-long-pass'}".to_owned(),
+            "ci",
+        ),
+        (
+            "shipped value under another user",
+            "{jenkins: admin}".to_owned(),
+            "jenkins",
+        ),
+        (
+            "shipped bcrypt example's password",
+            "{ci: change-me}".to_owned(),
+            "ci",
+        ),
+        (
+            "bcrypt hash of the user's name",
+            format!("{{deploy: '{hash_of_name}'}}"),
+            "deploy",
+        ),
+    ] {
+        let (_dir, path) = config_with_auth(&auth);
+        let exit = run_expecting_exit_on(&path, &open());
+        table.check(label, || {
+            assert_eq!(exit.code, Some(2), "{exit:?}");
+            for part in [
+                "rsyncserver.auth",
+                user,
+                "htpasswd -nbB",
+                "--address 127.0.0.1",
+            ] {
+                assert!(
+                    exit.stderr.contains(part),
+                    "no {part:?} in: {}",
+                    exit.stderr
+                );
+            }
+            assert!(!exit.stderr.contains("change-me"), "{}", exit.stderr);
+        });
+    }
+    table.finish();
+
+    // Loopback: starts, and says so.
+    let service = Service::start_raw("  auth: {admin: admin}\n", 0o600).await;
+    let out = service.stdout();
+    assert!(
+        out.contains("default password") && out.contains("admin"),
+        "no warning on loopback:\n{out}"
+    );
+    // A strong password on 0.0.0.0: starts.
+    let (dir, path) = config_with_auth("{admin: 'Zq8-long-pass-2026'}");
+    let port = free_port();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--address")
+        .arg(format!("0.0.0.0:{port}"))
+        .arg("--configFile")
+        .arg(&path)
+        .current_dir(dir.path());
+    let (o, e) = (dir.path().join("out.log"), dir.path().join("err.log"));
+    let mut process = crate::common::process::Owned::spawn("imagersync 0.0.0.0", cmd, &o, &e);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let check = client
+            .get(format!("http://127.0.0.1:{port}/check"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if check.is_ok_and(|r| r.status() == StatusCode::OK) {
+            break;
+        }
+        assert!(
+            process.exited().is_none() && Instant::now() < deadline,
+            "a strong password on 0.0.0.0 did not start:\n{}",
+            process.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

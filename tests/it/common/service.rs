@@ -410,10 +410,15 @@ pub struct Exit {
 /// Runs the binary with `--configFile config_path` on a free port and waits for it to
 /// exit; panics if it is still running after 10 s (it must refuse to start).
 pub fn run_expecting_exit(config_path: &Path) -> Exit {
+    run_expecting_exit_on(config_path, &format!("127.0.0.1:{}", free_port()))
+}
+
+/// [`run_expecting_exit`] with `--address address`.
+pub fn run_expecting_exit_on(config_path: &Path, address: &str) -> Exit {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(BIN);
     cmd.arg("--address")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(address)
         .arg("--configFile")
         .arg(config_path)
         .current_dir(dir.path());
