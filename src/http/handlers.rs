@@ -121,6 +121,7 @@ pub async fn rsync(
             return response;
         }
     };
+    tracing::Span::current().record("job", submitted.job.id);
     let location = job_path(submitted.job.id);
     if asynchronous {
         let mut response =

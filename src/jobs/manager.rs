@@ -358,16 +358,25 @@ impl JobManager {
             .expect("live jobs lock")
             .insert(live.id, live.clone());
         let manager = self.clone();
+        // Every line logged while the job runs (engine, registry client) names the job
+        // and its user; a root span, as the job outlives the request that made it.
+        let span = {
+            let job = live.snapshot();
+            tracing::info_span!(parent: None, "job", job = job.id, user = %job.user)
+        };
         // Its own task: a caller hanging up must not cancel the copy half-way.
-        tokio::spawn(async move {
-            let finished = manager.run(&live, permit).await;
-            if let Some(job) = finished {
-                if let Some(done) = done {
-                    let _ = done.send(job.clone());
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let finished = manager.run(&live, permit).await;
+                if let Some(job) = finished {
+                    if let Some(done) = done {
+                        let _ = done.send(job.clone());
+                    }
+                    manager.notify(job).await;
                 }
-                manager.notify(job).await;
-            }
-        });
+            },
+            span,
+        ));
     }
 
     /// Runs one job to its end; `None` when shutdown came first and it stays queued.

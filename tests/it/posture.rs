@@ -317,3 +317,113 @@ async fn a_default_password_is_refused_on_an_open_address_and_warned_about_on_lo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `--log-format json`: every line the service prints is one JSON object; the request's
+/// line carries the request id (the caller's `X-Request-Id`, echoed back), the user and
+/// the job id; the sync's line, logged by the job, carries the job id and user.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_parse_line_by_line_and_carry_request_user_and_job() {
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    src.push_image("team/app", "v1", &Image::random(Format::Oci, &[4 * 1024]))
+        .await;
+    let config = ServiceConfig::new()
+        .registry("src", &src)
+        .registry("dst", &dst);
+    let service = Service::start_with_args(&config, &["--log-format", "json"]).await;
+    let creds = admin();
+    let body = json!({"rsync_config": {
+        "source": format!("{}/team/app:v1", src.host()),
+        "target": format!("{}/prod/app:v1", dst.host()),
+    }});
+    let resp = service
+        .client()
+        .post(service.url("/v1/image/rsync"))
+        .basic_auth(&creds.user, Some(&creds.pass))
+        .header("x-request-id", "ci-run-42")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-request-id"], "ci-run-42");
+    let job: i64 = resp.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Without one, the service makes an id and answers with it.
+    let resp = service
+        .client()
+        .get(service.url("/nope"))
+        .send()
+        .await
+        .unwrap();
+    let made = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(!made.is_empty());
+
+    let out = service.stdout();
+    let lines: Vec<Value> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    // The field `key` of the line's spans (innermost last), if any.
+    let span_field = |line: &Value, key: &str| -> Option<Value> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .rev()
+            .find_map(|s| s.get(key).cloned())
+    };
+    let request_line = lines
+        .iter()
+        .find(|l| l["message"] == json!("request") && l["method"] == json!("POST"))
+        .unwrap_or_else(|| panic!("no request line:\n{out}"));
+    assert_eq!(
+        span_field(request_line, "request_id"),
+        Some(json!("ci-run-42")),
+        "{request_line}"
+    );
+    assert_eq!(
+        span_field(request_line, "user"),
+        Some(json!("admin")),
+        "{request_line}"
+    );
+    assert_eq!(
+        span_field(request_line, "job"),
+        Some(json!(job)),
+        "{request_line}"
+    );
+    let sync_line = lines
+        .iter()
+        .find(|l| l["message"] == json!("sync"))
+        .unwrap_or_else(|| panic!("no sync line:\n{out}"));
+    assert_eq!(
+        span_field(sync_line, "job"),
+        Some(json!(job)),
+        "{sync_line}"
+    );
+    assert_eq!(
+        span_field(sync_line, "user"),
+        Some(json!("admin")),
+        "{sync_line}"
+    );
+    assert_eq!(sync_line["status"], json!("successfully"), "{sync_line}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| span_field(l, "request_id") == Some(json!(made))),
+        "the made-up id is in no line:\n{out}"
+    );
+    assert!(!out.contains(&password), "a secret in the log");
+}

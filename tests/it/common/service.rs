@@ -138,6 +138,7 @@ pub struct Service {
     port: u16,
     dir: TempDir,
     client: Client,
+    args: Vec<String>,
 }
 
 /// How long start-up may take until `GET /check` answers 200.
@@ -147,8 +148,14 @@ impl Service {
     /// Writes `config` to a temp dir (log file in `logs/` there, not created yet) and
     /// starts the service on a free port; returns once `GET /check` is 200.
     pub async fn start(config: &ServiceConfig) -> Service {
+        Self::start_with_args(config, &[]).await
+    }
+
+    /// Like [`Service::start`], with more command-line flags (e.g. `--log-format json`).
+    pub async fn start_with_args(config: &ServiceConfig, args: &[&str]) -> Service {
         // It holds passwords: owner-only, as an operator would keep it.
-        Self::start_with(|logfile| config.to_yaml(logfile), 0o600).await
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::start_with(|logfile| config.to_yaml(logfile), 0o600, args).await
     }
 
     /// Like [`Service::start`] with a hand-written config: `rsyncserver_yaml` is the body
@@ -161,12 +168,16 @@ impl Service {
                 logfile.display()
             )
         };
-        Self::start_with(text, mode).await
+        Self::start_with(text, mode, Vec::new()).await
     }
 
     /// Writes the config made by `config_text(logfile)` with file mode `mode` and starts
     /// the service on a free port; returns once `GET /check` is 200.
-    async fn start_with(config_text: impl Fn(&Path) -> String, mode: u32) -> Service {
+    async fn start_with(
+        config_text: impl Fn(&Path) -> String,
+        mode: u32,
+        args: Vec<String>,
+    ) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("imagersync-service-")
             .tempdir()
@@ -183,12 +194,13 @@ impl Service {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("http client");
-        let (process, port) = launch(dir.path(), &client).await;
+        let (process, port) = launch(dir.path(), &client, &args).await;
         Service {
             process,
             port,
             dir,
             client,
+            args,
         }
     }
 
@@ -197,7 +209,7 @@ impl Service {
     /// job database and analysis log, on a new port.
     pub async fn crash_and_restart(&mut self) {
         self.process.kill();
-        let (process, port) = launch(self.dir.path(), &self.client).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args).await;
         self.process = process;
         self.port = port;
     }
@@ -349,7 +361,7 @@ pub async fn json_of(resp: Response) -> (StatusCode, Value) {
 
 /// Starts the binary with `dir/config.yaml` in `dir` on a free port (trying other ports
 /// if one is taken meanwhile); returns once `GET /check` is 200.
-async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
+async fn launch(dir: &Path, client: &Client, args: &[String]) -> (Owned, u16) {
     let config_path = dir.join("config.yaml");
     let mut failures = String::new();
     for _ in 0..5 {
@@ -359,6 +371,7 @@ async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--configFile")
             .arg(&config_path)
+            .args(args)
             .current_dir(dir);
         let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
         let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
