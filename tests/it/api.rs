@@ -101,12 +101,12 @@ async fn other_methods_are_405_with_an_allow_header() {
     let svc = service().await;
     let auth = creds_header(&admin());
     let table: [(Method, &str, &[&str]); 6] = [
-        (Method::PUT, RSYNC, &["GET", "POST"]),
-        (Method::DELETE, RSYNC, &["GET", "POST"]),
-        (Method::PATCH, "/v1/image/rsync/", &["GET", "POST"]),
-        (Method::DELETE, "/v1/image/rsync/", &["GET", "POST"]),
-        (Method::POST, "/check", &["GET"]),
-        (Method::PUT, "/", &["GET"]),
+        (Method::PUT, RSYNC, &["GET", "HEAD", "POST"]),
+        (Method::DELETE, RSYNC, &["GET", "HEAD", "POST"]),
+        (Method::PATCH, "/v1/image/rsync/", &["GET", "HEAD", "POST"]),
+        (Method::DELETE, "/v1/image/rsync/", &["GET", "HEAD", "POST"]),
+        (Method::POST, "/check", &["GET", "HEAD"]),
+        (Method::PUT, "/", &["GET", "HEAD"]),
     ];
     let mut cases = Cases::new();
     for (method, path, allowed) in table {
@@ -123,12 +123,15 @@ async fn other_methods_are_405_with_an_allow_header() {
             .headers()
             .get(ALLOW)
             .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.text().await.unwrap();
         cases.check(&format!("{method} {path}"), || {
             assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
             let allow = allow.expect("no Allow header");
-            for m in allowed {
-                assert!(allow.contains(m), "Allow {allow:?} lacks {m}");
-            }
+            // Exactly the route's methods (GET routes answer HEAD too), nothing more.
+            let mut listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+            listed.sort_unstable();
+            assert_eq!(listed, allowed, "Allow: {allow}");
+            assert_error_body(&body);
         });
     }
     cases.finish();
@@ -148,8 +151,20 @@ async fn unknown_paths_are_404() {
         for header in [None, Some(auth.as_slice())] {
             let resp = send(&svc, Method::GET, path, header, None).await;
             assert_eq!(resp.status(), StatusCode::NOT_FOUND, "GET {path}");
+            assert_error_body(&resp.text().await.unwrap());
         }
     }
+}
+
+/// The router's own error body as doc/api.md documents it: `{"error":"…"}` and nothing
+/// else, with a message that says something.
+fn assert_error_body(body: &str) {
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let object = value.as_object().expect("a JSON object");
+    assert_eq!(object.len(), 1, "only `error`: {body}");
+    let error = object["error"].as_str().expect("`error` is a string");
+    assert!(error.len() > 10, "a readable message: {body}");
 }
 
 /// Authorization headers that must all be refused, by name.
@@ -281,7 +296,7 @@ fn startup_stops_on_a_missing_config_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-such-config.yaml");
     let exit = run_expecting_exit(&path);
-    assert_ne!(exit.code, Some(0), "{exit:?}");
+    assert_eq!(exit.code, Some(2), "a config problem exits 2: {exit:?}");
     let lines = stderr_lines(&exit.stderr);
     assert_eq!(lines.len(), 1, "one stderr line expected: {exit:?}");
     assert!(lines[0].contains(&path.display().to_string()), "{exit:?}");
@@ -311,7 +326,7 @@ fn startup_stops_on_a_broken_config_naming_the_file_and_key() {
         std::fs::write(&path, yaml).unwrap();
         let exit = run_expecting_exit(&path);
         cases.check(name, || {
-            assert_ne!(exit.code, Some(0), "{exit:?}");
+            assert_eq!(exit.code, Some(2), "a config problem exits 2: {exit:?}");
             let lines = stderr_lines(&exit.stderr);
             assert_eq!(lines.len(), 1, "one stderr line expected: {exit:?}");
             assert!(

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::common::engine::assert_success;
+use crate::common::fault_proxy::FaultProxy;
 use crate::common::{skopeo, Format, Image, Index, Platform, Registry, TokenIssuer};
 use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
 use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncRequest, SyncStatus};
@@ -134,10 +135,23 @@ async fn every_rule_form_selects_the_right_tags() {
     )
     .await;
 
-    // Nothing matches: a clear error, nothing contacted at the target.
-    let report = engine.sync(&s(":/^nope$/"), &d("none/app")).await;
+    // Nothing matches: a clear error, nothing contacted at the target (the target is
+    // reached through a fault proxy here, which counts every request).
+    let proxy = FaultProxy::start(&dst.host()).await;
+    let engine = crate::common::engine::engine_for(
+        [(src.host(), &src), (proxy.host(), &dst)],
+        TaskConfig::default(),
+    );
+    let report = engine
+        .sync(&s(":/^nope$/"), &format!("{}/none/app", proxy.host()))
+        .await;
     assert_eq!(report.status, SyncStatus::Unusual);
     assert!(report.error.unwrap().contains("matches the source rule"));
+    assert!(
+        proxy.requests().is_empty(),
+        "the target was contacted:\n{}",
+        proxy.summary()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -267,6 +281,25 @@ async fn platform_filter_and_force() {
     assert_ne!(digest, index.digest, "a filtered index is a new index");
     assert_eq!(img.manifests_pushed, 2, "one child and the index");
     skopeo::assert_digest(&dst, "arm/app:v1", &digest).await;
+    // The landed index, read back by skopeo: exactly the source's arm64 entry, byte-equal
+    // (same JSON object), and no amd64 or arm/v7 entry.
+    let landed: serde_json::Value =
+        serde_json::from_slice(&skopeo::inspect_raw(&dst, "arm/app:v1").await.unwrap()).unwrap();
+    let source: serde_json::Value = serde_json::from_slice(&index.manifest).unwrap();
+    let source_entries = source["manifests"].as_array().unwrap();
+    assert_eq!(source_entries.len(), 3);
+    assert_eq!(
+        landed["manifests"],
+        serde_json::json!([source_entries[1].clone()]),
+        "the filtered index keeps the arm64 descriptor as the source wrote it"
+    );
+    assert_eq!(landed["mediaType"], source["mediaType"]);
+    for dropped in [&index.images[0].digest, &index.images[2].digest] {
+        assert!(
+            !landed.to_string().contains(dropped.as_str()),
+            "dropped child {dropped} still listed: {landed}"
+        );
+    }
     let arm64 = &index.images[1].digest;
     skopeo::assert_digest(&dst, &format!("arm/app@{arm64}"), arm64).await;
     skopeo::assert_absent(&dst, &format!("arm/app@{}", index.images[0].digest)).await;
@@ -550,6 +583,8 @@ async fn copies_every_kind_of_content_verbatim() {
         (&zstd_d, 3000),
         (&empty_d, 0),
         (&statement_d, statement.len()),
+        (&config_d, config.len()),
+        (&art_config_d, art_config.len()),
     ] {
         let resp = reqwest::Client::new()
             .head(format!("{}/v2/{repo}/blobs/{digest}", dst.url()))

@@ -432,7 +432,9 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         ..c
     })
     .await;
-    let slow = s.push_slowed("v1", &[512 * KIB], 32 * KIB).await;
+    // 512 KiB at 8 KiB per 100 ms: the slot stays taken for ~6 s, seconds of room for
+    // the checks below on a loaded machine.
+    let slow = s.push_slowed("v1", &[512 * KIB], 8 * KIB).await;
     let quick = s
         .src
         .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
@@ -460,6 +462,16 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         second["id"].as_i64().unwrap(),
         third["id"].as_i64().unwrap(),
     );
+    // Wait on the event the checks need: the first job holds the only slot.
+    wait_for(
+        &s.service,
+        &jenkins(),
+        first,
+        Duration::from_secs(60),
+        "running",
+        |job| job["state"] == json!("running"),
+    )
+    .await;
     let (_, waiting) = get(&s.service, &jenkins(), &format!("{JOBS}/{second}")).await;
     assert_eq!(
         waiting["state"],

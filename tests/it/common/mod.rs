@@ -18,6 +18,7 @@ pub mod net;
 pub mod process;
 pub mod push;
 pub mod registry;
+pub mod schema;
 pub mod service;
 pub mod skopeo;
 pub mod tls;

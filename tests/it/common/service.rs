@@ -419,7 +419,7 @@ pub fn run_expecting_exit(config_path: &Path) -> Exit {
         .current_dir(dir.path());
     let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
     let mut process = Owned::spawn("imagersync (expected to exit)", cmd, &out, &err);
-    let status = process.wait_timeout(Duration::from_secs(10));
+    let status = process.wait_timeout(Duration::from_secs(60));
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let exit = Exit {
         code: status.and_then(|s| s.code()),
