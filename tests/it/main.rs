@@ -15,6 +15,7 @@ mod engine;
 mod faults;
 mod jobs;
 mod load_script;
+mod memory;
 mod metrics;
 mod openapi;
 mod rig;

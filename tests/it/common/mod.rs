@@ -30,7 +30,7 @@ pub mod webhook;
 
 pub use cases::Cases;
 pub use image::{Format, Image, Index, Layer, Platform};
-pub use push::Pushed;
+pub use push::{Pushed, StreamedBlob};
 pub use registry::{Creds, Registry};
 pub use service::{Service, ServiceConfig};
 pub use token_issuer::TokenIssuer;

@@ -141,7 +141,7 @@ pub struct Service {
 }
 
 /// How long start-up may take until `GET /check` answers 200.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Service {
     /// Writes `config` to a temp dir (log file in `logs/` there, not created yet) and
