@@ -8,10 +8,11 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::common::contract::{assert_seed_shape, status_of, without_times};
+use crate::common::fixture::{Pair, SourceAuth};
 use crate::common::service::{
     admin, jenkins, json_of, run_expecting_exit, CURL_CONTENT_TYPE, TOOLS_LINK,
 };
-use crate::common::{Cases, Creds, Registry, Service, ServiceConfig};
+use crate::common::{skopeo, Cases, Creds, Format, Image, Registry, Service, ServiceConfig};
 
 const RSYNC: &str = "/v1/image/rsync";
 const VALID_BODY: &str =
@@ -474,4 +475,41 @@ async fn refused_bodies_do_not_break_keep_alive_connections() {
         });
     }
     cases.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_analysis_log_is_reopened_for_each_line_so_logrotate_can_move_it() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let pushed = pair
+        .src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * 1024]))
+        .await;
+    let source = pair.src_ref("team/app:v1");
+    let (one, two) = (pair.dst_ref("team/app:one"), pair.dst_ref("team/app:two"));
+    let (status, body) = pair.service.sync(&source, &one).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let log = pair.service.logfile();
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert_eq!(lines(&log).len(), 1);
+
+    // What logrotate does without copytruncate: rename the file, the service keeps going.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let (status, body) = pair.service.sync(&source, &two).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let old = lines(&rotated);
+    let new = lines(&log);
+    assert_eq!(old.len(), 1, "nothing more went to the moved file: {old:?}");
+    assert_eq!(new.len(), 1, "a new file at the configured path: {new:?}");
+    assert!(old[0].to_string().contains("team/app:one"), "{}", old[0]);
+    assert!(new[0].to_string().contains("team/app:two"), "{}", new[0]);
+    assert_eq!(new[0]["rsync_data"]["rsync_status"], "successfully");
+    skopeo::assert_landed(&pair.dst, "team/app:two", &pushed).await;
 }
