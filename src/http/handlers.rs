@@ -102,7 +102,7 @@ pub async fn rsync(
                     Outcome::Busy,
                     format!(
                         "the service is busy: all {} sync slots are taken (rsyncserver.max_concurrent_syncs) \
-                         and {} jobs already wait for one (rsyncserver.jobs.max_queued); \
+                         and the job queue is full ({} jobs wait for a slot, rsyncserver.jobs.max_queued); \
                          retry in {BUSY_RETRY_AFTER_SECONDS} s",
                         state.max_concurrent_syncs(),
                         state.jobs().limits().max_queued
