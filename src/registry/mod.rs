@@ -2,6 +2,7 @@
 //! Knows nothing of syncs; the engine drives it.
 
 mod auth;
+pub mod credentials;
 mod client;
 pub mod digest;
 mod error;
@@ -11,7 +12,6 @@ mod pool;
 pub mod reference;
 mod watchdog;
 
-pub use auth::Credentials;
 pub(crate) use client::is_internal;
 pub use client::{Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MANIFEST_BYTES};
 pub(crate) use error::describe_transport_error;
