@@ -526,7 +526,8 @@ impl Config {
             if cred.username.is_some() != has_password {
                 return Err((
                     key,
-                    "username and password (or password_file) go together: give both or neither".into(),
+                    "username and password (or password_file) go together: give both or neither"
+                        .into(),
                 ));
             }
             let sources = [

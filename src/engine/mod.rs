@@ -400,8 +400,7 @@ impl Engine {
         log: &SyncLog,
     ) -> Result<std::sync::Arc<crate::registry::RegistryClient>, crate::registry::RegistryError>
     {
-        let Resolved { client, source } =
-            self.pool.resolve(&image.registry, &image.repository)?;
+        let Resolved { client, source } = self.pool.resolve(&image.registry, &image.repository)?;
         match source {
             Some(source) => log.info(format!("Find auth information for {image}: {source}")),
             None => log.info(format!(

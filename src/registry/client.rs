@@ -545,7 +545,8 @@ impl RegistryClient {
         F: Fn(&reqwest::Client, &str) -> RequestBuilder,
     {
         let base = self.base(step).await?;
-        let mut refreshed = false;
+        // One retry to answer a challenge, one more after asking the login's source again.
+        let (mut challenged, mut refreshed) = (false, false);
         loop {
             let (request, used) = self
                 .authorize(build(&self.http, base), access, step)
@@ -563,31 +564,39 @@ impl RegistryClient {
             } else {
                 (resp, false)
             };
-            if (status != StatusCode::UNAUTHORIZED && !expired) || refreshed {
+            if status != StatusCode::UNAUTHORIZED && !expired {
                 return Ok(resp);
             }
-            refreshed = true;
             // Judge by the challenge this request was sent under: a concurrent request
             // may have learnt the registry's challenge in the meantime.
             let learnt = self.learn_challenge(resp.headers()).await;
             if !expired && learnt == Challenge::None {
                 return Ok(resp);
             }
-            self.tokens.forget(&access.key()).await;
             let refused_login = expired || (used == Challenge::Basic && learnt == Challenge::Basic);
-            if refused_login {
-                if !self.endpoint.credentials.refreshable() {
+            if !refused_login {
+                // A first challenge, or a bearer token that ran out: fetch a fresh token
+                // (the realm says whether the login itself still holds).
+                if challenged {
                     return Ok(resp);
                 }
-                // The login itself was refused: ask its source again, once.
-                tracing::info!(
-                    registry = self.registry(),
-                    source = %self.endpoint.credentials.describe(),
-                    status = status.as_u16(),
-                    "registry refused the login; asking its source again"
-                );
-                self.endpoint.credentials.invalidate().await;
+                challenged = true;
+                self.tokens.forget(&access.key()).await;
+                continue;
             }
+            if refreshed || !self.endpoint.credentials.refreshable() {
+                return Ok(resp);
+            }
+            refreshed = true;
+            self.tokens.forget(&access.key()).await;
+            // The login itself was refused: ask its source again, once.
+            tracing::info!(
+                registry = self.registry(),
+                source = %self.endpoint.credentials.describe(),
+                status = status.as_u16(),
+                "registry refused the login; asking its source again"
+            );
+            self.endpoint.credentials.invalidate().await;
         }
     }
 
@@ -643,7 +652,10 @@ impl RegistryClient {
                 let scope = access.key();
                 let token = match self.tokens.get(&scope).await {
                     Some(t) => t.value,
-                    None => match self.bearer_token(realm, service.as_deref(), &access, step).await? {
+                    None => match self
+                        .bearer_token(realm, service.as_deref(), &access, step)
+                        .await?
+                    {
                         Some(t) => {
                             self.tokens.put(&scope, t.clone()).await;
                             t.value
@@ -674,7 +686,9 @@ impl RegistryClient {
                 return Ok(Some(super::auth::Token::fixed(t.clone())));
             }
             match self.fetch_token(realm, service, access, &login, step).await {
-                Err(RealmError::Refused(_)) if !asked_again && self.endpoint.credentials.refreshable() => {
+                Err(RealmError::Refused(_))
+                    if !asked_again && self.endpoint.credentials.refreshable() =>
+                {
                     asked_again = true;
                     self.endpoint.credentials.invalidate().await;
                 }

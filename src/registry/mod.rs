@@ -2,8 +2,8 @@
 //! Knows nothing of syncs; the engine drives it.
 
 mod auth;
-pub mod credentials;
 mod client;
+pub mod credentials;
 pub mod digest;
 mod error;
 mod limiter;

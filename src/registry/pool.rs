@@ -136,16 +136,17 @@ impl ClientPool {
                 match (found, entry) {
                     (Some((s, how)), Some(e)) => (s, format!("{how} (entry {})", e.name)),
                     (Some(found), None) => found,
-                    (None, Some(e)) => (Source::Fixed(Login::Anonymous), format!("entry {}", e.name)),
+                    (None, Some(e)) => {
+                        (Source::Fixed(Login::Anonymous), format!("entry {}", e.name))
+                    }
                     (None, None) => (Source::Fixed(Login::Anonymous), String::new()),
                 }
             }
         };
         let key = (registry.to_owned(), origin.clone());
         let mut clients = self.clients.lock().expect("client pool lock");
-        let described = |client: &RegistryClient| {
-            (!origin.is_empty()).then(|| client.credentials().describe())
-        };
+        let described =
+            |client: &RegistryClient| (!origin.is_empty()).then(|| client.credentials().describe());
         if let Some(client) = clients.get(&key) {
             return Ok(Resolved {
                 source: described(client),

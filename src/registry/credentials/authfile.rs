@@ -180,7 +180,11 @@ pub(crate) fn normalise_key(key: &str) -> String {
 /// `REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json`
 /// or `~/.docker/config.json`; the first that exists.
 pub fn discover_auth_file() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let candidates = [
         env("REGISTRY_AUTH_FILE"),
         env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")),
@@ -202,7 +206,9 @@ mod tests {
     fn what(file: &AuthFile, registry: &str, repo: &str) -> String {
         match file.lookup(registry, repo) {
             None => "none".into(),
-            Some((Source::Helper { name, server }, how)) => format!("helper {name} {server} ({how})"),
+            Some((Source::Helper { name, server }, how)) => {
+                format!("helper {name} {server} ({how})")
+            }
             Some((Source::Fixed(login), how)) => match login {
                 Login::Basic { username, password } => {
                     format!("basic {username}:{} ({how})", password.expose())

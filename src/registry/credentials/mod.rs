@@ -159,7 +159,10 @@ impl CredentialProvider {
                 path.display()
             ),
             Source::Helper { name, .. } => {
-                format!("{}, credential helper docker-credential-{name}", self.origin)
+                format!(
+                    "{}, credential helper docker-credential-{name}",
+                    self.origin
+                )
             }
         }
     }

@@ -138,6 +138,8 @@ pub struct Service {
     port: u16,
     dir: TempDir,
     client: Client,
+    /// Environment variables set for the service process only (e.g. `PATH`).
+    env: Vec<(String, String)>,
 }
 
 /// How long start-up may take until `GET /check` answers 200.
@@ -148,7 +150,7 @@ impl Service {
     /// starts the service on a free port; returns once `GET /check` is 200.
     pub async fn start(config: &ServiceConfig) -> Service {
         // It holds passwords: owner-only, as an operator would keep it.
-        Self::start_with(|logfile| config.to_yaml(logfile), 0o600).await
+        Self::start_with(|logfile| config.to_yaml(logfile), 0o600, Vec::new()).await
     }
 
     /// Like [`Service::start`] with a hand-written config: `rsyncserver_yaml` is the body
@@ -161,12 +163,32 @@ impl Service {
                 logfile.display()
             )
         };
-        Self::start_with(text, mode).await
+        Self::start_with(text, mode, Vec::new()).await
+    }
+
+    /// [`Service::start_raw`] with extra environment variables for the service process
+    /// only (the test process's own environment is left alone).
+    pub async fn start_raw_env(rsyncserver_yaml: &str, env: &[(&str, String)]) -> Service {
+        let text = |logfile: &Path| {
+            format!(
+                "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+                logfile.display()
+            )
+        };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Self::start_with(text, 0o600, env).await
     }
 
     /// Writes the config made by `config_text(logfile)` with file mode `mode` and starts
     /// the service on a free port; returns once `GET /check` is 200.
-    async fn start_with(config_text: impl Fn(&Path) -> String, mode: u32) -> Service {
+    async fn start_with(
+        config_text: impl Fn(&Path) -> String,
+        mode: u32,
+        env: Vec<(String, String)>,
+    ) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("imagersync-service-")
             .tempdir()
@@ -183,12 +205,13 @@ impl Service {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("http client");
-        let (process, port) = launch(dir.path(), &client).await;
+        let (process, port) = launch(dir.path(), &client, &env).await;
         Service {
             process,
             port,
             dir,
             client,
+            env,
         }
     }
 
@@ -197,7 +220,7 @@ impl Service {
     /// job database and analysis log, on a new port.
     pub async fn crash_and_restart(&mut self) {
         self.process.kill();
-        let (process, port) = launch(self.dir.path(), &self.client).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.env).await;
         self.process = process;
         self.port = port;
     }
@@ -349,7 +372,7 @@ pub async fn json_of(resp: Response) -> (StatusCode, Value) {
 
 /// Starts the binary with `dir/config.yaml` in `dir` on a free port (trying other ports
 /// if one is taken meanwhile); returns once `GET /check` is 200.
-async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
+async fn launch(dir: &Path, client: &Client, env: &[(String, String)]) -> (Owned, u16) {
     let config_path = dir.join("config.yaml");
     let mut failures = String::new();
     for _ in 0..5 {
@@ -359,7 +382,8 @@ async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--configFile")
             .arg(&config_path)
-            .current_dir(dir);
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
         let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
         match wait_ready(client, &mut process, port).await {
