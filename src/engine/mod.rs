@@ -139,7 +139,8 @@ impl Engine {
         .with_auth_file(auth_file)
         .with_helper_timeout(Duration::from_secs(
             config.task.credential_helper_timeout_seconds,
-        ));
+        ))
+        .with_pull_floor(config.task.dockerhub_min_remaining);
         for line in pool.describe_sources() {
             tracing::info!("registry credentials: {line}");
         }

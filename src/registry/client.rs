@@ -15,7 +15,7 @@ use super::auth::{says_token_expired, Challenge, TokenAnswer, TokenCache, CLIENT
 use super::credentials::{CredentialProvider, Login};
 use super::digest::digest_of;
 use super::error::{describe_transport_error, RegistryError};
-use super::limiter::RateLimiter;
+use super::limiter::{Quota, RateLimiter};
 use super::media;
 use super::watchdog::Activity;
 
@@ -75,6 +75,9 @@ pub struct Endpoint {
     pub transport: Transport,
     /// Connect and idle-read limits.
     pub timeouts: Timeouts,
+    /// Pulls wait while the registry announces fewer remaining pulls than this
+    /// (`task.dockerhub_min_remaining`).
+    pub pull_floor: u64,
 }
 
 /// Network time limits. There is deliberately no total limit: a multi-GB blob may take
@@ -221,6 +224,23 @@ impl RegistryClient {
         let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
         // Without the digest header the answer proves nothing; the caller then copies.
         Ok(digest.map(|d| (d, media_type.unwrap_or_default())))
+    }
+
+    /// Waits while the registry's announced pull quota (Docker Hub's `ratelimit-*`
+    /// headers, read from every answer) is under the floor, telling `report` why before
+    /// each wait. Each look again is a HEAD of the manifest, which does not count as a pull.
+    pub async fn wait_for_pull_quota(
+        &self,
+        repository: &str,
+        reference: &str,
+        report: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), RegistryError> {
+        while let Some((wait, why)) = self.limiter.pull_pause(self.endpoint.pull_floor) {
+            report(&format!("registry {}: {why}", self.registry()));
+            tokio::time::sleep(wait).await;
+            self.manifest_digest(repository, reference).await?;
+        }
+        Ok(())
     }
 
     /// GET a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]; a digest
@@ -556,6 +576,15 @@ impl RegistryClient {
                 .send()
                 .await
                 .map_err(|e| self.network_error(step, &e))?;
+            // Docker Hub announces its pull quota on GET and HEAD answers alike; any
+            // registry that sends these headers is held to them.
+            let headers = resp.headers();
+            if let Some(quota) = Quota::from_headers(
+                header_str(headers, "ratelimit-limit").as_deref(),
+                header_str(headers, "ratelimit-remaining").as_deref(),
+            ) {
+                self.limiter.record_quota(quota);
+            }
             let status = resp.status();
             // ECR refuses an expired login with 403 and says so in the body; other 403s
             // are plain "no permission" and go back to the caller unchanged.
@@ -581,6 +610,12 @@ impl RegistryClient {
                     return Ok(resp);
                 }
                 challenged = true;
+                if matches!(used, Challenge::Bearer { .. }) {
+                    tracing::info!(
+                        registry = self.registry(),
+                        "registry refused the access token (expired); fetching a new one"
+                    );
+                }
                 self.tokens.forget(&access.key()).await;
                 continue;
             }
@@ -1066,6 +1101,7 @@ mod tests {
                     }),
                     transport,
                     timeouts: Timeouts::default(),
+                    pull_floor: 0,
                 },
                 Arc::default(),
             )

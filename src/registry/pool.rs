@@ -40,6 +40,7 @@ pub struct ClientPool {
     /// `rsyncserver.rsyncconfig.auth_file`, or why it could not be read.
     auth_file: Option<Result<AuthFile, String>>,
     helper_timeout: Duration,
+    pull_floor: u64,
     timeouts: Timeouts,
     clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
     /// One 429 pause per registry host, whatever the credential.
@@ -64,6 +65,7 @@ impl ClientPool {
             entries,
             auth_file: None,
             helper_timeout: super::credentials::HELPER_TIMEOUT,
+            pull_floor: 0,
             timeouts,
             clients: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
@@ -79,6 +81,12 @@ impl ClientPool {
     /// Stops a credential helper that has not answered after `timeout`.
     pub fn with_helper_timeout(mut self, timeout: Duration) -> Self {
         self.helper_timeout = timeout;
+        self
+    }
+
+    /// Pulls wait while a registry announces fewer remaining pulls than `floor`.
+    pub fn with_pull_floor(mut self, floor: u64) -> Self {
+        self.pull_floor = floor;
         self
     }
 
@@ -163,6 +171,7 @@ impl ClientPool {
                 transport_of(&e.credential)
             }),
             timeouts: self.timeouts,
+            pull_floor: self.pull_floor,
         };
         let limiter = self
             .limiters

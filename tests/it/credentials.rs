@@ -535,3 +535,90 @@ async fn a_password_file_is_read_again_when_it_changes() {
     )
     .await;
 }
+
+/// Docker Hub's pull quota, from a front that adds its `ratelimit-*` headers to a real
+/// registry's answers (any registry sending them is held to them; only Docker Hub does
+/// in practice). With fewer pulls left than `task.dockerhub_min_remaining` an async job
+/// waits, its image at step `rate_limited` and its log saying why, then proceeds once
+/// the quota is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_waits_while_docker_hubs_quota_is_under_the_floor() {
+    let src = Registry::start_anonymous().await;
+    let hub = FaultProxy::start(&src.host()).await;
+    // A 100-pull window of 100 s gives one pull back per second: the wait is 1 s.
+    let low = hub.add(
+        Rule::on("*", "/manifests/")
+            .first(4)
+            .label("quota low")
+            .add_headers(&[
+                ("ratelimit-limit", "100;w=100"),
+                ("ratelimit-remaining", "2;w=100"),
+            ]),
+    );
+    hub.add(
+        Rule::on("*", "/manifests/")
+            .label("quota back")
+            .add_headers(&[
+                ("ratelimit-limit", "100;w=100"),
+                ("ratelimit-remaining", "60;w=100"),
+            ]),
+    );
+    let dst = Registry::start_anonymous().await;
+    let one = src
+        .push_image("library/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let two = src
+        .push_image("library/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let yaml = config(&[("hub", hub.host(), ""), ("dst", dst.host(), "")], None).replace(
+        "task: {retries: 2,",
+        "task: {dockerhub_min_remaining: 5, retries: 2,",
+    );
+    let service = Service::start_raw(&yaml, 0o600).await;
+    // The first sync learns the quota (2 left) from its manifest answer.
+    let first = sync_one(&service, &hub.host(), &dst.host(), "library/app:v1").await;
+    assert_synced(&first);
+    skopeo::assert_landed(&dst, "library/app:v1", &one).await;
+
+    let body = serde_json::json!({"async": true, "rsync_config": {
+        "source": format!("{}/library/app:v2", hub.host()),
+        "target": format!("{}/library/app:v2", dst.host())}});
+    let (status, job) = service.post_json(Some(&admin()), &body).await;
+    assert_eq!(status.as_u16(), 202, "{job}");
+    let path = format!("/v1/image/rsync/jobs/{}", job["id"]);
+    let mut saw_wait = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let (_, job) = service.call_json(Method::GET, &path, &admin()).await;
+        saw_wait |= job["progress"]["images"][0]["step"] == "rate_limited";
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or("")) {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job not done: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(saw_wait, "the job showed step rate_limited while it waited");
+    let info = info_of(&job["result"]);
+    assert!(
+        info.contains("only 2 of 100 pulls left in the registry's 100s window (ratelimit-remaining, floor 5): waiting 1s before pulling"),
+        "{info}"
+    );
+    assert_eq!(
+        low.fired(),
+        4,
+        "looked again with HEADs until the quota was back"
+    );
+    let gets_while_low = hub
+        .requests()
+        .iter()
+        .filter(|r| r.rule.as_deref() == Some("quota low") && r.method == "GET")
+        .count();
+    assert_eq!(
+        gets_while_low,
+        1,
+        "only the first sync's pull counted while low:\n{}",
+        hub.summary()
+    );
+    skopeo::assert_landed(&dst, "library/app:v2", &two).await;
+}

@@ -68,10 +68,12 @@ async fn run(
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Err(format!("credential helper {program}: {e}")),
         // Dropping the future drops the child, which kill_on_drop kills.
-        Err(_) => return Err(format!(
+        Err(_) => {
+            return Err(format!(
             "credential helper {program} gave no answer within {}s for {server}; it was stopped",
             timeout.as_secs()
-        )),
+        ))
+        }
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
