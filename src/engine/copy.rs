@@ -170,7 +170,7 @@ impl CopyJob<'_> {
             if !waited.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 self.observers.step(self.index, Step::RateLimited);
             }
-            self.log.info(why.to_owned());
+            self.log.info(why);
         };
         self.src
             .wait_for_pull_quota(src_repo, source_ref, &report)

@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn reads_docker_hub_quota_headers() {
-        let cases: &[(Option<&str>, Option<&str>, Option<(u64, u64, u64)>)] = &[
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<(u64, u64, u64)>);
+        let cases: &[Case] = &[
             (
                 Some("100;w=21600"),
                 Some("20;w=21600"),
