@@ -245,7 +245,7 @@ impl Service {
             status.is_some(),
             "start_again: the service is still running"
         );
-        let (process, port) = launch(self.dir.path(), &self.client).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.env).await;
         self.process = process;
         self.port = port;
     }
