@@ -183,7 +183,9 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
     let Some(source) = args.source else {
         return ExitCode::from(EXIT_USAGE);
     };
-    let engine = Engine::new(&config.rsyncserver.rsyncconfig);
+    let mut rsync = config.rsyncserver.rsyncconfig;
+    use_default_auth_file(&mut rsync);
+    let engine = Engine::new(&rsync);
     let request = SyncRequest {
         source,
         targets: args.target,
@@ -253,6 +255,7 @@ async fn sync_batch(
         RsyncConfig::default()
     };
     rsync.auth.extend(batch.credentials);
+    use_default_auth_file(&mut rsync);
     let engine = Engine::new(&rsync);
     let (mut failed, mut unusable) = (0, 0);
     for mut request in batch.requests {
@@ -274,6 +277,21 @@ async fn sync_batch(
     } else {
         eprintln!("imagersync: {failed} entries failed, {unusable} entries unusable");
         ExitCode::from(1)
+    }
+}
+
+/// When the config names no `auth_file`, the CLI (not the service) reads the one skopeo and
+/// docker would, and says which in one line on stderr.
+fn use_default_auth_file(rsync: &mut RsyncConfig) {
+    if rsync.auth_file.is_some() {
+        return;
+    }
+    if let Some(path) = crate::registry::credentials::discover_auth_file() {
+        eprintln!(
+            "imagersync: registry logins not in the config are read from {}",
+            path.display()
+        );
+        rsync.auth_file = Some(path);
     }
 }
 

@@ -165,6 +165,16 @@ impl CopyJob<'_> {
     async fn prepare(&self, result: &mut ImageResult) -> Result<Prepared, CopyError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let source_ref = self.source.reference().expect("source has a tag or digest");
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let report = |why: &str| {
+            if !waited.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                self.observers.step(self.index, Step::RateLimited);
+            }
+            self.log.info(why);
+        };
+        self.src
+            .wait_for_pull_quota(src_repo, source_ref, &report)
+            .await?;
         self.observers.step(self.index, Step::ReadingManifest);
         let top = self
             .retry

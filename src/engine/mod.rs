@@ -125,14 +125,27 @@ impl Engine {
                 tracing::error!("ignoring task.os/task.arch: {e}");
                 None
             });
+        let auth_file = config
+            .auth_file
+            .as_deref()
+            .map(crate::registry::credentials::AuthFile::load);
+        let pool = ClientPool::new(
+            &config.auth,
+            Timeouts {
+                connect: Duration::from_secs(config.task.connect_timeout_seconds),
+                idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
+            },
+        )
+        .with_auth_file(auth_file)
+        .with_helper_timeout(Duration::from_secs(
+            config.task.credential_helper_timeout_seconds,
+        ))
+        .with_pull_floor(config.task.dockerhub_min_remaining);
+        for line in pool.describe_sources() {
+            tracing::info!("registry credentials: {line}");
+        }
         Self {
-            pool: ClientPool::new(
-                &config.auth,
-                Timeouts {
-                    connect: Duration::from_secs(config.task.connect_timeout_seconds),
-                    idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
-                },
-            ),
+            pool,
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),
@@ -384,15 +397,10 @@ impl Engine {
         log: &SyncLog,
     ) -> Result<std::sync::Arc<crate::registry::RegistryClient>, crate::registry::RegistryError>
     {
-        let Resolved { client, entry } = self.pool.resolve(&image.registry, &image.repository)?;
-        match (client.username(), entry) {
-            (Some(user), _) => log.info(format!(
-                "Find auth information for {image}, username: {user}"
-            )),
-            (None, Some(entry)) => log.info(format!(
-                "Find auth information for {image} (entry {entry}), access will be anonymous"
-            )),
-            (None, None) => log.info(format!(
+        let Resolved { client, source } = self.pool.resolve(&image.registry, &image.repository)?;
+        match source {
+            Some(source) => log.info(format!("Find auth information for {image}: {source}")),
+            None => log.info(format!(
                 "Cannot find auth information for {image}, access will be anonymous"
             )),
         }

@@ -37,6 +37,8 @@ pub enum Step {
     /// Planned, not started.
     #[default]
     Waiting,
+    /// Waiting because the source announced too few remaining pulls (Docker Hub).
+    RateLimited,
     /// Reading the source's top manifest.
     ReadingManifest,
     /// Asking the target whether it already holds the image.

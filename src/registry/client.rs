@@ -11,10 +11,11 @@ use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::{OnceCell, RwLock};
 
-use super::auth::{Challenge, Credentials, TokenAnswer, TokenCache};
+use super::auth::{says_token_expired, Challenge, TokenAnswer, TokenCache, CLIENT_ID};
+use super::credentials::{CredentialProvider, Login};
 use super::digest::digest_of;
 use super::error::{describe_transport_error, RegistryError};
-use super::limiter::RateLimiter;
+use super::limiter::{Quota, RateLimiter};
 use super::media;
 use super::watchdog::Activity;
 
@@ -68,12 +69,15 @@ impl Access<'_> {
 pub struct Endpoint {
     /// host[:port] as written in image references (`docker.io` for Docker Hub).
     pub registry: String,
-    /// Credentials, or `None` for anonymous access.
-    pub credentials: Option<Credentials>,
+    /// Where the login comes from (anonymous, fixed, a helper, a password file).
+    pub credentials: Arc<CredentialProvider>,
     /// How to secure the connection.
     pub transport: Transport,
     /// Connect and idle-read limits.
     pub timeouts: Timeouts,
+    /// Pulls wait while the registry announces fewer remaining pulls than this
+    /// (`task.dockerhub_min_remaining`).
+    pub pull_floor: u64,
 }
 
 /// Network time limits. There is deliberately no total limit: a multi-GB blob may take
@@ -180,12 +184,22 @@ impl RegistryClient {
         &self.endpoint.registry
     }
 
-    /// The user name in use, if any (for logs).
-    pub fn username(&self) -> Option<&str> {
+    /// Where this client's login comes from.
+    pub fn credentials(&self) -> &CredentialProvider {
+        &self.endpoint.credentials
+    }
+
+    /// The login to use now, or an auth error naming the step.
+    async fn login(&self, step: &str) -> Result<Login, RegistryError> {
         self.endpoint
             .credentials
-            .as_ref()
-            .map(|c| c.username.as_str())
+            .login()
+            .await
+            .map_err(|cause| RegistryError::Auth {
+                registry: self.registry().to_owned(),
+                step: step.to_owned(),
+                cause,
+            })
     }
 
     /// HEAD a manifest: its digest and media type, or `None` when the registry has none.
@@ -210,6 +224,23 @@ impl RegistryClient {
         let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
         // Without the digest header the answer proves nothing; the caller then copies.
         Ok(digest.map(|d| (d, media_type.unwrap_or_default())))
+    }
+
+    /// Waits while the registry's announced pull quota (Docker Hub's `ratelimit-*`
+    /// headers, read from every answer) is under the floor, telling `report` why before
+    /// each wait. Each look again is a HEAD of the manifest, which does not count as a pull.
+    pub async fn wait_for_pull_quota(
+        &self,
+        repository: &str,
+        reference: &str,
+        report: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), RegistryError> {
+        while let Some((wait, why)) = self.limiter.pull_pause(self.endpoint.pull_floor) {
+            report(&format!("registry {}: {why}", self.registry()));
+            tokio::time::sleep(wait).await;
+            self.manifest_digest(repository, reference).await?;
+        }
+        Ok(())
     }
 
     /// GET a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]; a digest
@@ -534,7 +565,8 @@ impl RegistryClient {
         F: Fn(&reqwest::Client, &str) -> RequestBuilder,
     {
         let base = self.base(step).await?;
-        let mut refreshed = false;
+        // One retry to answer a challenge, one more after asking the login's source again.
+        let (mut challenged, mut refreshed) = (false, false);
         loop {
             let (request, used) = self
                 .authorize(build(&self.http, base), access, step)
@@ -544,19 +576,80 @@ impl RegistryClient {
                 .send()
                 .await
                 .map_err(|e| self.network_error(step, &e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || refreshed {
+            // Docker Hub announces its pull quota on GET and HEAD answers alike; any
+            // registry that sends these headers is held to them.
+            let headers = resp.headers();
+            if let Some(quota) = Quota::from_headers(
+                header_str(headers, "ratelimit-limit").as_deref(),
+                header_str(headers, "ratelimit-remaining").as_deref(),
+            ) {
+                self.limiter.record_quota(quota);
+            }
+            let status = resp.status();
+            // ECR refuses an expired login with 403 and says so in the body; other 403s
+            // are plain "no permission" and go back to the caller unchanged.
+            let (resp, expired) = if status == StatusCode::FORBIDDEN {
+                self.peek_expired(resp, step).await?
+            } else {
+                (resp, false)
+            };
+            if status != StatusCode::UNAUTHORIZED && !expired {
                 return Ok(resp);
             }
-            refreshed = true;
             // Judge by the challenge this request was sent under: a concurrent request
             // may have learnt the registry's challenge in the meantime.
             let learnt = self.learn_challenge(resp.headers()).await;
-            let basic_refused = used == Challenge::Basic && learnt == Challenge::Basic;
-            if learnt == Challenge::None || basic_refused {
+            if !expired && learnt == Challenge::None {
                 return Ok(resp);
             }
+            let refused_login = expired || (used == Challenge::Basic && learnt == Challenge::Basic);
+            if !refused_login {
+                // A first challenge, or a bearer token that ran out: fetch a fresh token
+                // (the realm says whether the login itself still holds).
+                if challenged {
+                    return Ok(resp);
+                }
+                challenged = true;
+                if matches!(used, Challenge::Bearer { .. }) {
+                    tracing::info!(
+                        registry = self.registry(),
+                        "registry refused the access token (expired); fetching a new one"
+                    );
+                }
+                self.tokens.forget(&access.key()).await;
+                continue;
+            }
+            if refreshed || !self.endpoint.credentials.refreshable() {
+                return Ok(resp);
+            }
+            refreshed = true;
             self.tokens.forget(&access.key()).await;
+            // The login itself was refused: ask its source again, once.
+            tracing::info!(
+                registry = self.registry(),
+                source = %self.endpoint.credentials.describe(),
+                status = status.as_u16(),
+                "registry refused the login; asking its source again"
+            );
+            self.endpoint.credentials.invalidate().await;
         }
+    }
+
+    /// Reads a 403's body to see whether it says the token expired, and gives back an
+    /// equivalent answer for the caller.
+    async fn peek_expired(
+        &self,
+        resp: Response,
+        step: &str,
+    ) -> Result<(Response, bool), RegistryError> {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = self.read_capped(resp, MAX_ERROR_BYTES, step).await?;
+        let expired = says_token_expired(&body);
+        let mut rebuilt = http::Response::new(body);
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        Ok((Response::from(rebuilt), expired))
     }
 
     /// Records the challenge of an answer, if it carries one; returns the current one.
@@ -581,36 +674,75 @@ impl RegistryClient {
         let challenge = self.challenge.read().await.clone();
         let request = match &challenge {
             Challenge::None => request,
-            Challenge::Basic => match &self.endpoint.credentials {
-                Some(c) => request.basic_auth(&c.username, Some(c.password.expose())),
-                None => request,
+            Challenge::Basic => match self.login(step).await? {
+                Login::Basic { username, password } => {
+                    request.basic_auth(username, Some(password.expose()))
+                }
+                Login::RegistryToken(t) => {
+                    request.header(AUTHORIZATION, format!("Bearer {}", t.expose()))
+                }
+                Login::Anonymous | Login::IdentityToken(_) => request,
             },
             Challenge::Bearer { realm, service } => {
                 let scope = access.key();
                 let token = match self.tokens.get(&scope).await {
-                    Some(t) => t,
-                    None => {
-                        let t = self
-                            .fetch_token(realm, service.as_deref(), &access, step)
-                            .await?;
-                        self.tokens.put(&scope, t.clone()).await;
-                        t
-                    }
+                    Some(t) => t.value,
+                    None => match self
+                        .bearer_token(realm, service.as_deref(), &access, step)
+                        .await?
+                    {
+                        Some(t) => {
+                            self.tokens.put(&scope, t.clone()).await;
+                            t.value
+                        }
+                        None => return Ok((request, challenge)),
+                    },
                 };
-                request.header(AUTHORIZATION, format!("Bearer {}", token.value.expose()))
+                request.header(AUTHORIZATION, format!("Bearer {}", token.expose()))
             }
         };
         Ok((request, challenge))
     }
 
-    /// Asks the token realm for a bearer token covering `access`.
-    async fn fetch_token(
+    /// A bearer token for `access`: a registry token as it is, else one from the realm.
+    /// When the realm refuses a login that came from a helper or a file, the source is
+    /// asked again once. `None` for a registry token (sent as is, never cached here).
+    async fn bearer_token(
         &self,
         realm: &str,
         service: Option<&str>,
         access: &Access<'_>,
         step: &str,
-    ) -> Result<super::auth::Token, RegistryError> {
+    ) -> Result<Option<super::auth::Token>, RegistryError> {
+        let mut asked_again = false;
+        loop {
+            let login = self.login(step).await?;
+            if let Login::RegistryToken(t) = &login {
+                return Ok(Some(super::auth::Token::fixed(t.clone())));
+            }
+            match self.fetch_token(realm, service, access, &login, step).await {
+                Err(RealmError::Refused(_))
+                    if !asked_again && self.endpoint.credentials.refreshable() =>
+                {
+                    asked_again = true;
+                    self.endpoint.credentials.invalidate().await;
+                }
+                Err(RealmError::Refused(e) | RealmError::Other(e)) => return Err(e),
+                Ok(token) => return Ok(Some(token)),
+            }
+        }
+    }
+
+    /// Asks the token realm for a bearer token covering `access` with `login`: a GET with
+    /// Basic for a user and password, an OAuth2 refresh-token POST for an identity token.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        access: &Access<'_>,
+        login: &Login,
+        step: &str,
+    ) -> Result<super::auth::Token, RealmError> {
         let auth_error = |cause: String| RegistryError::Auth {
             registry: self.registry().to_owned(),
             step: step.to_owned(),
@@ -619,20 +751,36 @@ impl RegistryClient {
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| auth_error(format!("token realm {realm:?} is not a URL: {e}")))?;
         if let Err(why) = self.check_realm(&realm_url) {
-            return Err(auth_error(format!("token realm {realm:?} refused: {why}")));
+            return Err(auth_error(format!("token realm {realm:?} refused: {why}")).into());
         }
-        let mut query: Vec<(&str, String)> =
-            access.scopes().into_iter().map(|s| ("scope", s)).collect();
-        if let Some(service) = service {
-            query.push(("service", service.to_owned()));
-        }
-        if let Some(c) = &self.endpoint.credentials {
-            query.push(("account", c.username.clone()));
-        }
-        let mut request = self.http.get(realm_url).query(&query);
-        if let Some(c) = &self.endpoint.credentials {
-            request = request.basic_auth(&c.username, Some(c.password.expose()));
-        }
+        let request = match login {
+            Login::IdentityToken(refresh) => {
+                // Docker's OAuth2 flow (distribution docs/spec/auth/oauth.md).
+                let mut form: Vec<(&str, String)> = vec![
+                    ("grant_type", "refresh_token".into()),
+                    ("refresh_token", refresh.expose().to_owned()),
+                    ("client_id", CLIENT_ID.into()),
+                    ("scope", access.scopes().join(" ")),
+                ];
+                if let Some(service) = service {
+                    form.push(("service", service.to_owned()));
+                }
+                self.http.post(realm_url).form(&form)
+            }
+            _ => {
+                let mut query: Vec<(&str, String)> =
+                    access.scopes().into_iter().map(|s| ("scope", s)).collect();
+                if let Some(service) = service {
+                    query.push(("service", service.to_owned()));
+                }
+                let mut request = self.http.get(realm_url);
+                if let Login::Basic { username, password } = login {
+                    query.push(("account", username.clone()));
+                    request = request.basic_auth(username, Some(password.expose()));
+                }
+                request.query(&query)
+            }
+        };
         let resp = request.send().await.map_err(|e| {
             auth_error(format!(
                 "token request failed: {}",
@@ -643,15 +791,22 @@ impl RegistryClient {
         let body = self.read_capped(resp, MAX_TOKEN_BYTES, step).await?;
         if !status.is_success() {
             let detail = media::error_detail(&body);
-            return Err(auth_error(format!(
+            let error = auth_error(format!(
                 "token endpoint answered HTTP {}{detail}",
                 status.as_u16()
-            )));
+            ));
+            return Err(
+                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    RealmError::Refused(error)
+                } else {
+                    RealmError::Other(error)
+                },
+            );
         }
         serde_json::from_slice::<TokenAnswer>(&body)
             .ok()
             .and_then(TokenAnswer::into_token)
-            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()))
+            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()).into())
     }
 
     /// A token realm is a URL the registry chooses; credentials go there only when it is
@@ -664,7 +819,7 @@ impl RegistryClient {
         );
         match realm.scheme() {
             "https" => {}
-            "http" if clear_text_registry || self.endpoint.credentials.is_none() => {}
+            "http" if clear_text_registry || self.endpoint.credentials.is_anonymous() => {}
             "http" => return Err("it is plain http while the registry uses https".into()),
             other => return Err(format!("scheme {other} is not http(s)")),
         }
@@ -767,6 +922,19 @@ impl RegistryClient {
             step: step.to_owned(),
             cause: describe_transport_error(err),
         }
+    }
+}
+
+/// Why a token request failed: the realm refused the login (worth asking its source
+/// again), or anything else.
+enum RealmError {
+    Refused(RegistryError),
+    Other(RegistryError),
+}
+
+impl From<RegistryError> for RealmError {
+    fn from(e: RegistryError) -> Self {
+        RealmError::Other(e)
     }
 }
 
@@ -920,12 +1088,20 @@ mod tests {
             RegistryClient::new(
                 Endpoint {
                     registry: registry.into(),
-                    credentials: creds.then(|| Credentials {
-                        username: "u".into(),
-                        password: crate::secret::Secret::new("p"),
+                    credentials: Arc::new(if creds {
+                        CredentialProvider::fixed(
+                            Login::Basic {
+                                username: "u".into(),
+                                password: crate::secret::Secret::new("p"),
+                            },
+                            "test",
+                        )
+                    } else {
+                        CredentialProvider::anonymous()
                     }),
                     transport,
                     timeouts: Timeouts::default(),
+                    pull_floor: 0,
                 },
                 Arc::default(),
             )

@@ -10,6 +10,7 @@ mod api;
 mod bad_input;
 mod bench_script;
 mod cli;
+mod credentials;
 mod dashboard;
 mod engine;
 mod faults;

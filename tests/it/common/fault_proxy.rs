@@ -264,6 +264,8 @@ pub enum Action {
     LocationTo(String),
     /// Forward, then replace the `realm` of the answer's `WWW-Authenticate`.
     RealmTo(String),
+    /// Forward, then add these headers to the answer (e.g. Docker Hub's `ratelimit-*`).
+    AddHeaders(Vec<(String, String)>),
 }
 
 /// A rule: which requests (method, path regex, which matches) and what to do.
@@ -352,6 +354,15 @@ impl Rule {
     /// Replace the `WWW-Authenticate` realm with `realm`.
     pub fn realm_to(self, realm: &str) -> Rule {
         self.action(Action::RealmTo(realm.to_owned()))
+    }
+
+    /// Add `headers` to the forwarded answer.
+    pub fn add_headers(self, headers: &[(&str, &str)]) -> Rule {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.action(Action::AddHeaders(headers))
     }
 
     /// Sets the action.
@@ -606,6 +617,14 @@ async fn handle(
             }
         }
         Some(Action::RealmTo(realm)) => rewrite_realm(&mut parts.headers, &realm),
+        Some(Action::AddHeaders(headers)) => {
+            for (name, value) in headers {
+                parts.headers.insert(
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                    HeaderValue::from_str(&value).expect("header value"),
+                );
+            }
+        }
     }
     *record.status.lock().unwrap() = Some(parts.status.as_u16());
     Ok(Response::from_parts(parts, counted(stream, &record)))
