@@ -211,6 +211,10 @@ pub struct TaskConfig {
     /// Copy only index entries of these architectures, `arch` or `arch/variant` (empty: all).
     #[serde(default)]
     pub arch: Vec<String>,
+    /// Copy each image's referrers (signatures, attestations, SBOMs: OCI 1.1 referrers,
+    /// the referrers tag schema and cosign's tags) with it; a request may override it.
+    #[serde(default = "default_referrers")]
+    pub referrers: bool,
 }
 
 impl Default for TaskConfig {
@@ -223,6 +227,7 @@ impl Default for TaskConfig {
             idle_timeout_seconds: default_idle_timeout(),
             os: Vec::new(),
             arch: Vec::new(),
+            referrers: default_referrers(),
         }
     }
 }
@@ -259,6 +264,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     60
+}
+fn default_referrers() -> bool {
+    true
 }
 fn default_max_transfers() -> usize {
     16
