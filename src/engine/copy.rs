@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::platforms::PlatformFilter;
 use super::progress::{BlobKind, Observers, Step, SyncEvent};
-use super::referrers::{SubjectLocks, Walk};
 use super::rechunk::Rechunk;
+use super::referrers::{SubjectLocks, Walk};
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
 use super::synclog::SyncLog;

@@ -22,8 +22,7 @@ use super::progress::SyncEvent;
 use super::report::ImageResult;
 use crate::registry::media::{
     cosign_tags, entry_digest, fallback_tag, index_entries, is_referrer_tag, merge_referrers,
-    referrer_info, referrers_index, ReferrerInfo, MANIFEST_ACCEPT,
-    OCI_INDEX_ACCEPT,
+    referrer_info, referrers_index, ReferrerInfo, MANIFEST_ACCEPT, OCI_INDEX_ACCEPT,
 };
 use crate::registry::Manifest;
 
@@ -193,7 +192,11 @@ impl CopyJob<'_> {
                 self.log.info(format!(
                     "Source {} {} the OCI referrers API",
                     self.source.name(),
-                    if listed.is_some() { "serves" } else { "does not serve" }
+                    if listed.is_some() {
+                        "serves"
+                    } else {
+                        "does not serve"
+                    }
                 ));
             }
             walk.source_api = Some(listed.is_some());
@@ -210,9 +213,9 @@ impl CopyJob<'_> {
                     .await?;
                 // Anything but an OCI index (or a registry that resolves the tag as the
                 // subject's own digest) means "no referrers", as the spec says.
-                if let Some(index) = index.filter(|m| {
-                    m.media_type == OCI_INDEX_ACCEPT && m.digest != subject
-                }) {
+                if let Some(index) =
+                    index.filter(|m| m.media_type == OCI_INDEX_ACCEPT && m.digest != subject)
+                {
                     entries = index_entries(&index.bytes);
                     source_index = entries.is_some().then_some(index);
                 }
@@ -270,7 +273,10 @@ impl CopyJob<'_> {
     ) -> Result<bool, CopyError> {
         let manifest = &referrer.manifest;
         let ReferrerInfo { kind, .. } = referrer_info(&manifest.media_type, &manifest.bytes);
-        let reference = referrer.tag.clone().unwrap_or_else(|| manifest.digest.clone());
+        let reference = referrer
+            .tag
+            .clone()
+            .unwrap_or_else(|| manifest.digest.clone());
         let dst_repo = &self.target.repository;
         let at_target = self
             .retry
@@ -360,7 +366,9 @@ impl CopyJob<'_> {
         };
         let same_as_source = |source: &Manifest| {
             index_entries(&source.bytes).is_some_and(|list| {
-                list.iter().map(entry_digest).eq(entries.iter().map(entry_digest))
+                list.iter()
+                    .map(entry_digest)
+                    .eq(entries.iter().map(entry_digest))
             })
         };
         let index = match (existing_entries, source_index) {

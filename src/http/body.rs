@@ -407,17 +407,19 @@ mod tests {
     #[test]
     fn options_reach_the_engine_and_the_echo() {
         let parsed = parse_sync_request(
-            br#"{"rsync_config":{"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]}}"#,
+            br#"{"rsync_config":{"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"],"referrers":false}}"#,
         )
         .unwrap();
         assert!(parsed.request.force);
         assert_eq!(parsed.request.platforms, ["linux/arm64"]);
+        assert_eq!(parsed.request.referrers, Some(false));
         let echo = serde_json::to_value(&parsed.echo).unwrap();
         assert_eq!(
             echo,
-            serde_json::json!({"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]})
+            serde_json::json!({"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"],"referrers":false})
         );
         let plain = parse_sync_request(br#"{"rsync_config":{"source":"a","target":"b"}}"#).unwrap();
+        assert_eq!(plain.request.referrers, None, "absent: the config decides");
         assert_eq!(
             serde_json::to_value(&plain.echo).unwrap(),
             serde_json::json!({"source":"a","target":"b"}),

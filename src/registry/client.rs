@@ -343,10 +343,9 @@ impl RegistryClient {
                 .join(&path)
                 .map_err(|e| self.protocol(&step, e.to_string()))?;
             if url.origin() != base.origin() {
-                return Err(self.protocol(
-                    &step,
-                    "referrers pagination leads to another host".into(),
-                ));
+                return Err(
+                    self.protocol(&step, "referrers pagination leads to another host".into())
+                );
             }
             let resp = self
                 .send(&step, Access::Pull(repository), |c, _| {
@@ -357,8 +356,9 @@ impl RegistryClient {
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 return Err(self.status_error(resp, &step).await);
             }
-            let is_index = header_str(resp.headers(), CONTENT_TYPE.as_str())
-                .is_some_and(|t| t.split(';').next().unwrap_or("").trim() == media::OCI_INDEX_ACCEPT);
+            let is_index = header_str(resp.headers(), CONTENT_TYPE.as_str()).is_some_and(|t| {
+                t.split(';').next().unwrap_or("").trim() == media::OCI_INDEX_ACCEPT
+            });
             next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
             let body = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
             if status != StatusCode::OK || !is_index {

@@ -221,7 +221,9 @@ pub fn is_referrer_tag(tag: &str) -> bool {
         None => (rest, None),
     };
     hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && suffix.is_none_or(|s| matches!(s, "sig" | "att" | "sbom"))
 }
 
@@ -328,7 +330,10 @@ pub fn merge_referrers(
 ) -> Option<Vec<serde_json::Value>> {
     let mut merged = existing.to_vec();
     for entry in added {
-        if !merged.iter().any(|e| entry_digest(e) == entry_digest(entry)) {
+        if !merged
+            .iter()
+            .any(|e| entry_digest(e) == entry_digest(entry))
+        {
             merged.push(entry.clone());
         }
     }
@@ -471,7 +476,8 @@ mod tests {
         let e = |d: &str| serde_json::json!({"digest": d, "size": 1});
         let existing = vec![e("sha256:1"), e("sha256:2")];
         assert!(merge_referrers(&existing, &[e("sha256:2")]).is_none());
-        let merged = merge_referrers(&existing, &[e("sha256:3"), e("sha256:1"), e("sha256:3")]).unwrap();
+        let merged =
+            merge_referrers(&existing, &[e("sha256:3"), e("sha256:1"), e("sha256:3")]).unwrap();
         let digests: Vec<_> = merged.iter().map(entry_digest).collect();
         assert_eq!(digests, ["sha256:1", "sha256:2", "sha256:3"]);
         let index = referrers_index(&merged);

@@ -56,13 +56,16 @@ async fn push_signed(src: &Registry, repo: &str, tag: &str) -> Signed {
     let pushed = src.push_image(repo, tag, &image).await;
     let subject = Subject::of_image(&image);
     let sig = Artifact::cosign_signature(&subject, &pushed.reference());
-    src.push_artifact(repo, &subject.cosign_tag("sig"), &sig).await;
+    src.push_artifact(repo, &subject.cosign_tag("sig"), &sig)
+        .await;
     let att = Artifact::attestation(&subject);
     let sbom = Artifact::with_subject(&subject, SPDX_TYPE);
     for a in [&att, &sbom] {
         src.push_artifact(repo, &a.digest, a).await;
     }
-    let index_digest = src.push_referrers_index(repo, &subject, &[&att, &sbom]).await;
+    let index_digest = src
+        .push_referrers_index(repo, &subject, &[&att, &sbom])
+        .await;
     let sbom_subject = Subject::of_artifact(&sbom);
     let sbom_bundle = Artifact::with_subject(&sbom_subject, BUNDLE_TYPE);
     src.push_artifact(repo, &sbom_bundle.digest, &sbom_bundle)
@@ -128,7 +131,11 @@ async fn signature_attestation_sbom_and_their_referrers_travel_digest_for_digest
     assert_success(&report);
     let image = &report.images[0];
     assert_eq!(image.status, ImageStatus::Synced);
-    assert_eq!(image.referrers_copied, 4, "sig, att, sbom, sbom's bundle: {}", report.log);
+    assert_eq!(
+        image.referrers_copied, 4,
+        "sig, att, sbom, sbom's bundle: {}",
+        report.log
+    );
     for line in referrer_lines(&report.log) {
         eprintln!("{line}");
     }
@@ -143,7 +150,11 @@ async fn signature_attestation_sbom_and_their_referrers_travel_digest_for_digest
             "msg=\"Put referrer {} ({kind}) of {subject} to {dst_name}\"",
             artifact.digest
         );
-        assert!(report.log.contains(&line), "{line} missing:\n{}", report.log);
+        assert!(
+            report.log.contains(&line),
+            "{line} missing:\n{}",
+            report.log
+        );
     }
     let sig_line = format!(
         "msg=\"Put referrer {} (application/vnd.dev.cosign.simplesigning.v1+json) of {} to {dst_name}:{}\"",
@@ -151,7 +162,11 @@ async fn signature_attestation_sbom_and_their_referrers_travel_digest_for_digest
         s.image.digest,
         s.subject.cosign_tag("sig")
     );
-    assert!(report.log.contains(&sig_line), "{sig_line} missing:\n{}", report.log);
+    assert!(
+        report.log.contains(&sig_line),
+        "{sig_line} missing:\n{}",
+        report.log
+    );
     // The tag is the last write: every referrer and index line comes before it.
     let tag_at = report
         .log
@@ -167,15 +182,25 @@ async fn signature_attestation_sbom_and_their_referrers_travel_digest_for_digest
     for a in [&s.att, &s.sbom, &s.sbom_bundle] {
         skopeo::assert_digest(&dst, &format!("prod/app@{}", a.digest), &a.digest).await;
     }
-    skopeo::assert_digest(&dst, &format!("prod/app:{}", s.subject.cosign_tag("sig")), &s.sig.digest)
-        .await;
+    skopeo::assert_digest(
+        &dst,
+        &format!("prod/app:{}", s.subject.cosign_tag("sig")),
+        &s.sig.digest,
+    )
+    .await;
     // The target had no fallback index, so the source's was pushed as it was.
     let tag = s.subject.fallback_tag();
     skopeo::assert_digest(&dst, &format!("prod/app:{tag}"), &s.index_digest).await;
     let sbom_tag = Subject::of_artifact(&s.sbom).fallback_tag();
     skopeo::assert_digest(&dst, &format!("prod/app:{sbom_tag}"), &s.sbom_index_digest).await;
-    let raw = skopeo::inspect_raw(&dst, &format!("prod/app:{tag}")).await.unwrap();
-    eprintln!("skopeo inspect --raw docker://{}/prod/app:{tag}\n{}", dst.host(), String::from_utf8_lossy(&raw));
+    let raw = skopeo::inspect_raw(&dst, &format!("prod/app:{tag}"))
+        .await
+        .unwrap();
+    eprintln!(
+        "skopeo inspect --raw docker://{}/prod/app:{tag}\n{}",
+        dst.host(),
+        String::from_utf8_lossy(&raw)
+    );
     let raw = skopeo::inspect_raw(&dst, &format!("prod/app:{}", s.subject.cosign_tag("sig")))
         .await
         .unwrap();
@@ -191,8 +216,17 @@ async fn signature_attestation_sbom_and_their_referrers_travel_digest_for_digest
     assert_success(&again);
     assert_eq!(again.images[0].status, ImageStatus::AlreadySynced);
     assert_eq!(again.images[0].referrers_copied, 0, "{}", again.log);
-    assert_eq!(again.log.matches("Skip referrer").count(), 4, "{}", again.log);
-    assert!(again.log.contains("already lists every referrer copied"), "{}", again.log);
+    assert_eq!(
+        again.log.matches("Skip referrer").count(),
+        4,
+        "{}",
+        again.log
+    );
+    assert!(
+        again.log.contains("already lists every referrer copied"),
+        "{}",
+        again.log
+    );
 
     // A signature added after the image was copied follows on the next sync.
     let late = Artifact::with_subject(&s.subject, BUNDLE_TYPE);
@@ -205,7 +239,11 @@ async fn signature_attestation_sbom_and_their_referrers_travel_digest_for_digest
     assert_eq!(third.images[0].referrers_copied, 1, "{}", third.log);
     assert_eq!(
         listed(&dst, &format!("prod/app:{tag}")).await,
-        [s.att.digest.clone(), s.sbom.digest.clone(), late.digest.clone()]
+        [
+            s.att.digest.clone(),
+            s.sbom.digest.clone(),
+            late.digest.clone()
+        ]
     );
 }
 
@@ -213,7 +251,12 @@ async fn signature_attestation_sbom_and_their_referrers_travel_digest_for_digest
 async fn each_platform_of_an_index_brings_its_own_signature() {
     let src = Registry::start_anonymous().await;
     let dst = Registry::start_anonymous().await;
-    let index = Index::random(Format::Oci, &[Platform::AMD64, Platform::ARM64], 64 * KIB, 16 * KIB);
+    let index = Index::random(
+        Format::Oci,
+        &[Platform::AMD64, Platform::ARM64],
+        64 * KIB,
+        16 * KIB,
+    );
     let pushed = src.push_index("multi/app", "v1", &index).await;
     let mut sigs = Vec::new();
     let subjects = std::iter::once(Subject::of_index(&index))
@@ -233,8 +276,12 @@ async fn each_platform_of_an_index_brings_its_own_signature() {
     assert_eq!(report.images[0].referrers_copied, 3, "{}", report.log);
     skopeo::assert_landed(&dst, "multi/app:v1", &pushed).await;
     for (subject, sig) in &sigs {
-        skopeo::assert_digest(&dst, &format!("multi/app:{}", subject.cosign_tag("sig")), &sig.digest)
-            .await;
+        skopeo::assert_digest(
+            &dst,
+            &format!("multi/app:{}", subject.cosign_tag("sig")),
+            &sig.digest,
+        )
+        .await;
     }
 }
 
@@ -250,7 +297,8 @@ async fn the_target_index_keeps_what_it_listed_and_concurrent_syncs_both_land() 
     let scan = Artifact::with_subject(&subject, "application/vnd.example.scan+json");
     dst.push_image("prod/app", "v0", &image).await;
     dst.push_artifact("prod/app", &scan.digest, &scan).await;
-    dst.push_referrers_index("prod/app", &subject, &[&scan]).await;
+    dst.push_referrers_index("prod/app", &subject, &[&scan])
+        .await;
     // Two sources hold the same image with a different SBOM each.
     let mut sboms = Vec::new();
     for repo in ["a/app", "b/app"] {
@@ -269,13 +317,20 @@ async fn the_target_index_keeps_what_it_listed_and_concurrent_syncs_both_land() 
     assert_success(&a);
     assert_success(&b);
     let tag = subject.fallback_tag();
-    let got: BTreeSet<String> = listed(&dst, &format!("prod/app:{tag}")).await.into_iter().collect();
+    let got: BTreeSet<String> = listed(&dst, &format!("prod/app:{tag}"))
+        .await
+        .into_iter()
+        .collect();
     let want: BTreeSet<String> = [&scan, &sboms[0], &sboms[1]]
         .iter()
         .map(|a| a.digest.clone())
         .collect();
     assert_eq!(got, want, "a:\n{}\nb:\n{}", a.log, b.log);
-    assert_eq!(listed(&dst, &format!("prod/app:{tag}")).await[0], scan.digest, "kept first");
+    assert_eq!(
+        listed(&dst, &format!("prod/app:{tag}")).await[0],
+        scan.digest,
+        "kept first"
+    );
     for sbom in &sboms {
         skopeo::assert_digest(&dst, &format!("prod/app@{}", sbom.digest), &sbom.digest).await;
     }
@@ -299,7 +354,8 @@ async fn the_referrers_api_is_used_at_the_source_and_oci_subject_spares_the_targ
     for a in [&att, &sbom] {
         src.push_artifact("team/app", &a.digest, a).await;
     }
-    src.push_referrers_index("team/app", &subject, &[&att, &sbom]).await;
+    src.push_referrers_index("team/app", &subject, &[&att, &sbom])
+        .await;
     let engine = engine(&[(src_front.host(), &src), (dst_front.host(), &dst)]);
 
     let report = engine
@@ -310,7 +366,11 @@ async fn the_referrers_api_is_used_at_the_source_and_oci_subject_spares_the_targ
         .await;
     assert_success(&report);
     assert_eq!(report.images[0].referrers_copied, 2, "{}", report.log);
-    assert!(report.log.contains("serves the OCI referrers API"), "{}", report.log);
+    assert!(
+        report.log.contains("serves the OCI referrers API"),
+        "{}",
+        report.log
+    );
     let api = src_front.requests_to("GET", &format!("/referrers/{}$", subject.digest));
     assert_eq!(api.len(), 1, "{}", src_front.summary());
     assert_eq!(api[0].status, Some(200));
@@ -321,8 +381,16 @@ async fn the_referrers_api_is_used_at_the_source_and_oci_subject_spares_the_targ
         src_front.summary()
     );
     // The target answered OCI-Subject: it keeps the list, so no fallback index is written.
-    assert!(dst_front.requests_to("PUT", &tag_path).is_empty(), "{}", dst_front.summary());
-    assert!(dst_front.requests_to("GET", &tag_path).is_empty(), "{}", dst_front.summary());
+    assert!(
+        dst_front.requests_to("PUT", &tag_path).is_empty(),
+        "{}",
+        dst_front.summary()
+    );
+    assert!(
+        dst_front.requests_to("GET", &tag_path).is_empty(),
+        "{}",
+        dst_front.summary()
+    );
     skopeo::assert_absent(&dst, &format!("prod/app:{}", subject.fallback_tag())).await;
     skopeo::assert_landed(&dst, "prod/app:v1", &pushed).await;
     for a in [&att, &sbom] {
@@ -352,20 +420,42 @@ async fn an_all_tags_rule_copies_each_signature_once_and_referrers_false_copies_
     let engine = direct(&[&src, &dst]);
     let source = format!("{}/team/app", src.host());
 
-    let report = engine.sync(&source, &format!("{}/team/app", dst.host())).await;
+    let report = engine
+        .sync(&source, &format!("{}/team/app", dst.host()))
+        .await;
     assert_success(&report);
-    let planned: BTreeSet<_> = report.images.iter().map(|i| i.target.rsplit(':').next().unwrap().to_owned()).collect();
-    assert_eq!(planned, ["latest", "v1", "v2"].map(String::from).into(), "{}", report.log);
-    assert!(report.log.contains("Leave out 2 referrer tags"), "{}", report.log);
+    let planned: BTreeSet<_> = report
+        .images
+        .iter()
+        .map(|i| i.target.rsplit(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        planned,
+        ["latest", "v1", "v2"].map(String::from).into(),
+        "{}",
+        report.log
+    );
+    assert!(
+        report.log.contains("Leave out 2 referrer tags"),
+        "{}",
+        report.log
+    );
     for (subject, sig) in &sigs {
         assert_eq!(
-            report.log.matches(&format!("Put referrer {}", sig.digest)).count(),
+            report
+                .log
+                .matches(&format!("Put referrer {}", sig.digest))
+                .count(),
             1,
             "{}",
             report.log
         );
-        skopeo::assert_digest(&dst, &format!("team/app:{}", subject.cosign_tag("sig")), &sig.digest)
-            .await;
+        skopeo::assert_digest(
+            &dst,
+            &format!("team/app:{}", subject.cosign_tag("sig")),
+            &sig.digest,
+        )
+        .await;
     }
     let copied: u64 = report.images.iter().map(|i| i.referrers_copied).sum();
     assert_eq!(copied, 2, "{}", report.log);
@@ -396,7 +486,8 @@ async fn a_referrer_that_fails_fails_the_image_and_leaves_the_tag_unwritten() {
     let subject = Subject::of_image(&image);
     let sbom = Artifact::with_subject(&subject, SPDX_TYPE);
     src.push_artifact("team/app", &sbom.digest, &sbom).await;
-    src.push_referrers_index("team/app", &subject, &[&sbom]).await;
+    src.push_referrers_index("team/app", &subject, &[&sbom])
+        .await;
     // The SBOM's content is gone at the source.
     let content = crate::common::image::sha256_digest(&sbom.blobs[1]);
     src.delete_blob("team/app", &content).await;
@@ -408,10 +499,16 @@ async fn a_referrer_that_fails_fails_the_image_and_leaves_the_tag_unwritten() {
     assert_eq!(report.status, SyncStatus::Failed, "{}", report.log);
     let error = report.images[0].error.clone().unwrap();
     assert!(
-        error.contains(&format!("referrer {} ({SPDX_TYPE}) of {}", sbom.digest, subject.digest)),
+        error.contains(&format!(
+            "referrer {} ({SPDX_TYPE}) of {}",
+            sbom.digest, subject.digest
+        )),
         "{error}"
     );
-    assert!(error.contains(&content), "the cause names the missing blob: {error}");
+    assert!(
+        error.contains(&content),
+        "the cause names the missing blob: {error}"
+    );
     skopeo::assert_absent(&dst, "prod/app:v1").await;
 }
 
@@ -426,7 +523,8 @@ async fn referrers_are_followed_four_levels_deep() {
     for _ in 0..5 {
         let next = Artifact::with_subject(&subject, BUNDLE_TYPE);
         src.push_artifact("team/app", &next.digest, &next).await;
-        src.push_referrers_index("team/app", &subject, &[&next]).await;
+        src.push_referrers_index("team/app", &subject, &[&next])
+            .await;
         subject = Subject::of_artifact(&next);
         chain.push(next);
     }
@@ -445,4 +543,60 @@ async fn referrers_are_followed_four_levels_deep() {
         skopeo::assert_digest(&dst, &format!("prod/app@{}", a.digest), &a.digest).await;
     }
     skopeo::assert_absent(&dst, &format!("prod/app@{}", chain[4].digest)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_reports_referrers_in_the_answer_the_job_and_the_metrics() {
+    use crate::common::fixture::{Pair, SourceAuth};
+    use crate::common::service::admin;
+    use serde_json::json;
+
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let s = push_signed(&pair.src, "team/app", "v1").await;
+    let body = json!({"rsync_config": {
+        "source": s.pushed.reference(),
+        "target": pair.dst_ref("prod/app:v1"),
+        "referrers": true,
+    }});
+    let (status, answer) = pair.service.post_json(Some(&admin()), &body).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["rsync_config"]["referrers"],
+        json!(true),
+        "echoed: {answer}"
+    );
+    let image = &answer["rsync_data"]["images"][0];
+    assert_eq!(image["referrers_copied"], json!(4), "{answer}");
+
+    let (_, page) = pair
+        .service
+        .call_json(reqwest::Method::GET, "/v1/image/rsync/jobs", &admin())
+        .await;
+    let job = &page["jobs"][0];
+    assert_eq!(job["request"]["referrers"], json!(true), "{page}");
+    assert_eq!(job["progress"]["referrers_copied"], json!(4), "{page}");
+    assert_eq!(
+        job["progress"]["images"][0]["referrers_copied"],
+        json!(4),
+        "{page}"
+    );
+
+    let metrics = pair
+        .service
+        .client()
+        .get(pair.service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(
+        "imagersync_referrers_total{{registry=\"{}\"}} 4",
+        pair.dst.host()
+    );
+    assert!(
+        metrics.lines().any(|l| l == series),
+        "{series} missing:\n{metrics}"
+    );
 }

@@ -724,7 +724,10 @@ async fn referrers_api(
     let re = Regex::new(r"^/v2/(.+)/referrers/([a-z0-9]+):([0-9a-f]+)").expect("regex");
     let Some(caps) = re.captures(&record.path) else {
         *record.status.lock().unwrap() = Some(400);
-        return canned(Reply::json_error(400, "DIGEST_INVALID", "bad digest"), record);
+        return canned(
+            Reply::json_error(400, "DIGEST_INVALID", "bad digest"),
+            record,
+        );
     };
     let url = format!(
         "http://{}/v2/{}/manifests/{}-{}",

@@ -451,7 +451,12 @@ impl Artifact {
             "subject": subject_json(subject),
             "annotations": annotations,
         });
-        Artifact::finish(manifest, vec![statement, envelope], IN_TOTO_TYPE, annotations)
+        Artifact::finish(
+            manifest,
+            vec![statement, envelope],
+            IN_TOTO_TYPE,
+            annotations,
+        )
     }
 
     /// An artifact of `artifact_type` with the empty config and one layer of random
@@ -479,7 +484,12 @@ impl Artifact {
         Artifact::finish(manifest, vec![empty, content], artifact_type, annotations)
     }
 
-    fn finish(manifest: Value, blobs: Vec<Bytes>, artifact_type: &str, annotations: Value) -> Artifact {
+    fn finish(
+        manifest: Value,
+        blobs: Vec<Bytes>,
+        artifact_type: &str,
+        annotations: Value,
+    ) -> Artifact {
         let manifest = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap());
         Artifact {
             digest: sha256_digest(&manifest),
