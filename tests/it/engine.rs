@@ -384,13 +384,15 @@ async fn a_token_that_expires_mid_sync_is_renewed() {
     let first = Image::random(Format::Oci, &[16 * KIB]);
     let pushed = src.push_image("team/app", "v1", &first).await;
     let target = format!("{}/team/app:v1", tokened.host());
-    issuer.expire_early(2);
+    // Long enough for one sync on a loaded 2-core machine (a 2 s lifetime expired inside
+    // the first sync's upload and its retry there), short enough to outlive below.
+    issuer.expire_early(8);
     assert_success(&engine.sync(&pushed.reference(), &target).await);
     let before = issuer.requests();
 
     // The cached token still looks valid but the registry refuses it now: the 401 must
     // lead to one fresh token and success.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
     let second = Image::random(Format::Oci, &[16 * KIB]);
     let pushed = src.push_image("team/app", "v2", &second).await;
     let report = engine
