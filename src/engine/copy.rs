@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::platforms::PlatformFilter;
 use super::progress::{BlobKind, Observers, Step, SyncEvent};
 use super::rechunk::Rechunk;
-use super::referrers::{SubjectLocks, Walk};
+use super::referrers::{ReferrerTags, SubjectLocks, Walk};
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
 use super::synclog::SyncLog;
@@ -72,6 +72,8 @@ pub(crate) struct CopyJob<'a> {
     pub referrers: bool,
     /// Service-wide: one update at a time of a target's referrers index per subject.
     pub subject_locks: &'a SubjectLocks,
+    /// This sync's: the referrer tags of each source repository, listed once.
+    pub referrer_tags: &'a ReferrerTags,
 }
 
 /// Why an image copy failed.

@@ -28,7 +28,7 @@ use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
 use self::progress::Observers;
-use self::referrers::SubjectLocks;
+use self::referrers::{ReferrerTags, SubjectLocks};
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
@@ -98,6 +98,7 @@ struct RunOptions<'a> {
     check_every_blob: bool,
     platforms: Option<&'a PlatformFilter>,
     referrers: bool,
+    referrer_tags: &'a ReferrerTags,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
 }
@@ -188,10 +189,13 @@ impl Engine {
         let start_time = Local::now();
         let observers = Observers::new(self.observer.clone(), context.observer.clone());
         let log = SyncLog::default();
+        let referrer_tags = ReferrerTags::default();
         let planned = match PlatformFilter::from_patterns(&request.platforms) {
             Ok(filter) => {
                 let targets: Vec<&str> = request.targets.iter().map(String::as_str).collect();
-                let pairs = self.plan(&request.source, &targets, &log).await;
+                let pairs = self
+                    .plan(&request.source, &targets, &log, &referrer_tags)
+                    .await;
                 pairs.map(|p| (p, filter.or_else(|| self.platforms.clone())))
             }
             Err(e) => Err(PlanError::BadInput(format!("platforms: {e}"))),
@@ -208,6 +212,7 @@ impl Engine {
                     check_every_blob: context.resumed,
                     platforms: filter.as_ref(),
                     referrers: request.referrers.unwrap_or(self.task.referrers),
+                    referrer_tags: &referrer_tags,
                     observers: &observers,
                     cancel: &context.cancel,
                 };
@@ -278,6 +283,7 @@ impl Engine {
         source: &str,
         targets: &[&str],
         log: &SyncLog,
+        referrer_tags: &ReferrerTags,
     ) -> Result<Vec<(ImageRef, ImageRef)>, PlanError> {
         let bad =
             |side: &str, e: &dyn std::fmt::Display| PlanError::BadInput(format!("{side}: {e}"));
@@ -307,6 +313,8 @@ impl Engine {
             let client = self.client(&src.image, log)?;
             let mut tags = client.tags(&src.image.repository).await?;
             log.info(format!("Found {} tags in {}", tags.len(), src.image.name()));
+            // The copies will look for referrer tags here: they need not list again.
+            referrer_tags.remember(src.image.name(), &tags);
             // Signature, attestation and referrers-index tags are not images: they
             // travel with their subject (when referrers are copied), never on their own.
             let before = tags.len();
@@ -390,6 +398,7 @@ impl Engine {
                         cancel: options.cancel,
                         referrers: options.referrers,
                         subject_locks: &self.subject_locks,
+                        referrer_tags: options.referrer_tags,
                     }
                     .run()
                     .await

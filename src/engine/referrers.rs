@@ -51,6 +51,44 @@ impl SubjectLocks {
     }
 }
 
+/// The referrer tags of each source repository, listed once per sync: an all-tags rule
+/// over a repository of N tags would otherwise read its tag list N times.
+#[derive(Default)]
+pub struct ReferrerTags {
+    /// By `registry/repository`; `None` when the list could not be read.
+    known: Mutex<HashMap<String, Option<Arc<HashSet<String>>>>>,
+}
+
+impl ReferrerTags {
+    /// Remembers the referrer tags among `tags` of `registry/repository`.
+    pub fn remember(&self, repository: String, tags: &[String]) {
+        let set = tags
+            .iter()
+            .filter(|t| is_referrer_tag(t))
+            .cloned()
+            .collect();
+        self.known
+            .lock()
+            .expect("referrer tags")
+            .insert(repository, Some(Arc::new(set)));
+    }
+
+    fn get(&self, repository: &str) -> Option<Option<Arc<HashSet<String>>>> {
+        self.known
+            .lock()
+            .expect("referrer tags")
+            .get(repository)
+            .cloned()
+    }
+
+    fn put(&self, repository: String, tags: Option<Arc<HashSet<String>>>) {
+        self.known
+            .lock()
+            .expect("referrer tags")
+            .insert(repository, tags);
+    }
+}
+
 /// A referrer found at the source.
 struct Found {
     /// Its manifest, as read from the source.
@@ -66,7 +104,7 @@ struct Found {
 pub(crate) struct Walk {
     /// Referrer tags of the source repository (fallback and cosign tags), when its tag
     /// list could be read: tags not in it are not asked for.
-    source_tags: Option<HashSet<String>>,
+    source_tags: Option<Arc<HashSet<String>>>,
     /// Whether the source serves the referrers API (learnt on the first subject).
     source_api: Option<bool>,
     /// Whether the target answered `OCI-Subject` (it keeps referrers lists itself).
@@ -151,11 +189,16 @@ impl CopyJob<'_> {
     }
 
     /// The source repository's referrer tags, or `None` when its tag list cannot be read
-    /// (then each candidate tag is asked for instead).
-    async fn list_referrer_tags(&self) -> Option<HashSet<String>> {
-        let repo = &self.source.repository;
-        match self.src.tags(repo).await {
-            Ok(tags) => Some(tags.into_iter().filter(|t| is_referrer_tag(t)).collect()),
+    /// (then each candidate tag is asked for instead). Read once per sync and repository.
+    async fn list_referrer_tags(&self) -> Option<Arc<HashSet<String>>> {
+        let key = self.source.name();
+        if let Some(known) = self.referrer_tags.get(&key) {
+            return known;
+        }
+        let listed = match self.src.tags(&self.source.repository).await {
+            Ok(tags) => Some(Arc::new(
+                tags.into_iter().filter(|t| is_referrer_tag(t)).collect(),
+            )),
             Err(e) => {
                 self.log.warn(format!(
                     "Could not list the tags of {} to find referrers, asking for each: {e}",
@@ -163,7 +206,9 @@ impl CopyJob<'_> {
                 ));
                 None
             }
-        }
+        };
+        self.referrer_tags.put(key, listed.clone());
+        listed
     }
 
     /// Whether the source may hold `tag`.

@@ -221,8 +221,8 @@ impl RegistryClient {
     ) -> Result<Manifest, RegistryError> {
         let step = format!("fetching manifest {repository}:{reference}");
         self.fetch_manifest(repository, reference, media::MANIFEST_ACCEPT, false, &step)
-            .await
-            .map(|m| m.expect("a missing manifest is an error here"))
+            .await?
+            .ok_or_else(|| self.protocol(&step, "the manifest is missing".into()))
     }
 
     /// Like [`RegistryClient::manifest_get`] with the given `Accept`, but a 404 is `None`:
@@ -359,11 +359,13 @@ impl RegistryClient {
             let is_index = header_str(resp.headers(), CONTENT_TYPE.as_str()).is_some_and(|t| {
                 t.split(';').next().unwrap_or("").trim() == media::OCI_INDEX_ACCEPT
             });
-            next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
-            let body = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
             if status != StatusCode::OK || !is_index {
+                // Read (what a registry without the API says) so the connection is reused.
+                let _ = self.read_capped(resp, MAX_ERROR_BYTES, &step).await;
                 return Ok(None);
             }
+            next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
+            let body = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
             match media::index_entries(&body) {
                 Some(page) => entries.extend(page),
                 None => return Ok(None),
