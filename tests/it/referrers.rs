@@ -600,3 +600,70 @@ async fn the_service_reports_referrers_in_the_answer_the_job_and_the_metrics() {
         "{series} missing:\n{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_files_follow_the_config_and_no_referrers_leaves_them_behind() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let image = Image::random(Format::Oci, &[8 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    let subject = Subject::of_image(&image);
+    let sig = Artifact::cosign_signature(&subject, &pushed.reference());
+    src.push_artifact("team/app", &subject.cosign_tag("sig"), &sig)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.yaml");
+    std::fs::write(
+        &auth,
+        format!(
+            "{}:\n  insecure: true\n{}:\n  insecure: true\n",
+            src.host(),
+            dst.host()
+        ),
+    )
+    .unwrap();
+    let run = |repo: &str, extra: &[&str]| {
+        let images = dir.path().join(format!("{}.yaml", repo.replace('/', "-")));
+        std::fs::write(
+            &images,
+            format!("{}: {}/{repo}\n", pushed.reference(), dst.host()),
+        )
+        .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_imagersync_service_bin"))
+            .args(["sync", "--configFile"])
+            .arg(dir.path().join("no-such-config.yaml"))
+            .arg("--images")
+            .arg(&images)
+            .arg("--auth")
+            .arg(&auth)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let sig_tag = subject.cosign_tag("sig");
+
+    // No config: task.referrers defaults to true.
+    let out = run("batch/app", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("Put referrer {}", sig.digest)),
+        "{stdout}"
+    );
+    skopeo::assert_digest(&dst, &format!("batch/app:{sig_tag}"), &sig.digest).await;
+
+    let out = run("off/app", &["--no-referrers"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("Put referrer"), "{stdout}");
+    skopeo::assert_digest(&dst, "off/app:v1", &pushed.digest).await;
+    skopeo::assert_absent(&dst, &format!("off/app:{sig_tag}")).await;
+}
