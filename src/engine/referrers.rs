@@ -142,7 +142,12 @@ impl CopyJob<'_> {
         }
         walk.source_tags = self.list_referrer_tags().await;
         let mut queue: VecDeque<(String, usize)> = subjects.into_iter().map(|s| (s, 0)).collect();
+        // A manifest found twice (listed and under a cosign tag) is searched once.
+        let mut searched = HashSet::new();
         while let Some((subject, depth)) = queue.pop_front() {
+            if !searched.insert(subject.clone()) {
+                continue;
+            }
             let (found, source_index) = self.discover(&subject, walk).await?;
             if found.is_empty() {
                 continue;
