@@ -94,6 +94,10 @@ pub struct SyncArgs {
     /// index digest)
     #[arg(long = "platform", value_name = "OS/ARCH")]
     pub platforms: Vec<String>,
+    /// Leave each image's signatures, attestations and SBOMs (OCI referrers) behind;
+    /// without it the config's task.referrers decides (default: copy them)
+    #[arg(long)]
+    pub no_referrers: bool,
     /// Print the API's JSON response on stdout instead of the sync log
     #[arg(long, conflicts_with = "images")]
     pub json: bool,
@@ -191,6 +195,7 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
         targets: args.target,
         force: args.force,
         platforms: args.platforms,
+        referrers: args.no_referrers.then_some(false),
     };
     let report = engine.run_request(&request).await;
     let code = match (report.status, report.failure) {
@@ -204,6 +209,7 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
             mut targets,
             force,
             platforms,
+            referrers,
         } = request;
         let target = if targets.len() == 1 {
             TargetEcho::One(targets.remove(0))
@@ -215,6 +221,7 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
             target,
             force,
             platforms,
+            referrers,
         };
         let response = SyncResponse::from_report("cli".to_owned(), echo, report);
         match serde_json::to_string_pretty(&response) {
@@ -261,6 +268,8 @@ async fn sync_batch(
     for mut request in batch.requests {
         request.force = args.force;
         request.platforms = args.platforms.clone();
+        // Batch files have no per-entry switch: the config decides, unless told not to.
+        request.referrers = args.no_referrers.then_some(false);
         let report = engine.run_request(&request).await;
         print!("{}", report.log);
         match report.status {

@@ -248,6 +248,10 @@ pub struct TaskConfig {
     /// Longest a credential helper may take to answer, in seconds; then it is stopped.
     #[serde(default = "default_helper_timeout")]
     pub credential_helper_timeout_seconds: u64,
+    /// Copy each image's referrers (signatures, attestations, SBOMs: OCI 1.1 referrers,
+    /// the referrers tag schema and cosign's tags) with it; a request may override it.
+    #[serde(default = "default_referrers")]
+    pub referrers: bool,
 }
 
 impl Default for TaskConfig {
@@ -262,6 +266,7 @@ impl Default for TaskConfig {
             arch: Vec::new(),
             dockerhub_min_remaining: default_dockerhub_min_remaining(),
             credential_helper_timeout_seconds: default_helper_timeout(),
+            referrers: default_referrers(),
         }
     }
 }
@@ -298,6 +303,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     60
+}
+fn default_referrers() -> bool {
+    true
 }
 fn default_max_transfers() -> usize {
     16

@@ -6,6 +6,7 @@ mod copy;
 pub mod platforms;
 pub mod progress;
 mod rechunk;
+mod referrers;
 mod report;
 mod retry;
 pub mod rules;
@@ -27,6 +28,7 @@ use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
 use self::progress::Observers;
+use self::referrers::{ReferrerTags, SubjectLocks};
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
@@ -41,6 +43,7 @@ pub struct Engine {
     /// Platform filter of the config (`task.os` / `task.arch`); a request may override it.
     platforms: Option<PlatformFilter>,
     transfers: Transfers,
+    subject_locks: SubjectLocks,
     allowed: AllowList,
     /// Told of every sync's events (the service's metrics).
     observer: Arc<dyn SyncObserver>,
@@ -83,6 +86,10 @@ pub struct SyncRequest {
     /// changes); empty means the config's `task.os` / `task.arch`, which default to all.
     #[serde(default)]
     pub platforms: Vec<String>,
+    /// Copy each image's referrers (signatures, attestations, SBOMs); `None` means the
+    /// config's `task.referrers`, which defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<bool>,
 }
 
 /// How every image of one request is copied.
@@ -90,6 +97,8 @@ struct RunOptions<'a> {
     force: bool,
     check_every_blob: bool,
     platforms: Option<&'a PlatformFilter>,
+    referrers: bool,
+    referrer_tags: &'a ReferrerTags,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
 }
@@ -149,6 +158,7 @@ impl Engine {
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),
+            subject_locks: SubjectLocks::default(),
             allowed: AllowList::new(config),
             observer: Arc::new(Unobserved),
         }
@@ -192,10 +202,13 @@ impl Engine {
         let start_time = Local::now();
         let observers = Observers::new(self.observer.clone(), context.observer.clone());
         let log = SyncLog::default();
+        let referrer_tags = ReferrerTags::default();
         let planned = match PlatformFilter::from_patterns(&request.platforms) {
             Ok(filter) => {
                 let targets: Vec<&str> = request.targets.iter().map(String::as_str).collect();
-                let pairs = self.plan(&request.source, &targets, &log).await;
+                let pairs = self
+                    .plan(&request.source, &targets, &log, &referrer_tags)
+                    .await;
                 pairs.map(|p| (p, filter.or_else(|| self.platforms.clone())))
             }
             Err(e) => Err(PlanError::BadInput(format!("platforms: {e}"))),
@@ -211,6 +224,8 @@ impl Engine {
                     force: request.force,
                     check_every_blob: context.resumed,
                     platforms: filter.as_ref(),
+                    referrers: request.referrers.unwrap_or(self.task.referrers),
+                    referrer_tags: &referrer_tags,
                     observers: &observers,
                     cancel: &context.cancel,
                 };
@@ -281,6 +296,7 @@ impl Engine {
         source: &str,
         targets: &[&str],
         log: &SyncLog,
+        referrer_tags: &ReferrerTags,
     ) -> Result<Vec<(ImageRef, ImageRef)>, PlanError> {
         let bad =
             |side: &str, e: &dyn std::fmt::Display| PlanError::BadInput(format!("{side}: {e}"));
@@ -308,8 +324,21 @@ impl Engine {
         }
         let tags = if needs_listing {
             let client = self.client(&src.image, log)?;
-            let tags = client.tags(&src.image.repository).await?;
+            let mut tags = client.tags(&src.image.repository).await?;
             log.info(format!("Found {} tags in {}", tags.len(), src.image.name()));
+            // The copies will look for referrer tags here: they need not list again.
+            referrer_tags.remember(src.image.name(), &tags);
+            // Signature, attestation and referrers-index tags are not images: they
+            // travel with their subject (when referrers are copied), never on their own.
+            let before = tags.len();
+            tags.retain(|t| !crate::registry::media::is_referrer_tag(t));
+            if tags.len() < before {
+                log.info(format!(
+                    "Leave out {} referrer tags (sha256-...) of {}: they travel with their subject",
+                    before - tags.len(),
+                    src.image.name()
+                ));
+            }
             Some(tags)
         } else {
             None
@@ -376,6 +405,9 @@ impl Engine {
                         index,
                         observers: options.observers,
                         cancel: options.cancel,
+                        referrers: options.referrers,
+                        subject_locks: &self.subject_locks,
+                        referrer_tags: options.referrer_tags,
                     }
                     .run()
                     .await

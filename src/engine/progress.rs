@@ -97,6 +97,13 @@ pub enum SyncEvent<'a> {
         /// Its size.
         bytes: u64,
     },
+    /// A referrer of an image (signature, attestation, SBOM...) was written to the target.
+    ReferrerCopied {
+        /// Image position.
+        image: usize,
+        /// Target registry host[:port].
+        registry: &'a str,
+    },
     /// A registry step failed and is tried again.
     Retry {
         /// host[:port] of the registry that failed.

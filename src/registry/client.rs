@@ -251,13 +251,44 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Manifest, RegistryError> {
         let step = format!("fetching manifest {repository}:{reference}");
+        self.fetch_manifest(repository, reference, media::MANIFEST_ACCEPT, false, &step)
+            .await?
+            .ok_or_else(|| self.protocol(&step, "the manifest is missing".into()))
+    }
+
+    /// Like [`RegistryClient::manifest_get`] with the given `Accept`, but a 404 is `None`:
+    /// for tags that may or may not exist (a referrers fallback tag, cosign's tags).
+    pub async fn manifest_find(
+        &self,
+        repository: &str,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let step = format!("fetching manifest {repository}:{reference}");
+        self.fetch_manifest(repository, reference, accept, true, &step)
+            .await
+    }
+
+    async fn fetch_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        accept: &str,
+        missing_ok: bool,
+        step: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let step = step.to_owned();
         let path = manifest_path(repository, reference);
         let resp = self
             .send(&step, Access::Pull(repository), |c, base| {
-                c.get(format!("{base}{path}"))
-                    .header(ACCEPT, media::MANIFEST_ACCEPT)
+                c.get(format!("{base}{path}")).header(ACCEPT, accept)
             })
             .await?;
+        if missing_ok && resp.status() == StatusCode::NOT_FOUND {
+            // Read the error body so the connection goes back to the pool.
+            self.read_capped(resp, MAX_ERROR_BYTES, &step).await?;
+            return Ok(None);
+        }
         let resp = self.expect(resp, &step, &[StatusCode::OK]).await?;
         let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
         let header_digest = header_str(resp.headers(), "docker-content-digest");
@@ -284,20 +315,22 @@ impl RegistryClient {
             }
         }
         let media_type = media::manifest_media_type(header_type.as_deref(), &bytes);
-        Ok(Manifest {
+        Ok(Some(Manifest {
             bytes,
             media_type,
             digest,
-        })
+        }))
     }
 
-    /// PUT a manifest's exact bytes under a tag or its digest.
+    /// PUT a manifest's exact bytes under a tag or its digest. Returns the registry's
+    /// `OCI-Subject` answer: a registry with the referrers API names the subject of a
+    /// manifest that has one, and then keeps its referrers list itself.
     pub async fn manifest_put(
         &self,
         repository: &str,
         reference: &str,
         manifest: &Manifest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<String>, RegistryError> {
         let step = format!("pushing manifest {repository}:{reference}");
         let path = manifest_path(repository, reference);
         let resp = self
@@ -307,9 +340,69 @@ impl RegistryClient {
                     .body(manifest.bytes.clone())
             })
             .await?;
-        self.expect(resp, &step, &[StatusCode::CREATED, StatusCode::OK])
+        let resp = self
+            .expect(resp, &step, &[StatusCode::CREATED, StatusCode::OK])
             .await?;
-        Ok(())
+        Ok(header_str(resp.headers(), "oci-subject"))
+    }
+
+    /// The referrers of `digest` from the OCI 1.1 referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`, following `Link` pages): each entry whole.
+    /// `None` when the registry does not serve the API: any answer but 200 with an OCI
+    /// index (distribution 2.8 answers a plain-text 404). Server errors and rate limits
+    /// stay errors, so the caller's retry can tell a busy registry from one without the API.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, RegistryError> {
+        let step = format!("listing referrers of {repository}@{digest}");
+        let base = reqwest::Url::parse(self.base(&step).await?)
+            .map_err(|e| self.protocol(&step, e.to_string()))?;
+        let mut next = Some(format!("/v2/{repository}/referrers/{digest}"));
+        let mut entries = Vec::new();
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Err(self.protocol(
+                    &step,
+                    format!("more than {MAX_TAG_PAGES} pages of referrers"),
+                ));
+            }
+            let url = base
+                .join(&path)
+                .map_err(|e| self.protocol(&step, e.to_string()))?;
+            if url.origin() != base.origin() {
+                return Err(
+                    self.protocol(&step, "referrers pagination leads to another host".into())
+                );
+            }
+            let resp = self
+                .send(&step, Access::Pull(repository), |c, _| {
+                    c.get(url.as_str()).header(ACCEPT, media::OCI_INDEX_ACCEPT)
+                })
+                .await?;
+            let status = resp.status();
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                return Err(self.status_error(resp, &step).await);
+            }
+            let is_index = header_str(resp.headers(), CONTENT_TYPE.as_str()).is_some_and(|t| {
+                t.split(';').next().unwrap_or("").trim() == media::OCI_INDEX_ACCEPT
+            });
+            if status != StatusCode::OK || !is_index {
+                // Read (what a registry without the API says) so the connection is reused.
+                let _ = self.read_capped(resp, MAX_ERROR_BYTES, &step).await;
+                return Ok(None);
+            }
+            next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
+            let body = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
+            match media::index_entries(&body) {
+                Some(page) => entries.extend(page),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(entries))
     }
 
     /// Every tag of `repository`, following `Link: <...>; rel="next"` pagination.

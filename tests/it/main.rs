@@ -20,6 +20,7 @@ mod memory;
 mod metrics;
 mod openapi;
 mod posture;
+mod referrers;
 mod rig;
 mod security;
 mod service_faults;
