@@ -12,7 +12,10 @@ use serde::Deserialize;
 use crate::secret::Secret;
 
 pub mod checks;
+pub mod mirrors;
 pub mod names;
+
+pub use mirrors::{EventsConfig, MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,9 +63,16 @@ pub struct ServerConfig {
     /// Where jobs are kept and how many may wait.
     #[serde(default)]
     pub jobs: JobsConfig,
-    /// Users who see and cancel every user's jobs (others see only their own).
+    /// Users who see and cancel every user's jobs (others see only their own), and
+    /// see and start mirrors.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Repositories kept in step with another, on a schedule and on pushes.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorConfig>,
+    /// Who may post registry push events.
+    #[serde(default)]
+    pub events: EventsConfig,
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
@@ -102,6 +112,8 @@ impl Default for ServerConfig {
             rsyncconfig: RsyncConfig::default(),
             jobs: JobsConfig::default(),
             admins: Vec::new(),
+            mirrors: Vec::new(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -439,6 +451,18 @@ impl Config {
                 format!("{unknown:?} is not a user of rsyncserver.auth"),
             ));
         }
+        if let Some(unknown) = server
+            .events
+            .users
+            .iter()
+            .find(|u| !server.auth.contains_key(*u))
+        {
+            return Err((
+                "rsyncserver.events.users".into(),
+                format!("{unknown:?} is not a user of rsyncserver.auth"),
+            ));
+        }
+        mirrors::check_mirrors(&server.mirrors)?;
         if server.logfile.as_os_str().is_empty() {
             return Err((
                 "rsyncserver.logfile".into(),

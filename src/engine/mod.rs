@@ -86,6 +86,11 @@ pub struct SyncRequest {
     pub platforms: Vec<String>,
 }
 
+/// Why the tags of a source rule could not be listed; says what failed and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TagListError(String);
+
 /// How every image of one request is copied.
 struct RunOptions<'a> {
     force: bool,
@@ -260,6 +265,34 @@ impl Engine {
             start_time,
             end_time: Local::now(),
         }
+    }
+
+    /// The tags the source rule `source` selects right now: the registry's listing for a
+    /// rule without a tag or with a regex, the given tags for a list; `None` for a digest.
+    /// Mirrors filter these further before they hand a tag list to [`Engine::run_request`].
+    pub async fn source_tags(&self, source: &str) -> Result<Option<Vec<String>>, TagListError> {
+        let log = SyncLog::default();
+        let src = RuleSide::parse(source).map_err(|e| TagListError(format!("source: {e}")))?;
+        self.allowed
+            .check(&src.image.registry)
+            .map_err(TagListError)?;
+        let listing = match &src.selector {
+            Selector::Digest(_) => return Ok(None),
+            Selector::Tags(tags) => return Ok(Some(tags.clone())),
+            Selector::All | Selector::Regex(_) => {
+                let client = self
+                    .client(&src.image, &log)
+                    .map_err(|e| TagListError(e.to_string()))?;
+                client
+                    .tags(&src.image.repository)
+                    .await
+                    .map_err(|e| TagListError(e.to_string()))?
+            }
+        };
+        Ok(Some(match &src.selector {
+            Selector::Regex(re) => listing.into_iter().filter(|t| re.is_match(t)).collect(),
+            _ => listing,
+        }))
     }
 
     /// Turns the rule into (source, target) pairs. Everything that can be checked without
