@@ -1,6 +1,5 @@
-//! The `rsyncserver.mirrors` list and `rsyncserver.events`: repositories kept in step with
-//! another on a schedule and on pushes, and who may announce pushes. Plain data plus the
-//! checks that name the bad key; the scheduler lives in `crate::mirrors`.
+//! The `rsyncserver.mirrors` list: repositories kept in step with another. Plain data
+//! plus the checks that name the bad key; the scheduler lives in `crate::mirrors`.
 
 use std::time::Duration;
 
@@ -24,7 +23,8 @@ pub struct MirrorConfig {
     /// Run on this cron schedule (5 fields, or 6 with seconds first); excludes `every`.
     #[serde(default)]
     pub cron: Option<String>,
-    /// Run for pushes to the source announced at the events endpoints.
+    /// Run for pushes to the source announced at the events endpoints (accepted and
+    /// shown; push events are not received yet).
     #[serde(default)]
     pub on_push: bool,
     /// Which of the source's tags to copy.
@@ -80,15 +80,6 @@ pub struct TagFilters {
     pub keep_latest: Option<usize>,
 }
 
-/// The `rsyncserver.events` section: who may post registry events.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsConfig {
-    /// Service users (of `rsyncserver.auth`) allowed on the events endpoints.
-    #[serde(default)]
-    pub users: Vec<String>,
-}
-
 /// How often a mirror runs on its own.
 #[derive(Debug, Clone)]
 pub enum Schedule {
@@ -115,9 +106,8 @@ impl MirrorConfig {
 const MIN_EVERY: Duration = Duration::from_secs(1);
 
 fn parse_every(every: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(every.trim()).map_err(|e| {
-        format!("{every:?} is not a duration ({e}); write e.g. 30s, 10m, 1h30m")
-    })?;
+    let d = humantime::parse_duration(every.trim())
+        .map_err(|e| format!("{every:?} is not a duration ({e}); write e.g. 30s, 10m, 1h30m"))?;
     if d < MIN_EVERY {
         return Err(format!("{every:?} is shorter than one second"));
     }
@@ -130,7 +120,9 @@ fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
         .build()
         .parse(cron.trim())
         .map_err(|e| {
-            format!("{cron:?} is not a cron expression ({e}); write 5 fields, e.g. \"*/10 * * * *\"")
+            format!(
+                "{cron:?} is not a cron expression ({e}); write 5 fields, e.g. \"*/10 * * * *\""
+            )
         })
 }
 
@@ -146,10 +138,7 @@ pub(crate) fn check_mirrors(mirrors: &[MirrorConfig]) -> Result<(), (String, Str
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return err(
-                "name",
-                format!("{:?}: a mirror name is [a-z0-9-]+", m.name),
-            );
+            return err("name", format!("{:?}: a mirror name is [a-z0-9-]+", m.name));
         }
         if !names.insert(m.name.as_str()) {
             return err("name", format!("{:?} is used by two mirrors", m.name));
@@ -190,11 +179,99 @@ pub(crate) fn check_mirrors(mirrors: &[MirrorConfig]) -> Result<(), (String, Str
             }
         }
         if m.tags.keep_latest == Some(0) {
-            return err("tags.keep_latest", "0 would keep nothing: give at least 1 or leave it out".into());
+            return err(
+                "tags.keep_latest",
+                "0 would keep nothing: give at least 1 or leave it out".into(),
+            );
         }
         if let Err(e) = checks::parse_platform_patterns(&m.platforms) {
             return err("platforms", e);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    fn load(mirror: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "rsyncserver:\n  auth: {{admin: pw}}\n  mirrors:\n    - {{name: ok, source: r.example.com/a, target: r2.example.com/a, every: 10m}}\n    - {mirror}\n"
+        );
+        Config::from_yaml(&text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn a_bad_mirror_is_refused_naming_its_key() {
+        let base = "source: r.example.com/a, target: r2.example.com/a";
+        let cases = [
+            (
+                format!("{{name: Bad_Name, {base}}}"),
+                "rsyncserver.mirrors[1].name",
+            ),
+            (
+                format!("{{name: ok, {base}}}"),
+                "rsyncserver.mirrors[1].name",
+            ),
+            (
+                format!("{{name: b, {base}, every: soon}}"),
+                "rsyncserver.mirrors[1].every",
+            ),
+            (
+                format!("{{name: b, {base}, every: 0s}}"),
+                "rsyncserver.mirrors[1].every",
+            ),
+            (
+                format!("{{name: b, {base}, cron: \"61 * * * *\"}}"),
+                "rsyncserver.mirrors[1].cron",
+            ),
+            (
+                format!("{{name: b, {base}, every: 1m, cron: \"* * * * *\"}}"),
+                "rsyncserver.mirrors[1].cron",
+            ),
+            (
+                format!("{{name: b, {base}, tags: {{semver: \">>1\"}}}}"),
+                "rsyncserver.mirrors[1].tags.semver",
+            ),
+            (
+                format!("{{name: b, {base}, tags: {{allow: [\"^v\", \"(\"]}}}}"),
+                "rsyncserver.mirrors[1].tags.allow[1]",
+            ),
+            (
+                format!("{{name: b, {base}, tags: {{deny: [\"[\"]}}}}"),
+                "rsyncserver.mirrors[1].tags.deny[0]",
+            ),
+            (
+                format!("{{name: b, {base}, tags: {{keep_latest: 0}}}}"),
+                "rsyncserver.mirrors[1].tags.keep_latest",
+            ),
+            (
+                format!("{{name: b, {base}, platforms: [\"linux amd64\"]}}"),
+                "rsyncserver.mirrors[1].platforms",
+            ),
+            (
+                "{name: b, source: \"\", target: r2.example.com/a}".into(),
+                "rsyncserver.mirrors[1].source",
+            ),
+            (
+                "{name: b, source: r.example.com/a, target: []}".into(),
+                "rsyncserver.mirrors[1].target",
+            ),
+        ];
+        for (mirror, key) in cases {
+            match load(&mirror) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{mirror}"),
+                other => panic!("{mirror}: expected an error at {key}, got {other:?}"),
+            }
+        }
+        let good = format!(
+            "{{name: b-2, {base}, cron: \"*/10 * * * *\", on_push: true, tags: {{semver: \">=1.2.0\", allow: [\"^v\"], deny: [\"-rc\"], keep_latest: 20}}, platforms: [linux/amd64]}}"
+        );
+        let config = load(&good).expect("a good mirror loads");
+        assert_eq!(config.rsyncserver.mirrors.len(), 2);
+        assert!(config.rsyncserver.mirrors[1].schedule().unwrap().is_some());
+    }
 }

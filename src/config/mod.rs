@@ -15,7 +15,7 @@ pub mod checks;
 pub mod mirrors;
 pub mod names;
 
-pub use mirrors::{EventsConfig, MirrorConfig, OneOrMany, Schedule, TagFilters};
+pub use mirrors::{MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -67,12 +67,9 @@ pub struct ServerConfig {
     /// see and start mirrors.
     #[serde(default)]
     pub admins: Vec<String>,
-    /// Repositories kept in step with another, on a schedule and on pushes.
+    /// Repositories kept in step with another, on a schedule and by hand.
     #[serde(default)]
     pub mirrors: Vec<MirrorConfig>,
-    /// Who may post registry push events.
-    #[serde(default)]
-    pub events: EventsConfig,
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
@@ -113,7 +110,6 @@ impl Default for ServerConfig {
             jobs: JobsConfig::default(),
             admins: Vec::new(),
             mirrors: Vec::new(),
-            events: EventsConfig::default(),
         }
     }
 }
@@ -448,17 +444,6 @@ impl Config {
         if let Some(unknown) = server.admins.iter().find(|a| !server.auth.contains_key(*a)) {
             return Err((
                 "rsyncserver.admins".into(),
-                format!("{unknown:?} is not a user of rsyncserver.auth"),
-            ));
-        }
-        if let Some(unknown) = server
-            .events
-            .users
-            .iter()
-            .find(|u| !server.auth.contains_key(*u))
-        {
-            return Err((
-                "rsyncserver.events.users".into(),
                 format!("{unknown:?} is not a user of rsyncserver.auth"),
             ));
         }

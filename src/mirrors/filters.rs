@@ -96,7 +96,12 @@ impl TagFilter {
 mod tests {
     use super::*;
 
-    fn filter(semver: Option<&str>, allow: &[&str], deny: &[&str], keep: Option<usize>) -> TagFilter {
+    fn filter(
+        semver: Option<&str>,
+        allow: &[&str],
+        deny: &[&str],
+        keep: Option<usize>,
+    ) -> TagFilter {
         let own = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
         TagFilter::new(&TagFilters {
             semver: semver.map(str::to_owned),
@@ -109,16 +114,44 @@ mod tests {
 
     #[test]
     fn filters_apply_in_order() {
-        let tags: Vec<String> = ["1.9.0", "1.9.0-rc1", "1.10.0", "v2.0.0", "latest", "2.0.0-alpine", "v1.2.0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let tags: Vec<String> = [
+            "1.9.0",
+            "1.9.0-rc1",
+            "1.10.0",
+            "v2.0.0",
+            "latest",
+            "2.0.0-alpine",
+            "v1.2.0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let cases: [(TagFilter, &[&str]); 6] = [
-            (filter(None, &[], &[], None), &["1.9.0", "1.9.0-rc1", "1.10.0", "v2.0.0", "latest", "2.0.0-alpine", "v1.2.0"]),
-            (filter(Some(">=1.9.0"), &[], &[], None), &["1.9.0", "1.10.0", "v2.0.0"]),
+            (
+                filter(None, &[], &[], None),
+                &[
+                    "1.9.0",
+                    "1.9.0-rc1",
+                    "1.10.0",
+                    "v2.0.0",
+                    "latest",
+                    "2.0.0-alpine",
+                    "v1.2.0",
+                ],
+            ),
+            (
+                filter(Some(">=1.9.0"), &[], &[], None),
+                &["1.9.0", "1.10.0", "v2.0.0"],
+            ),
             (filter(None, &["^v"], &[], None), &["v2.0.0", "v1.2.0"]),
-            (filter(None, &[], &["-rc", "alpine"], None), &["1.9.0", "1.10.0", "v2.0.0", "latest", "v1.2.0"]),
-            (filter(Some(">=1.0.0"), &[], &[], Some(2)), &["1.10.0", "v2.0.0"]),
+            (
+                filter(None, &[], &["-rc", "alpine"], None),
+                &["1.9.0", "1.10.0", "v2.0.0", "latest", "v1.2.0"],
+            ),
+            (
+                filter(Some(">=1.0.0"), &[], &[], Some(2)),
+                &["1.10.0", "v2.0.0"],
+            ),
             (filter(None, &["^l", "^1"], &[], Some(1)), &["latest"]),
         ];
         for (i, (f, want)) in cases.iter().enumerate() {

@@ -250,7 +250,9 @@ impl Mirrors {
                 Err(e @ RunError::Running { .. }) => {
                     tracing::info!(mirror = %mirror.config.name, "scheduled run skipped: {e}")
                 }
-                Err(e) => tracing::warn!(mirror = %mirror.config.name, "scheduled run not started: {e}"),
+                Err(e) => {
+                    tracing::warn!(mirror = %mirror.config.name, "scheduled run not started: {e}")
+                }
             }
             due = next_after(schedule, due).max(Utc::now());
         }
@@ -271,13 +273,20 @@ impl Mirrors {
                 (state.last_job, state.next_run)
             };
             let last_job = match last_id {
-                Some(id) => self.inner.jobs.get(id).await.ok().flatten().map(|j| LastJob {
-                    id: j.id,
-                    state: j.state,
-                    trigger: j.trigger,
-                    created_at: j.created_at,
-                    finished_at: j.finished_at,
-                }),
+                Some(id) => self
+                    .inner
+                    .jobs
+                    .get(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|j| LastJob {
+                        id: j.id,
+                        state: j.state,
+                        trigger: j.trigger,
+                        created_at: j.created_at,
+                        finished_at: j.finished_at,
+                    }),
                 None => None,
             };
             let c = &mirror.config;
@@ -297,7 +306,11 @@ impl Mirrors {
                 platforms: c.platforms.clone(),
                 user: mirror_user(&c.name),
                 last_job,
-                next_run: if mirror.schedule.is_some() { next_run } else { None },
+                next_run: if mirror.schedule.is_some() {
+                    next_run
+                } else {
+                    None
+                },
             });
         }
         out

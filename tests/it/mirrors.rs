@@ -39,7 +39,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -54,7 +57,11 @@ async fn tags(registry: &Registry, repo: &str) -> Vec<String> {
     let body: Value = resp.json().await.expect("tags json");
     let mut tags: Vec<String> = body["tags"]
         .as_array()
-        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     tags.sort();
     tags
@@ -72,11 +79,19 @@ async fn mirror_jobs(service: &Service, name: &str) -> Vec<Value> {
 
 /// Waits until job `id` has ended and returns it.
 async fn finished_job(service: &Service, id: i64) -> Value {
-    wait_for(&format!("job {id} to end"), Duration::from_secs(60), || async {
-        let path = format!("/v1/image/rsync/jobs/{id}");
-        let (_, job) = service.call_json(Method::GET, &path, &admin()).await;
-        matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")).then_some(job)
-    })
+    wait_for(
+        &format!("job {id} to end"),
+        Duration::from_secs(60),
+        || async {
+            let path = format!("/v1/image/rsync/jobs/{id}");
+            let (_, job) = service.call_json(Method::GET, &path, &admin()).await;
+            matches!(
+                job["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+            .then_some(job)
+        },
+    )
     .await
 }
 
@@ -110,7 +125,9 @@ async fn every_2s_follows_new_tags() {
         assert_eq!(job["user"], "mirror:app");
         assert_eq!(job["trigger"], "schedule");
     }
-    let (status, listing) = service.call_json(Method::GET, "/v1/mirrors", &admin()).await;
+    let (status, listing) = service
+        .call_json(Method::GET, "/v1/mirrors", &admin())
+        .await;
     assert_eq!(status, StatusCode::OK, "{listing}");
     let mirror = &listing["mirrors"][0];
     assert_eq!(mirror["name"], "app");
@@ -123,7 +140,15 @@ async fn every_2s_follows_new_tags() {
 async fn tag_filters_select_exactly_the_right_tags_and_routes_are_for_admins() {
     let (src, dst) = tokio::join!(Registry::start_anonymous(), Registry::start_anonymous());
     let image = Image::random(Format::Oci, &[4 * KIB]);
-    let all = ["1.9.0", "1.9.0-rc1", "1.10.0", "v2.0.0", "latest", "2.0.0-alpine", "v1.2.0"];
+    let all = [
+        "1.9.0",
+        "1.9.0-rc1",
+        "1.10.0",
+        "v2.0.0",
+        "latest",
+        "2.0.0-alpine",
+        "v1.2.0",
+    ];
     for tag in all {
         src.push_image("team/app", tag, &image).await;
     }
@@ -134,7 +159,10 @@ async fn tag_filters_select_exactly_the_right_tags_and_routes_are_for_admins() {
     let mirrors = [
         mirror("semver-keep", "{semver: \">=1.2.0\", keep_latest: 2}"),
         mirror("allow-deny", "{allow: [\"^1\\\\.\"], deny: [\"-rc\"]}"),
-        mirror("all-four", "{semver: \">=1.0.0\", allow: [\"^v\", \"^1\"], deny: [\"^v1\"], keep_latest: 5}"),
+        mirror(
+            "all-four",
+            "{semver: \">=1.0.0\", allow: [\"^v\", \"^1\"], deny: [\"^v1\"], keep_latest: 5}",
+        ),
         mirror("none", "{allow: [\"^nothing$\"]}"),
     ]
     .concat();
@@ -143,11 +171,17 @@ async fn tag_filters_select_exactly_the_right_tags_and_routes_are_for_admins() {
     let viewer = Creds::new("viewer", "viewerpw");
     let (status, _) = service.call_json(Method::GET, "/v1/mirrors", &viewer).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = service.call_json(Method::POST, "/v1/mirrors/allow-deny/run", &viewer).await;
+    let (status, _) = service
+        .call_json(Method::POST, "/v1/mirrors/allow-deny/run", &viewer)
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = service.call_json(Method::POST, "/v1/mirrors/nope/run", &admin()).await;
+    let (status, _) = service
+        .call_json(Method::POST, "/v1/mirrors/nope/run", &admin())
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, body) = service.call_json(Method::POST, "/v1/mirrors/none/run", &admin()).await;
+    let (status, body) = service
+        .call_json(Method::POST, "/v1/mirrors/none/run", &admin())
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
     let cases: [(&str, &[&str]); 3] = [
@@ -177,30 +211,45 @@ async fn runs_of_one_mirror_never_overlap() {
     let image = Image::random(Format::Oci, &[24 * KIB]);
     src.push_image("team/app", "v1", &image).await;
     let layer = image.layers[0].digest.clone();
-    proxy.add(Rule::on("GET", &format!("/blobs/{layer}")).trickle(Duration::from_millis(500), 4 * KIB));
+    proxy.add(
+        Rule::on("GET", &format!("/blobs/{layer}")).trickle(Duration::from_millis(500), 4 * KIB),
+    );
     let mirrors = format!(
         "    - name: slow\n      source: {}/team/app\n      target: {}/team/app\n      every: 1s\n",
         proxy.host(),
         dst.host()
     );
-    let service =
-        Service::start_raw(&config(&[proxy.host(), dst.host()], &mirrors), 0o600).await;
+    let service = Service::start_raw(&config(&[proxy.host(), dst.host()], &mirrors), 0o600).await;
     // While the first run is running, a manual run is refused and due runs are skipped.
     let first = wait_for("the first run", Duration::from_secs(20), || async {
         mirror_jobs(&service, "slow").await.into_iter().next()
     })
     .await;
-    let (status, body) = service.call_json(Method::POST, "/v1/mirrors/slow/run", &admin()).await;
+    let (status, body) = service
+        .call_json(Method::POST, "/v1/mirrors/slow/run", &admin())
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     finished_job(&service, first["id"].as_i64().unwrap()).await;
     wait_for("a second run", Duration::from_secs(20), || async {
         (mirror_jobs(&service, "slow").await.len() >= 2).then_some(())
     })
     .await;
-    wait_for("a skipped due run in the log", Duration::from_secs(20), || async {
-        service.stderr().contains("scheduled run skipped").then_some(())
-            .or_else(|| service.stdout().contains("scheduled run skipped").then_some(()))
-    })
+    wait_for(
+        "a skipped due run in the log",
+        Duration::from_secs(20),
+        || async {
+            service
+                .stderr()
+                .contains("scheduled run skipped")
+                .then_some(())
+                .or_else(|| {
+                    service
+                        .stdout()
+                        .contains("scheduled run skipped")
+                        .then_some(())
+                })
+        },
+    )
     .await;
     // Each job was created only after the one before it had ended.
     let jobs = mirror_jobs(&service, "slow").await;
@@ -208,7 +257,12 @@ async fn runs_of_one_mirror_never_overlap() {
         let (before, after) = (&pair[0], &pair[1]);
         let ended = before["finished_at"].as_str();
         let created = after["created_at"].as_str().unwrap();
-        let ended = ended.unwrap_or_else(|| panic!("job {} still running while {} was created", before["id"], after["id"]));
+        let ended = ended.unwrap_or_else(|| {
+            panic!(
+                "job {} still running while {} was created",
+                before["id"], after["id"]
+            )
+        });
         let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
         assert!(parse(ended) <= parse(created), "overlap: {before}\n{after}");
     }
@@ -239,17 +293,32 @@ async fn an_overdue_mirror_runs_once_after_a_restart() {
 
     // Not overdue: a restart runs nothing and the next run is next January.
     service.restart_raw(&config(&hosts, &yearly)).await;
-    let (_, listing) = service.call_json(Method::GET, "/v1/mirrors", &admin()).await;
-    let next = listing["mirrors"][0]["next_run"].as_str().expect("next_run").to_owned();
+    let (_, listing) = service
+        .call_json(Method::GET, "/v1/mirrors", &admin())
+        .await;
+    let next = listing["mirrors"][0]["next_run"]
+        .as_str()
+        .expect("next_run")
+        .to_owned();
     assert!(next.contains("-01-01T"), "{listing}");
     assert_eq!(mirror_jobs(&service, "app").await.len(), 1);
 
     // Every second: the last run is older than that, so it is overdue and runs at start.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    service.restart_raw(&config(&hosts, &mirror("every: 1h"))).await;
-    let (_, listing) = service.call_json(Method::GET, "/v1/mirrors", &admin()).await;
-    assert_eq!(mirror_jobs(&service, "app").await.len(), 1, "an hour has not passed: {listing}");
-    service.restart_raw(&config(&hosts, &mirror("every: 1s"))).await;
+    service
+        .restart_raw(&config(&hosts, &mirror("every: 1h")))
+        .await;
+    let (_, listing) = service
+        .call_json(Method::GET, "/v1/mirrors", &admin())
+        .await;
+    assert_eq!(
+        mirror_jobs(&service, "app").await.len(),
+        1,
+        "an hour has not passed: {listing}"
+    );
+    service
+        .restart_raw(&config(&hosts, &mirror("every: 1s")))
+        .await;
     let jobs = wait_for("the overdue run", Duration::from_secs(20), || async {
         let jobs = mirror_jobs(&service, "app").await;
         (jobs.len() >= 2).then_some(jobs)
