@@ -16,6 +16,7 @@ pub mod engine;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod mirrors;
 pub mod registry;
 pub mod secret;
 pub mod server;

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use crate::secret::Secret;
 
 pub mod checks;
+pub mod mirrors;
 pub mod names;
+
+pub use mirrors::{MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,9 +63,13 @@ pub struct ServerConfig {
     /// Where jobs are kept and how many may wait.
     #[serde(default)]
     pub jobs: JobsConfig,
-    /// Users who see and cancel every user's jobs (others see only their own).
+    /// Users who see and cancel every user's jobs (others see only their own), and
+    /// see and start mirrors.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Repositories kept in step with another, on a schedule and by hand.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
@@ -102,6 +109,7 @@ impl Default for ServerConfig {
             rsyncconfig: RsyncConfig::default(),
             jobs: JobsConfig::default(),
             admins: Vec::new(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -492,6 +500,7 @@ impl Config {
                 format!("{unknown:?} is not a user of rsyncserver.auth"),
             ));
         }
+        mirrors::check_mirrors(&server.mirrors)?;
         if server.logfile.as_os_str().is_empty() {
             return Err((
                 "rsyncserver.logfile".into(),

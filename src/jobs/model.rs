@@ -57,6 +57,33 @@ impl JobState {
     }
 }
 
+/// What started a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A caller posted a sync (jobs stored before triggers existed read as this).
+    #[default]
+    Request,
+    /// A mirror's schedule came due.
+    Schedule,
+    /// A registry announced a push to a mirror's source.
+    Push,
+    /// An admin started a mirror by hand.
+    Manual,
+}
+
+impl Trigger {
+    /// The lower-case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Request => "request",
+            Trigger::Schedule => "schedule",
+            Trigger::Push => "push",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
 /// Progress of one image copy of a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageProgress {
@@ -196,8 +223,11 @@ pub struct CallbackStatus {
 pub struct JobRecord {
     /// Assigned by the store; increases with every job.
     pub id: i64,
-    /// The service user who asked for it.
+    /// The service user who asked for it (`mirror:<name>` for a mirror's runs).
     pub user: String,
+    /// What started it.
+    #[serde(default)]
+    pub trigger: Trigger,
     /// Where it is in its life.
     pub state: JobState,
     /// What to copy.
@@ -238,6 +268,8 @@ pub struct JobRecord {
 pub struct NewJob {
     /// The service user.
     pub user: String,
+    /// What started it.
+    pub trigger: Trigger,
     /// What to copy.
     pub request: SyncRequest,
     /// `rsync_config` as sent, for the echo.
@@ -254,6 +286,7 @@ impl NewJob {
         JobRecord {
             id: 0,
             user: self.user,
+            trigger: self.trigger,
             state: JobState::Queued,
             request: self.request,
             rsync_config: self.rsync_config,

@@ -18,6 +18,7 @@ mod jobs;
 mod load_script;
 mod memory;
 mod metrics;
+mod mirrors;
 mod openapi;
 mod posture;
 mod referrers;

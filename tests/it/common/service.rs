@@ -246,6 +246,22 @@ impl Service {
         self.port = port;
     }
 
+    /// Stops the service (SIGKILL), replaces the body of its `rsyncserver:` section (as
+    /// [`Service::start_raw`] takes it) and starts it again in the same working directory,
+    /// so with the same job database, on a new port.
+    pub async fn restart_raw(&mut self, rsyncserver_yaml: &str) {
+        self.process.kill();
+        let logfile = self.logfile();
+        let text = format!(
+            "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+            logfile.display()
+        );
+        std::fs::write(self.dir.path().join("config.yaml"), text).expect("rewrite config");
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
+        self.process = process;
+        self.port = port;
+    }
+
     /// Starts the service again after it exited on its own (a graceful stop), with the
     /// same config and working directory, on a new port.
     pub async fn start_again(&mut self) {
