@@ -132,7 +132,8 @@ impl Engine {
                     connect: Duration::from_secs(config.task.connect_timeout_seconds),
                     idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
                 },
-            ),
+            )
+            .with_certs_d(config.certs_d.clone()),
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),

@@ -15,6 +15,17 @@ pub enum RegistryError {
         /// The transport error, without URLs' query strings.
         cause: String,
     },
+    /// The TLS handshake failed over a certificate: the registry's, or the client
+    /// certificate it asks for. The cause says which, why, and which option fixes it.
+    #[error("registry {registry}: {step}: {cause}")]
+    Certificate {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// What is wrong with which certificate, and what to do.
+        cause: String,
+    },
     /// The registry answered with an error status.
     #[error("registry {registry}: {step}: HTTP {status}{detail}{}", status_hint(*.status))]
     Status {
@@ -106,6 +117,7 @@ impl RegistryError {
             RegistryError::Status { status: 408, .. } => "timeout",
             RegistryError::Status { .. } => "server_error",
             RegistryError::Auth { .. } => "auth",
+            RegistryError::Certificate { .. } => "certificate",
             RegistryError::Protocol { .. } => "protocol",
             RegistryError::DigestMismatch { .. } => "digest_mismatch",
         }
@@ -116,6 +128,7 @@ impl RegistryError {
         match self {
             RegistryError::Network { registry, .. }
             | RegistryError::Status { registry, .. }
+            | RegistryError::Certificate { registry, .. }
             | RegistryError::Auth { registry, .. }
             | RegistryError::Protocol { registry, .. }
             | RegistryError::TokenExpired { registry, .. }

@@ -8,6 +8,7 @@ use super::auth::Credentials;
 use super::client::{Endpoint, RegistryClient, Timeouts, Transport};
 use super::error::RegistryError;
 use super::limiter::RateLimiter;
+use super::tls::TlsFiles;
 use crate::config::RegistryCredential;
 
 /// A configured credential entry, normalised for matching.
@@ -35,6 +36,8 @@ type ClientKey = (String, Option<String>);
 pub struct ClientPool {
     entries: Vec<Entry>,
     timeouts: Timeouts,
+    /// Docker `certs.d` folder: `<host[:port]>/` folders of certificates.
+    certs_d: Option<std::path::PathBuf>,
     clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
     /// One 429 pause per registry host, whatever the credential.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
@@ -57,9 +60,16 @@ impl ClientPool {
         Self {
             entries,
             timeouts,
+            certs_d: None,
             clients: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Looks for each registry's certificates in `certs_d/<host[:port]>/` as well.
+    pub fn with_certs_d(mut self, certs_d: Option<std::path::PathBuf>) -> Self {
+        self.certs_d = certs_d;
+        self
     }
 
     /// The client for `repository` at `registry`: the entry with the longest matching
@@ -88,9 +98,17 @@ impl ClientPool {
                     password: c.password.clone()?,
                 })
             }),
-            transport: entry.map_or(Transport::Verified { ca_file: None }, |e| {
-                transport_of(&e.credential)
-            }),
+            transport: entry.map_or(Transport::Verified, |e| transport_of(&e.credential)),
+            tls: TlsFiles::gather(
+                entry.map(|e| &e.credential),
+                self.certs_d.as_deref(),
+                registry,
+            )
+            .map_err(|cause| RegistryError::Protocol {
+                registry: registry.to_owned(),
+                step: "reading its certificates".into(),
+                cause,
+            })?,
             timeouts: self.timeouts,
         };
         let limiter = self
@@ -118,9 +136,7 @@ pub fn transport_of(c: &RegistryCredential) -> Transport {
     } else if c.tls_skip_verify {
         Transport::SkipVerify
     } else {
-        Transport::Verified {
-            ca_file: c.ca_file.clone(),
-        }
+        Transport::Verified
     }
 }
 

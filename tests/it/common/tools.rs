@@ -27,6 +27,12 @@ pub const HTPASSWD: Tool = Tool {
     package: "apache2-utils",
 };
 
+/// Makes certificates exactly as Docker's documentation does (`openssl req -x509 ...`).
+pub const OPENSSL: Tool = Tool {
+    name: "openssl",
+    package: "openssl",
+};
+
 /// The browser the dashboard test drives (headless).
 pub const CHROMIUM: Tool = Tool {
     name: "chromium",
