@@ -84,7 +84,9 @@ mod tests {
 
     #[test]
     fn reads_anchors_and_pairs_and_refuses_half_pairs() {
-        let cases: &[(&[&str], Result<(usize, usize), &str>)] = &[
+        // Files in the folder, then (anchors, client pairs) or a part of the error.
+        type Case<'a> = (&'a [&'a str], Result<(usize, usize), &'a str>);
+        let cases: &[Case] = &[
             (
                 &["ca.crt", "b.crt", "client.cert", "client.key"],
                 Ok((2, 1)),
