@@ -36,9 +36,30 @@ pub struct Cli {
     )]
     pub config_file: PathBuf,
 
+    /// Log line format: `text` for people, `json` (one object per line, with the
+    /// request id, user and job id as fields where they apply) for log collectors
+    #[arg(
+        long = "log-format",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
     /// What to do; without one, serve the HTTP API.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message`, the event's fields,
+    /// and `spans` (the request's `request_id`, `user`, `job`; a job's `job`, `user`).
+    Json,
 }
 
 /// Subcommands.
@@ -131,13 +152,13 @@ pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     match cli.command {
-        None => serve(&cli.config_file, cli.address).await,
-        Some(Command::Sync(args)) => sync(&cli.config_file, args).await,
+        None => serve(&cli.config_file, cli.address, cli.log_format).await,
+        Some(Command::Sync(args)) => sync(&cli.config_file, args, cli.log_format).await,
     }
 }
 
-async fn serve(config_file: &Path, address: SocketAddr) -> ExitCode {
-    init_tracing(Output::Stdout, "info");
+async fn serve(config_file: &Path, address: SocketAddr, format: LogFormat) -> ExitCode {
+    init_tracing(Output::Stdout, "info", format);
     let Some(config) = load_config(config_file) else {
         return ExitCode::from(EXIT_USAGE);
     };
@@ -150,9 +171,9 @@ async fn serve(config_file: &Path, address: SocketAddr) -> ExitCode {
     }
 }
 
-async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
+async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode {
     // stdout carries the sync log (or JSON) only; diagnostics go to stderr.
-    init_tracing(Output::Stderr, "warn");
+    init_tracing(Output::Stderr, "warn", format);
     if let Some(images) = &args.images {
         return sync_batch(config_file, images, args.auth.as_deref(), &args).await;
     }
@@ -290,13 +311,14 @@ fn warn_if_readable_by_others(path: &Path) {
     let _ = path;
 }
 
+#[derive(Clone, Copy)]
 enum Output {
     Stdout,
     Stderr,
 }
 
 /// `RUST_LOG` wins; otherwise `default` (e.g. `info`).
-fn init_tracing(output: Output, default: &str) {
+fn init_tracing(output: Output, default: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour codes only for a person at a terminal; journald and log files get plain text.
     let ansi = std::env::var_os("NO_COLOR").is_none()
@@ -304,13 +326,26 @@ fn init_tracing(output: Output, default: &str) {
             Output::Stdout => std::io::stdout().is_terminal(),
             Output::Stderr => std::io::stderr().is_terminal(),
         };
+    let writer = move || -> Box<dyn std::io::Write> {
+        match output {
+            Output::Stdout => Box::new(std::io::stdout()),
+            Output::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi);
+        .with_writer(writer);
     // try_init: a second call (tests driving `run` twice) keeps the first subscriber.
-    let _ = match output {
-        Output::Stdout => builder.with_writer(std::io::stdout).try_init(),
-        Output::Stderr => builder.with_writer(std::io::stderr).try_init(),
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        // Fields at the top level (`flatten_event`), the spans' fields in `spans`, so a
+        // collector reads `request_id`, `user` and `job` without parsing the message.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
     };
 }
 

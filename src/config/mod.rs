@@ -76,7 +76,7 @@ pub struct JobsConfig {
     /// folder created if missing. History and queued jobs survive restarts through it.
     #[serde(default = "default_jobs_database")]
     pub database: PathBuf,
-    /// Asynchronous jobs allowed to wait for a sync slot; one more gets 503.
+    /// Jobs (synchronous or asynchronous) allowed to wait for a sync slot; one more gets 503.
     #[serde(default = "default_max_queued")]
     pub max_queued: usize,
     /// Finished jobs older than this many days are deleted at start-up and daily.

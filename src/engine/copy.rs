@@ -176,6 +176,17 @@ impl CopyJob<'_> {
             "Get manifest from {} ({}, {})",
             self.source, top.media_type, top.digest
         ));
+        if self.source == self.target {
+            // The seed's own example syncs an image onto itself. The source was read (so
+            // it exists); writing it back, forced or platform-filtered, could only
+            // change or damage the one image, so nothing is written.
+            result.digest = Some(top.digest.clone());
+            self.log.info(format!(
+                "Skip synchronization because source and target are the same image ({}, {}); nothing is written",
+                self.target, top.digest
+            ));
+            return Ok(Prepared::AlreadySynced);
+        }
         let top = self.filter_platforms(top)?;
         result.digest = Some(top.digest.clone());
         if let Some(wanted) = &self.target.digest {

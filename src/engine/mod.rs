@@ -305,14 +305,10 @@ impl Engine {
         let mut pairs = Vec::new();
         for dst in &dsts {
             let more = rules::pair(&src, dst, tags.as_deref()).map_err(|e| bad("source", &e))?;
-            for (s, d) in more {
-                if s == d {
-                    return Err(PlanError::BadInput(format!(
-                        "source and target are the same image ({s}); nothing to copy"
-                    )));
-                }
-                pairs.push((s, d));
-            }
+            // A pair whose source is its target stays: the seed answered it 200
+            // (`already_synced`), and callers' scripts rely on that; the copy reads the
+            // source and writes nothing (see `CopyJob::prepare`).
+            pairs.extend(more);
         }
         Ok(pairs)
     }
@@ -423,8 +419,6 @@ mod tests {
             .contains("10.0.0.1:5000 is not allowed"));
         let d = format!("sha256:{}", "a".repeat(64));
         for (s, t) in [
-            ("127.0.0.1:9/a:v1", "127.0.0.1:9/a:v1"),
-            ("127.0.0.1:9/a:v1", "127.0.0.1:9/a"),
             ("127.0.0.1:9/a:v1", &format!("127.0.0.1:9/b@{d}") as &str),
             ("127.0.0.1:9/Upper:v1", "127.0.0.1:9/a"),
             ("127.0.0.1:9/a:v1", ""),

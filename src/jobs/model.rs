@@ -202,6 +202,10 @@ pub struct JobRecord {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Seconds it waited in the queue for a sync slot (from `created_at` to the latest
+    /// `started_at`); unset until it starts.
+    #[serde(default)]
+    pub queued_seconds: Option<f64>,
     /// How often it was picked up again after a service restart.
     pub resumed: u32,
     /// Who cancelled it, when someone did.
@@ -245,6 +249,7 @@ impl NewJob {
             created_at: now,
             started_at: None,
             finished_at: None,
+            queued_seconds: None,
             resumed: 0,
             cancelled_by: None,
             progress: JobProgress::default(),
