@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+pub mod cert_dir;
 pub mod checks;
 pub mod mirrors;
 pub mod names;
 
+pub use cert_dir::{read_cert_dir, CertDir, ClientPair};
 pub use mirrors::{MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
@@ -170,6 +172,11 @@ pub struct RsyncConfig {
     /// where skopeo and docker look).
     #[serde(default)]
     pub auth_file: Option<PathBuf>,
+    /// A Docker `certs.d` folder (`/etc/docker/certs.d`, `/etc/containers/certs.d`): its
+    /// `<host[:port]>/` folders hold `*.crt` trust anchors and `*.cert` + `*.key` client
+    /// pairs for that registry, with or without an `auth` entry. Default: none.
+    #[serde(default)]
+    pub certs_d: Option<PathBuf>,
 }
 
 /// One registry credential, matched by the longest `registry` or `registry/namespace` prefix.
@@ -193,7 +200,8 @@ pub struct RegistryCredential {
     /// HTTPS without verifying the certificate (anyone on the path can read and alter).
     #[serde(default)]
     pub tls_skip_verify: bool,
-    /// PEM file with extra CA certificates to trust for this registry.
+    /// PEM file with extra trust anchors for this registry: CA certificates, or the
+    /// registry's own (self-signed) certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Suffix of a Docker credential helper: `docker-credential-NAME get` is asked for
@@ -209,6 +217,16 @@ pub struct RegistryCredential {
     /// A bearer token sent as it is (Docker's `registrytoken`).
     #[serde(default)]
     pub registry_token: Option<Secret>,
+    /// A folder as skopeo's `--cert-dir` reads it: `*.crt` trust anchors, `*.cert` +
+    /// `*.key` client certificate pairs.
+    #[serde(default)]
+    pub cert_dir: Option<PathBuf>,
+    /// Client certificate (PEM, then any intermediates) for registries that require one.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl RegistryCredential {
@@ -219,6 +237,14 @@ impl RegistryCredential {
             || self.credential_helper.is_some()
             || self.identity_token.is_some()
             || self.registry_token.is_some()
+    }
+
+    /// The client certificate pair of `client_cert_file` / `client_key_file`, if given.
+    pub fn client_pair(&self) -> Option<ClientPair> {
+        Some(ClientPair {
+            cert: self.client_cert_file.clone()?,
+            key: self.client_key_file.clone()?,
+        })
     }
 }
 
@@ -527,10 +553,48 @@ impl Config {
                     ));
                 }
             }
-            if cred.plain_http && cred.ca_file.is_some() {
+            if let Some(dir) = &cred.cert_dir {
+                if let Err(e) = read_cert_dir(dir) {
+                    return Err((format!("{key}.cert_dir"), e));
+                }
+            }
+            match (&cred.client_cert_file, &cred.client_key_file) {
+                (Some(_), None) => {
+                    return Err((
+                        format!("{key}.client_key_file"),
+                        "missing: client_cert_file is given without its key; give both or neither".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err((
+                        format!("{key}.client_cert_file"),
+                        "missing: client_key_file is given without its certificate; give both or neither".into(),
+                    ))
+                }
+                _ => {}
+            }
+            for (field, file) in [
+                ("client_cert_file", &cred.client_cert_file),
+                ("client_key_file", &cred.client_key_file),
+            ] {
+                if let Some(file) = file {
+                    if let Err(e) = std::fs::metadata(file) {
+                        return Err((
+                            format!("{key}.{field}"),
+                            format!("cannot read {}: {e}", file.display()),
+                        ));
+                    }
+                }
+            }
+            let tls_keys = [
+                ("ca_file", cred.ca_file.is_some()),
+                ("cert_dir", cred.cert_dir.is_some()),
+                ("client_cert_file", cred.client_cert_file.is_some()),
+            ];
+            if let Some((field, _)) = tls_keys.iter().find(|(_, set)| *set && cred.plain_http) {
                 return Err((
                     key,
-                    "plain_http and ca_file contradict each other: choose one".into(),
+                    format!("plain_http and {field} contradict each other: choose one"),
                 ));
             }
             if cred.password.is_some() && cred.password_file.is_some() {
@@ -586,6 +650,11 @@ impl Config {
                         file.display()
                     ),
                 ));
+            }
+        }
+        if let Some(certs_d) = &server.rsyncconfig.certs_d {
+            if let Err(e) = cert_dir::check_certs_d(certs_d) {
+                return Err(("rsyncserver.rsyncconfig.certs_d".into(), e));
             }
         }
         let task = &server.rsyncconfig.task;
@@ -830,5 +899,62 @@ rsyncserver:
             assert!(err.contains("c.yaml"), "{yaml}: {err}");
             assert!(err.contains(needle), "{yaml}: expected {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("c.pem"), "x").unwrap();
+        let half = dir.path().join("half");
+        std::fs::create_dir_all(half.join("reg:5000")).unwrap();
+        std::fs::write(half.join("reg:5000/client.cert"), "x").unwrap();
+        let entry = |keys: &str| {
+            format!("rsyncserver: {{auth: {{a: b}}, rsyncconfig: {{auth: {{x: {{registry: reg, {keys}}}}}}}}}")
+        };
+        let cases = [
+            (
+                entry(&format!("client_cert_file: '{d}/c.pem'")),
+                "auth.x.client_key_file",
+            ),
+            (
+                entry(&format!("client_key_file: '{d}/c.pem'")),
+                "auth.x.client_cert_file",
+            ),
+            (
+                entry(&format!(
+                    "client_cert_file: '{d}/c.pem', client_key_file: '{d}/gone.key'"
+                )),
+                "auth.x.client_key_file",
+            ),
+            (
+                entry(&format!("cert_dir: '{d}/half/reg:5000'")),
+                "has no key client.key",
+            ),
+            (
+                entry(&format!("cert_dir: '{d}/nowhere'")),
+                "auth.x.cert_dir",
+            ),
+            (
+                entry(&format!("plain_http: true, cert_dir: '{d}'")),
+                "plain_http and cert_dir",
+            ),
+            (
+                format!("rsyncserver: {{auth: {{a: b}}, rsyncconfig: {{certs_d: '{d}/half'}}}}"),
+                "key rsyncserver.rsyncconfig.certs_d",
+            ),
+        ];
+        for (yaml, needle) in &cases {
+            let err = Config::from_yaml(yaml, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{yaml}: expected {needle} in {err}");
+        }
+        let good = entry(&format!(
+            "ca_file: '{d}/c.pem', client_cert_file: '{d}/c.pem', client_key_file: '{d}/c.pem'"
+        ));
+        let c = Config::from_yaml(&good, Path::new("c.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let pair = c.rsyncserver.rsyncconfig.auth["x"].client_pair().unwrap();
+        assert_eq!(pair.key, dir.path().join("c.pem"));
     }
 }

@@ -155,7 +155,8 @@ impl Engine {
         .with_helper_timeout(Duration::from_secs(
             config.task.credential_helper_timeout_seconds,
         ))
-        .with_pull_floor(config.task.dockerhub_min_remaining);
+        .with_pull_floor(config.task.dockerhub_min_remaining)
+        .with_certs_d(config.certs_d.clone());
         for line in pool.describe_sources() {
             tracing::info!("registry credentials: {line}");
         }

@@ -17,6 +17,8 @@ use super::digest::digest_of;
 use super::error::{describe_transport_error, RegistryError};
 use super::limiter::{Quota, RateLimiter};
 use super::media;
+use super::tls::{self, TlsFiles};
+use super::trust::certificate_problem;
 use super::watchdog::Activity;
 
 /// Largest manifest accepted (distribution's own limit; containers/image uses the same).
@@ -73,6 +75,8 @@ pub struct Endpoint {
     pub credentials: Arc<CredentialProvider>,
     /// How to secure the connection.
     pub transport: Transport,
+    /// Extra trust anchors and the client certificate, for HTTPS transports.
+    pub tls: TlsFiles,
     /// Connect and idle-read limits.
     pub timeouts: Timeouts,
     /// Pulls wait while the registry announces fewer remaining pulls than this
@@ -102,11 +106,9 @@ impl Default for Timeouts {
 /// How the connection to a registry is secured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// HTTPS with certificate verification, optionally trusting extra CAs from a PEM file.
-    Verified {
-        /// Extra CA certificates.
-        ca_file: Option<std::path::PathBuf>,
-    },
+    /// HTTPS with certificate verification (the platform's roots and the endpoint's
+    /// anchors).
+    Verified,
     /// HTTPS without certificate verification.
     SkipVerify,
     /// Plain HTTP.
@@ -119,7 +121,7 @@ impl Transport {
     /// Whether this transport deserves a start-up warning, and why.
     pub fn warning(&self) -> Option<&'static str> {
         match self {
-            Transport::Verified { .. } => None,
+            Transport::Verified => None,
             Transport::SkipVerify => Some("TLS certificates are not verified"),
             Transport::PlainHttp => Some("plain HTTP: traffic and credentials are not encrypted"),
             Transport::Insecure => Some(
@@ -164,9 +166,22 @@ impl RegistryClient {
         } else {
             endpoint.registry.clone()
         };
-        let http = http_client(&endpoint, Some(endpoint.timeouts.idle_read))?;
+        let setup_error = |cause: String| RegistryError::Protocol {
+            registry: endpoint.registry.clone(),
+            step: "setting up the connection".into(),
+            cause,
+        };
+        let verified = match endpoint.transport {
+            Transport::Verified => Some(tls::verified_config(&endpoint.tls).map_err(setup_error)?),
+            _ => None,
+        };
+        let http = http_client(
+            &endpoint,
+            verified.clone(),
+            Some(endpoint.timeouts.idle_read),
+        )?;
         // Uploads get no read timeout (it would cut long uploads); see watchdog.rs.
-        let upload_http = http_client(&endpoint, None)?;
+        let upload_http = http_client(&endpoint, verified, None)?;
         Ok(Self {
             endpoint,
             api_host,
@@ -629,7 +644,7 @@ impl RegistryClient {
                 match self.endpoint.transport {
                     Transport::PlainHttp => return Ok(format!("http://{}", self.api_host)),
                     Transport::Insecure => {}
-                    Transport::Verified { .. } | Transport::SkipVerify => return Ok(https),
+                    Transport::Verified | Transport::SkipVerify => return Ok(https),
                 }
                 match self.http.get(format!("{https}/v2/")).send().await {
                     Ok(resp) => {
@@ -1010,6 +1025,13 @@ impl RegistryClient {
     }
 
     fn network_error(&self, step: &str, err: &reqwest::Error) -> RegistryError {
+        if let Some(cause) = certificate_problem(err) {
+            return RegistryError::Certificate {
+                registry: self.registry().to_owned(),
+                step: step.to_owned(),
+                cause,
+            };
+        }
         RegistryError::Network {
             registry: self.registry().to_owned(),
             step: step.to_owned(),
@@ -1036,9 +1058,11 @@ fn manifest_path(repository: &str, reference: &str) -> String {
     format!("/v2/{repository}/manifests/{reference}")
 }
 
-/// An HTTP client for `endpoint`'s transport; `read_timeout` limits each wait for data.
+/// An HTTP client for `endpoint`'s transport; `verified` is the TLS set-up of a
+/// verified transport; `read_timeout` limits each wait for data.
 fn http_client(
     endpoint: &Endpoint,
+    verified: Option<rustls::ClientConfig>,
     read_timeout: Option<Duration>,
 ) -> Result<reqwest::Client, RegistryError> {
     let setup_error = |cause: String| RegistryError::Protocol {
@@ -1056,24 +1080,18 @@ fn http_client(
         builder = builder.read_timeout(limit);
     }
     match &endpoint.transport {
-        Transport::Verified {
-            ca_file: Some(path),
-        } => {
-            let pem = std::fs::read(path)
-                .map_err(|e| setup_error(format!("cannot read ca_file {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                setup_error(format!(
-                    "ca_file {} holds no usable PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+        Transport::Verified => {
+            // Our own rustls set-up, for the verifier that accepts a registry's own
+            // certificate given as an anchor (see trust.rs and doc/design.md).
+            let config = verified.ok_or_else(|| setup_error("no TLS set-up".into()))?;
+            builder = builder.tls_backend_preconfigured(config);
         }
-        Transport::Verified { ca_file: None } | Transport::PlainHttp => {}
+        Transport::PlainHttp => {}
         Transport::SkipVerify | Transport::Insecure => {
             builder = builder.danger_accept_invalid_certs(true);
+            if let Some(pair) = &endpoint.tls.client {
+                builder = builder.identity(tls::identity(pair).map_err(setup_error)?);
+            }
         }
     }
     builder.build().map_err(|e| setup_error(e.to_string()))
@@ -1193,6 +1211,7 @@ mod tests {
                         CredentialProvider::anonymous()
                     }),
                     transport,
+                    tls: TlsFiles::default(),
                     timeouts: Timeouts::default(),
                     pull_floor: 0,
                 },
@@ -1201,7 +1220,7 @@ mod tests {
             .unwrap()
         };
         let url = |u: &str| reqwest::Url::parse(u).unwrap();
-        let verified = Transport::Verified { ca_file: None };
+        let verified = Transport::Verified;
         let public = client("reg.example.com", verified.clone(), true);
         assert!(public
             .check_realm(&url("https://auth.example.com/token"))

@@ -15,6 +15,17 @@ pub enum RegistryError {
         /// The transport error, without URLs' query strings.
         cause: String,
     },
+    /// The TLS handshake failed over a certificate: the registry's, or the client
+    /// certificate it asks for. The cause says which, why, and which option fixes it.
+    #[error("registry {registry}: {step}: {cause}")]
+    Certificate {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// What is wrong with which certificate, and what to do.
+        cause: String,
+    },
     /// The registry answered with an error status.
     #[error("registry {registry}: {step}: HTTP {status}{detail}{}", status_hint(*.status))]
     Status {
@@ -107,9 +118,11 @@ impl RegistryError {
             RegistryError::Status { status: 400, .. } => "blob_unknown",
             RegistryError::Status { status: 408, .. } => "timeout",
             RegistryError::Status { .. } => "server_error",
-            // Never retried (see is_retryable): a bad answer, refused credentials, or a
-            // blob whose bytes do not match its digest will not improve by asking again.
+            // Never retried (see is_retryable): a bad answer, refused credentials, a
+            // refused certificate, or a blob whose bytes do not match its digest will not
+            // improve by asking again.
             RegistryError::Auth { .. }
+            | RegistryError::Certificate { .. }
             | RegistryError::Protocol { .. }
             | RegistryError::DigestMismatch { .. } => "not_retried",
         }
@@ -120,6 +133,7 @@ impl RegistryError {
         match self {
             RegistryError::Network { registry, .. }
             | RegistryError::Status { registry, .. }
+            | RegistryError::Certificate { registry, .. }
             | RegistryError::Auth { registry, .. }
             | RegistryError::Protocol { registry, .. }
             | RegistryError::TokenExpired { registry, .. }

@@ -10,6 +10,8 @@ mod limiter;
 pub mod media;
 mod pool;
 pub mod reference;
+mod tls;
+mod trust;
 mod watchdog;
 
 pub(crate) use client::is_internal;
@@ -17,3 +19,4 @@ pub use client::{Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MA
 pub(crate) use error::describe_transport_error;
 pub use error::RegistryError;
 pub use pool::{transport_of, ClientPool, Resolved};
+pub use tls::TlsFiles;

@@ -10,6 +10,7 @@ use super::client::{Endpoint, RegistryClient, Timeouts, Transport};
 use super::credentials::{helper_server, AuthFile, CredentialProvider, Login, Source};
 use super::error::RegistryError;
 use super::limiter::RateLimiter;
+use super::tls::TlsFiles;
 use crate::config::RegistryCredential;
 
 /// A configured credential entry, normalised for matching.
@@ -42,6 +43,8 @@ pub struct ClientPool {
     helper_timeout: Duration,
     pull_floor: u64,
     timeouts: Timeouts,
+    /// Docker `certs.d` folder: `<host[:port]>/` folders of certificates.
+    certs_d: Option<std::path::PathBuf>,
     clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
     /// One 429 pause per registry host, whatever the credential.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
@@ -67,6 +70,7 @@ impl ClientPool {
             helper_timeout: super::credentials::HELPER_TIMEOUT,
             pull_floor: 0,
             timeouts,
+            certs_d: None,
             clients: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
         }
@@ -110,6 +114,12 @@ impl ClientPool {
             None => {}
         }
         lines
+    }
+
+    /// Looks for each registry's certificates in `certs_d/<host[:port]>/` as well.
+    pub fn with_certs_d(mut self, certs_d: Option<std::path::PathBuf>) -> Self {
+        self.certs_d = certs_d;
+        self
     }
 
     /// The client for `repository` at `registry`. The entry with the longest matching
@@ -167,9 +177,17 @@ impl ClientPool {
                 CredentialProvider::new(source, origin.clone())
                     .with_helper_timeout(self.helper_timeout),
             ),
-            transport: entry.map_or(Transport::Verified { ca_file: None }, |e| {
-                transport_of(&e.credential)
-            }),
+            transport: entry.map_or(Transport::Verified, |e| transport_of(&e.credential)),
+            tls: TlsFiles::gather(
+                entry.map(|e| &e.credential),
+                self.certs_d.as_deref(),
+                registry,
+            )
+            .map_err(|cause| RegistryError::Protocol {
+                registry: registry.to_owned(),
+                step: "reading its certificates".into(),
+                cause,
+            })?,
             timeouts: self.timeouts,
             pull_floor: self.pull_floor,
         };
@@ -225,9 +243,7 @@ pub fn transport_of(c: &RegistryCredential) -> Transport {
     } else if c.tls_skip_verify {
         Transport::SkipVerify
     } else {
-        Transport::Verified {
-            ca_file: c.ca_file.clone(),
-        }
+        Transport::Verified
     }
 }
 

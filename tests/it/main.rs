@@ -22,6 +22,7 @@ mod mirrors;
 mod openapi;
 mod posture;
 mod referrers;
+mod registry_tls;
 mod rig;
 mod security;
 mod service_faults;

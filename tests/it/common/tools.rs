@@ -42,6 +42,11 @@ pub const CURL: Tool = Tool {
     name: "curl",
     package: "curl",
 };
+/// Makes certificates exactly as Docker's documentation does (`openssl req -x509 ...`).
+pub const OPENSSL: Tool = Tool {
+    name: "openssl",
+    package: "openssl",
+};
 
 /// The browser the dashboard test drives (headless).
 pub const CHROMIUM: Tool = Tool {
