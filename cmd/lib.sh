@@ -1,5 +1,6 @@
 # Shared helpers of the cmd/ scripts; source it, do not run it.
-#   ensure_tools  installs docker-registry, skopeo, htpasswd and wrk (Debian) when missing
+#   ensure_tools  installs docker-registry, skopeo, htpasswd, wrk and systemd-analyze
+#                 (Debian) when missing
 #   ensure_browser installs chromium and chromedriver (Debian) when missing: tests only
 #   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
 #   free_port     prints a TCP port that is free on 127.0.0.1 right now
@@ -19,17 +20,20 @@ as_root() {
     fi
 }
 
-# The test rig needs the reference registry, skopeo and htpasswd, and cmd/load.sh (run by
-# the suite in its quick form) needs wrk; install what is missing.
+# The test rig needs the reference registry, skopeo and htpasswd, cmd/load.sh (run by
+# the suite in its quick form) needs wrk, and tests/it/packaging.rs checks the systemd unit
+# with systemd-analyze (package systemd; it needs no running systemd); install what is
+# missing.
 ensure_tools() {
     local missing=()
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
     command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
     command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd) and wrk yourself" >&2
+        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd), wrk and systemd yourself" >&2
         return 1
     fi
     echo "installing ${missing[*]} (apt-get)" >&2

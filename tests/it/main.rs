@@ -16,6 +16,7 @@ mod faults;
 mod jobs;
 mod load_script;
 mod metrics;
+mod packaging;
 mod rig;
 mod security;
 mod service_faults;
