@@ -290,6 +290,10 @@ mod tests {
         let state = state(dir.path());
         let sync = state.syncs().start();
         let running = start(state, Duration::from_secs(30)).await;
+        // Paused from here: the sleep resolves only once the server task is idle, i.e.
+        // has taken the stop and is blocked on the running sync, not merely unscheduled.
+        // (The 30 s grace is a later timer, so it cannot fire first.)
+        tokio::time::pause();
         running.stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(

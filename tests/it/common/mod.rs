@@ -18,6 +18,7 @@ pub mod net;
 pub mod process;
 pub mod push;
 pub mod registry;
+pub mod schema;
 pub mod service;
 pub mod skopeo;
 pub mod tls;
@@ -29,7 +30,7 @@ pub mod webhook;
 
 pub use cases::Cases;
 pub use image::{Format, Image, Index, Layer, Platform};
-pub use push::Pushed;
+pub use push::{Pushed, StreamedBlob};
 pub use registry::{Creds, Registry};
 pub use service::{Service, ServiceConfig};
 pub use token_issuer::TokenIssuer;

@@ -57,6 +57,10 @@ pub struct ServiceConfig {
     pub admins: Vec<String>,
     /// `rsyncserver.max_concurrent_syncs`, when set.
     pub max_concurrent_syncs: Option<usize>,
+    /// `rsyncserver.jobs.max_queued`, when set.
+    pub max_queued: Option<usize>,
+    /// `rsyncserver.jobs.history_days`, when set.
+    pub history_days: Option<u32>,
 }
 
 impl Default for ServiceConfig {
@@ -67,6 +71,8 @@ impl Default for ServiceConfig {
             proc_num: 5,
             retries: 2,
             admins: Vec::new(),
+            max_queued: None,
+            history_days: None,
             max_concurrent_syncs: None,
         }
     }
@@ -128,6 +134,12 @@ impl ServiceConfig {
         if let Some(max) = self.max_concurrent_syncs {
             doc["rsyncserver"]["max_concurrent_syncs"] = json!(max);
         }
+        if let Some(max) = self.max_queued {
+            doc["rsyncserver"]["jobs"]["max_queued"] = json!(max);
+        }
+        if let Some(days) = self.history_days {
+            doc["rsyncserver"]["jobs"]["history_days"] = json!(days);
+        }
         serde_yaml_ng::to_string(&doc).expect("config yaml")
     }
 }
@@ -141,7 +153,7 @@ pub struct Service {
 }
 
 /// How long start-up may take until `GET /check` answers 200.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Service {
     /// Writes `config` to a temp dir (log file in `logs/` there, not created yet) and
@@ -200,6 +212,25 @@ impl Service {
         let (process, port) = launch(self.dir.path(), &self.client).await;
         self.process = process;
         self.port = port;
+    }
+
+    /// Starts the service again after it exited on its own (a graceful stop), with the
+    /// same config and working directory, on a new port.
+    pub async fn start_again(&mut self) {
+        let status = self.process.exited();
+        assert!(
+            status.is_some(),
+            "start_again: the service is still running"
+        );
+        let (process, port) = launch(self.dir.path(), &self.client).await;
+        self.process = process;
+        self.port = port;
+    }
+
+    /// The job database (the config's default, `data/jobs.sqlite3` in the working
+    /// directory).
+    pub fn job_database(&self) -> PathBuf {
+        self.dir.path().join("data/jobs.sqlite3")
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -421,7 +452,7 @@ pub fn run_expecting_exit(config_path: &Path) -> Exit {
         .current_dir(dir.path());
     let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
     let mut process = Owned::spawn("imagersync (expected to exit)", cmd, &out, &err);
-    let status = process.wait_timeout(Duration::from_secs(10));
+    let status = process.wait_timeout(Duration::from_secs(60));
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let exit = Exit {
         code: status.and_then(|s| s.code()),
