@@ -49,6 +49,12 @@ pub const HTTP_SECONDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+/// Bucket bounds (seconds) for a job's wait in the queue: none at all while a slot is
+/// free, up to a whole sync's length (or several) when the service is full.
+pub const QUEUE_SECONDS: &[f64] = &[
+    0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
 /// Bucket bounds (seconds) for whole syncs: a small image between nearby registries
 /// takes a second or two, a big multi-platform one across regions many minutes.
 pub const SYNC_SECONDS: &[f64] = &[
@@ -85,7 +91,7 @@ impl SyncOutcome {
 pub struct Gauges {
     /// Syncs running now.
     pub syncs_in_flight: usize,
-    /// Asynchronous jobs waiting for a sync slot.
+    /// Jobs waiting for a sync slot.
     pub jobs_queued: usize,
     /// Blob transfers streaming now, across every sync.
     pub blob_transfers_in_flight: usize,
@@ -108,6 +114,15 @@ struct OutcomeLabels {
 struct BlobLabels {
     registry: String,
     kind: &'static str,
+}
+
+/// The label set of a family with one series and no labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NoLabels {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RegistryLabels {
+    registry: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -133,6 +148,10 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn http_histogram() -> Histogram {
     Histogram::new(HTTP_SECONDS.iter().copied())
+}
+
+fn queue_histogram() -> Histogram {
+    Histogram::new(QUEUE_SECONDS.iter().copied())
 }
 
 fn sync_histogram() -> Histogram {
@@ -165,16 +184,20 @@ pub struct Metrics {
     registry: Registry,
     syncs: Family<SyncLabels, Counter>,
     sync_seconds: Histograms<OutcomeLabels>,
+    /// One series, created by the first job that starts.
+    queue_seconds: Histograms<NoLabels>,
     syncs_in_flight: Gauge,
     jobs_queued: Gauge,
     blobs: Family<BlobLabels, Counter>,
     blob_bytes: Family<BlobLabels, Counter>,
+    referrers: Family<RegistryLabels, Counter>,
     blob_transfers_in_flight: Gauge,
     retries: Family<RetryLabels, Counter>,
     requests: Histograms<RequestLabels>,
     /// Registry names given their own series, per family (blobs, retries).
     blob_registries: Mutex<HashSet<String>>,
     retry_registries: Mutex<HashSet<String>>,
+    referrer_registries: Mutex<HashSet<String>>,
     /// Held while the gauges are set and the exposition written, so a scrape shows the
     /// gauges its caller read.
     scrape: Mutex<()>,
@@ -202,15 +225,18 @@ impl Metrics {
             registry: Registry::default(),
             syncs: Family::default(),
             sync_seconds: Family::new_with_constructor(sync_histogram),
+            queue_seconds: Family::new_with_constructor(queue_histogram),
             syncs_in_flight: Gauge::default(),
             jobs_queued: Gauge::default(),
             blobs: Family::default(),
             blob_bytes: Family::default(),
+            referrers: Family::default(),
             blob_transfers_in_flight: Gauge::default(),
             retries: Family::default(),
             requests: Family::new_with_constructor(http_histogram),
             blob_registries: Mutex::default(),
             retry_registries: Mutex::default(),
+            referrer_registries: Mutex::default(),
             scrape: Mutex::default(),
         };
         metrics.register()
@@ -239,13 +265,18 @@ impl Metrics {
             Declared(self.sync_seconds.clone()),
         );
         r.register(
+            "imagersync_job_queue_wait_seconds",
+            "Time jobs (synchronous and asynchronous) waited for a free sync slot before they started",
+            Declared(self.queue_seconds.clone()),
+        );
+        r.register(
             "imagersync_syncs_in_flight",
             "Syncs running now",
             self.syncs_in_flight.clone(),
         );
         r.register(
             "imagersync_jobs_queued",
-            "Asynchronous sync jobs waiting for a free sync slot",
+            "Sync jobs (synchronous and asynchronous) waiting for a free sync slot",
             self.jobs_queued.clone(),
         );
         r.register(
@@ -257,6 +288,11 @@ impl Metrics {
             "imagersync_blob_bytes",
             "Size of those blobs in bytes; only kind=\"copied\" bytes crossed the network",
             Declared(self.blob_bytes.clone()),
+        );
+        r.register(
+            "imagersync_referrers",
+            "Referrers (signatures, attestations, SBOMs) written to a target registry",
+            Declared(self.referrers.clone()),
         );
         r.register(
             "imagersync_blob_transfers_in_flight",
@@ -292,6 +328,13 @@ impl Metrics {
                 .get_or_create(&OutcomeLabels { outcome })
                 .observe(seconds);
         }
+    }
+
+    /// Counts the wait of one job that got a sync slot.
+    pub fn record_queue_wait(&self, seconds: f64) {
+        self.queue_seconds
+            .get_or_create(&NoLabels {})
+            .observe(seconds);
     }
 
     /// Counts one answered HTTP request. `route` must be a route template (or
@@ -348,6 +391,12 @@ impl SyncObserver for Metrics {
                 };
                 self.blobs.get_or_create(&labels).inc();
                 self.blob_bytes.get_or_create(&labels).inc_by(bytes);
+            }
+            SyncEvent::ReferrerCopied { registry, .. } => {
+                let (registry, _) = registry_label(&self.referrer_registries, registry);
+                self.referrers
+                    .get_or_create(&RegistryLabels { registry })
+                    .inc();
             }
             SyncEvent::Retry { registry, cause } => {
                 let (registry, _) = registry_label(&self.retry_registries, registry);
@@ -426,10 +475,12 @@ mod tests {
             ("imagersync_build_info", "gauge"),
             ("imagersync_syncs_total", "counter"),
             ("imagersync_sync_duration_seconds", "histogram"),
+            ("imagersync_job_queue_wait_seconds", "histogram"),
             ("imagersync_syncs_in_flight", "gauge"),
             ("imagersync_jobs_queued", "gauge"),
             ("imagersync_blobs_total", "counter"),
             ("imagersync_blob_bytes_total", "counter"),
+            ("imagersync_referrers_total", "counter"),
             ("imagersync_blob_transfers_in_flight", "gauge"),
             ("imagersync_retries_total", "counter"),
             ("imagersync_http_request_duration_seconds", "histogram"),
@@ -474,7 +525,17 @@ mod tests {
             registry: "src:5000",
             cause: "server_error",
         });
+        for _ in 0..3 {
+            metrics.on_event(&SyncEvent::ReferrerCopied {
+                image: 0,
+                registry: "dst:5000",
+            });
+        }
         let text = metrics.render(Gauges::default());
+        assert_eq!(
+            value(&text, "imagersync_referrers_total{registry=\"dst:5000\"}").as_deref(),
+            Some("3")
+        );
         let series =
             |name: &str, kind: &str| format!("{name}{{registry=\"dst:5000\",kind=\"{kind}\"}}");
         assert_eq!(
@@ -607,7 +668,7 @@ mod tests {
 
     #[test]
     fn bucket_bounds_are_ascending() {
-        for bounds in [HTTP_SECONDS, SYNC_SECONDS] {
+        for bounds in [HTTP_SECONDS, SYNC_SECONDS, QUEUE_SECONDS] {
             assert!(bounds.windows(2).all(|w| w[0] < w[1]));
         }
     }

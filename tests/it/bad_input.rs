@@ -258,7 +258,6 @@ fn table(p: &str, q: &str, canary: &str) -> Vec<Row> {
             &format!("{q}/prod/app:a,b,c"),
             bad,
         ),
-        Row::refs("source equals target", &src, &src, bad),
         with_source("unbalanced regex rule", &format!("{p}/team/app:/(a+/")),
         with_source(
             "regex rule over the size limit",

@@ -272,6 +272,7 @@ async fn platform_filter_and_force() {
         targets: vec![format!("{}/arm/app:v1", dst.host())],
         force,
         platforms: platforms.iter().map(|p| p.to_string()).collect(),
+        ..SyncRequest::default()
     };
 
     let report = engine.run_request(&request(&["linux/arm64"], false)).await;

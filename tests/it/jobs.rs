@@ -478,12 +478,37 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         json!("queued"),
         "one slot, taken: {waiting}"
     );
-    // A caller who waits gets 503 while the slot is taken; queued jobs are not disturbed.
-    let (status, busy) = s
+    // A caller who waits queues behind them too (no 503); when it hangs up while still
+    // queued, its job is cancelled and never runs. Queued jobs are not disturbed.
+    let ci = jenkins();
+    let hung_up = s
         .service
-        .post_json(Some(&jenkins()), &body(&s.source("v2"), &s.target("v4")))
+        .client()
+        .post(s.service.url("/v1/image/rsync"))
+        .basic_auth(&ci.user, Some(&ci.pass))
+        .json(&body(&s.source("v2"), &s.target("v4")))
+        .timeout(Duration::from_millis(1500))
+        .send()
         .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{busy}");
+    assert!(
+        hung_up.as_ref().is_err_and(|e| e.is_timeout()),
+        "a synchronous POST behind a taken slot must wait, not answer: {hung_up:?}"
+    );
+    let abandoned = wait_for_listed(&s.service, &ci, "target=v4 cancelled", |job| {
+        job["request"]["targets"][0] == json!(s.target("v4")) && job["state"] == json!("cancelled")
+    })
+    .await;
+    assert!(
+        abandoned["started_at"].is_null(),
+        "never started: {abandoned}"
+    );
+    assert!(
+        abandoned["cancelled_by"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hung up"),
+        "{abandoned}"
+    );
     let (status, _) = delete(&s.service, &jenkins(), &format!("{JOBS}/{third}")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
 
@@ -511,7 +536,32 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         "{third}"
     );
     skopeo::assert_absent(&s.dst, "prod/app:v3").await;
+    skopeo::assert_absent(&s.dst, "prod/app:v4").await;
     skopeo::assert_landed(&s.dst, "prod/app:v2", &quick).await;
+    // The queued jobs' wait shows in them.
+    let waited = second["queued_seconds"].as_f64().expect("queued_seconds");
+    assert!(waited > 0.0, "second waited for the slot: {second}");
+}
+
+/// Polls the job listing until a job matches `what`; panics with the listing after 30 s.
+async fn wait_for_listed(
+    service: &Service,
+    creds: &Creds,
+    label: &str,
+    what: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = get(service, creds, JOBS).await;
+        if let Some(job) = page["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| what(j)))
+        {
+            return job.clone();
+        }
+        assert!(Instant::now() < deadline, "no job {label} in {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Reads server-sent events until the `done` event; returns (name, job) pairs.
