@@ -3,11 +3,17 @@
 //! Manifests are never re-serialised: the engine pushes the bytes it fetched, so these
 //! types read only what decides the walk (children, blobs) and ignore everything else.
 
-use oci_client::manifest::{
-    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE,
-};
 use serde::Deserialize;
+
+/// OCI image manifest (image-spec).
+pub const OCI_IMAGE_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index (image-spec).
+pub const OCI_IMAGE_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker image manifest, schema 2.
+pub const IMAGE_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list, schema 2.
+pub const IMAGE_MANIFEST_LIST_MEDIA_TYPE: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Docker schema 1 media types: recognised only to refuse them clearly.
 const SCHEMA1_MEDIA_TYPES: [&str; 2] = [

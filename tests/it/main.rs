@@ -20,6 +20,7 @@ mod memory;
 mod metrics;
 mod mirrors;
 mod openapi;
+mod packaging;
 mod posture;
 mod referrers;
 mod registry_tls;

@@ -456,7 +456,9 @@ async fn launch(
     panic!("imagersync_service_bin did not start:\n{failures}");
 }
 
-async fn wait_ready(client: &Client, process: &mut Owned, port: u16) -> Result<(), String> {
+/// Waits until `GET /check` on `port` answers 200 (within 20 s); an error if `process`
+/// exits first or the time runs out.
+pub async fn wait_ready(client: &Client, process: &mut Owned, port: u16) -> Result<(), String> {
     let url = format!("http://127.0.0.1:{port}/check");
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {

@@ -59,6 +59,17 @@ pub const CHROMEDRIVER: Tool = Tool {
     package: "chromium-driver",
 };
 
+/// Starts a program as another user (the packaging test's unprivileged service user).
+pub const SETPRIV: Tool = Tool {
+    name: "setpriv",
+    package: "util-linux",
+};
+/// Checks a systemd unit file without a running systemd (`systemd-analyze verify`).
+pub const SYSTEMD_ANALYZE: Tool = Tool {
+    name: "systemd-analyze",
+    package: "systemd",
+};
+
 impl Tool {
     /// The message a test panics with when the tool is missing.
     pub fn missing_message(&self) -> String {
