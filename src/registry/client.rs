@@ -136,6 +136,17 @@ pub struct Manifest {
     pub digest: String,
 }
 
+/// What a blob HEAD at a target found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// Present, with this size.
+    Present(u64),
+    /// Absent (404).
+    Absent,
+    /// The registry refused to say (this 401 or 403): treated as absent.
+    Refused(u16),
+}
+
 /// The distribution API of one registry, with one credential.
 pub struct RegistryClient {
     endpoint: Endpoint,
@@ -340,13 +351,15 @@ impl RegistryClient {
             && media::error_code(&body).as_deref() == Some("NAME_UNKNOWN"))
     }
 
-    /// HEAD a blob: its size when present, `None` when absent. A 401/403 on a repository
-    /// that does not exist yet also means absent: the upload that follows will say more.
-    pub async fn blob_size(
+    /// HEAD a blob at the target. A 401/403 is [`BlobCheck::Refused`], not an error:
+    /// registries such as Harbor (robot accounts), Google Artifact Registry and ECR answer
+    /// so for a repository they do not have yet, and the upload that follows says whether
+    /// writing is refused too.
+    pub async fn blob_check(
         &self,
         repository: &str,
         digest: &str,
-    ) -> Result<Option<u64>, RegistryError> {
+    ) -> Result<BlobCheck, RegistryError> {
         let step = format!("checking blob {digest} in {repository}");
         let resp = self
             .send(&step, Access::Push(repository), |c, base| {
@@ -354,12 +367,15 @@ impl RegistryClient {
             })
             .await?;
         match resp.status() {
-            StatusCode::OK => Ok(Some(
+            StatusCode::OK => Ok(BlobCheck::Present(
                 header_str(resp.headers(), CONTENT_LENGTH.as_str())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             )),
-            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
+            StatusCode::NOT_FOUND => Ok(BlobCheck::Absent),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Ok(BlobCheck::Refused(resp.status().as_u16()))
+            }
             _ => Err(self.status_error(resp, &step).await),
         }
     }
@@ -376,6 +392,15 @@ impl RegistryClient {
                 c.get(format!("{base}/v2/{repository}/blobs/{digest}"))
             })
             .await?;
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            // Every blob GET asks for the whole blob (no `Range`; a retry starts again
+            // from byte 0), so a part is never spliced onto anything: refuse it.
+            let range = header_str(resp.headers(), "content-range").unwrap_or_default();
+            return Err(self.protocol(
+                &step,
+                format!("the source answered 206 Partial Content ({range:?}) to a request for the whole blob; partial content is never spliced"),
+            ));
+        }
         self.expect(resp, &step, &[StatusCode::OK]).await
     }
 
@@ -629,29 +654,56 @@ impl RegistryClient {
         if let Some(c) = &self.endpoint.credentials {
             query.push(("account", c.username.clone()));
         }
+        let realm_host = match realm_url.port() {
+            Some(port) => format!("{}:{port}", realm_url.host_str().unwrap_or_default()),
+            None => realm_url.host_str().unwrap_or_default().to_owned(),
+        };
+        let endpoint_error = |cause: String, transient: bool| RegistryError::TokenEndpoint {
+            registry: self.registry().to_owned(),
+            step: step.to_owned(),
+            realm: realm_host.clone(),
+            cause,
+            transient,
+        };
         let mut request = self.http.get(realm_url).query(&query);
         if let Some(c) = &self.endpoint.credentials {
             request = request.basic_auth(&c.username, Some(c.password.expose()));
         }
-        let resp = request.send().await.map_err(|e| {
-            auth_error(format!(
-                "token request failed: {}",
-                describe_transport_error(&e)
-            ))
-        })?;
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| endpoint_error(describe_transport_error(&e), true))?;
         let status = resp.status();
-        let body = self.read_capped(resp, MAX_TOKEN_BYTES, step).await?;
-        if !status.is_success() {
-            let detail = media::error_detail(&body);
-            return Err(auth_error(format!(
-                "token endpoint answered HTTP {}{detail}",
-                status.as_u16()
-            )));
+        let body = match self.read_capped(resp, MAX_TOKEN_BYTES, step).await {
+            Ok(body) => body,
+            Err(RegistryError::Network { cause, .. }) => return Err(endpoint_error(cause, true)),
+            Err(RegistryError::Protocol { cause, .. }) => return Err(endpoint_error(cause, false)),
+            Err(other) => return Err(other),
+        };
+        let detail = media::error_detail(&body);
+        match status.as_u16() {
+            200..=299 => {}
+            // Refused credentials: the operator's to fix, not a fault of the endpoint.
+            401 | 403 => {
+                return Err(auth_error(format!(
+                    "token endpoint {realm_host} answered HTTP {}{detail}",
+                    status.as_u16()
+                )))
+            }
+            code => {
+                let transient = matches!(code, 408 | 429) || status.is_server_error();
+                return Err(endpoint_error(format!("HTTP {code}{detail}"), transient));
+            }
         }
         serde_json::from_slice::<TokenAnswer>(&body)
             .ok()
             .and_then(TokenAnswer::into_token)
-            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()))
+            .ok_or_else(|| {
+                endpoint_error(
+                    "the answer is not JSON holding a token or access_token".into(),
+                    false,
+                )
+            })
     }
 
     /// A token realm is a URL the registry chooses; credentials go there only when it is

@@ -13,6 +13,7 @@ mod cli;
 mod dashboard;
 mod engine;
 mod faults;
+mod faults_more;
 mod jobs;
 mod load_script;
 mod metrics;
