@@ -20,4 +20,5 @@ mod metrics;
 mod rig;
 mod security;
 mod service_faults;
+mod service_more;
 mod sync;

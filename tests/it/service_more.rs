@@ -1,0 +1,246 @@
+//! The rows of issue 16 that need the service process, against the real binary and real
+//! registries: a too-large body is answered 413 with its JSON (not cut), a half-closed
+//! connection still gets its answer, callback URLs to internal addresses are refused
+//! unless allowed (including DNS rebinding, inside a network namespace), and image
+//! references with an IPv6 literal host or a 255-character repository name.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::fixture::{Pair, SourceAuth};
+use crate::common::service::admin;
+use crate::common::{skopeo, Format, Image, Service, ServiceConfig};
+
+const KIB: usize = 1024;
+const RSYNC: &str = "/v1/image/rsync";
+
+/// `Basic base64(admin:adminpw)`.
+fn admin_basic() -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(admin().joined())
+    )
+}
+
+/// An answer read off a raw socket: status, headers (lower-case names) and body.
+struct RawAnswer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl RawAnswer {
+    fn parse(bytes: &[u8]) -> Result<RawAnswer, String> {
+        let text = String::from_utf8_lossy(bytes);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no end of headers in {text:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no status in {head:?}"))?;
+        Ok(RawAnswer {
+            status,
+            head: head.to_lowercase(),
+            body: body.to_owned(),
+        })
+    }
+
+    /// The body as JSON (a chunked body is de-chunked first).
+    fn json(&self) -> Value {
+        let body = if self.head.contains("transfer-encoding: chunked") {
+            dechunk(&self.body)
+        } else {
+            self.body.clone()
+        };
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+    }
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        text = &rest[n + 2..];
+    }
+    out
+}
+
+/// Sends `head` then `body` on a raw connection while reading the answer to the end;
+/// returns the answer and whether every byte of the body could be written.
+async fn raw_exchange(service: &Service, head: String, body: Bytes) -> (Vec<u8>, bool) {
+    let addr = service.url("").trim_start_matches("http://").to_owned();
+    let conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // `split`, not `into_split`: the write half must not half-close when the writer ends.
+    let (mut reader, mut writer) = tokio::io::split(conn);
+    let write = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&body).await?;
+        writer.flush().await?;
+        // Keep the write half open until the reader is done.
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), reader.read_to_end(&mut answer))
+        .await
+        .expect("the answer within a minute");
+    assert!(read.is_ok() || !answer.is_empty(), "read failed: {read:?}");
+    let wrote = matches!(write.await, Ok(Ok(_)));
+    (answer, wrote)
+}
+
+/// Asserts `json` is the service's 413 answer in the seed's shape.
+fn assert_413_json(json: &Value, how: &str) {
+    let error = json["rsync_data"]["rsync_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("larger than 16384 bytes"),
+        "{how}: not the 413 JSON: {json}"
+    );
+    assert_eq!(
+        json["rsync_data"]["rsync_status"],
+        json!("unusual"),
+        "{how}: {json}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 413 answered, not cut.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_large_body_gets_its_413_json_not_a_broken_pipe() {
+    let service = Service::start(&ServiceConfig::new()).await;
+    let url = service.url(RSYNC);
+    let client = reqwest::Client::new();
+    let creds = admin();
+
+    // reqwest writes the whole body before it reads: it must still see the 413.
+    let resp = client
+        .post(&url)
+        .basic_auth(&creds.user, Some(&creds.pass))
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .expect("reqwest gets the answer, not a broken pipe (Content-Length)");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        resp.headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+    assert_413_json(&resp.json().await.unwrap(), "reqwest, Content-Length");
+
+    let pieces = (0..48).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 64 * KIB])));
+    let resp = client
+        .post(&url)
+        .basic_auth(&creds.user, Some(&creds.pass))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .expect("reqwest gets the answer, not a broken pipe (chunked)");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_413_json(&resp.json().await.unwrap(), "reqwest, chunked");
+
+    // A raw socket writes every byte of the body and then reads the whole 413 JSON.
+    let body = Bytes::from(vec![b' '; 8 << 20]);
+    let head = format!(
+        "POST {RSYNC} HTTP/1.1\r\nHost: imagersync\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        admin_basic(),
+        body.len()
+    );
+    let (answer, wrote) = raw_exchange(&service, head, body).await;
+    let answer = RawAnswer::parse(&answer).unwrap();
+    assert_eq!(answer.status, 413, "{}", answer.head);
+    assert!(
+        wrote,
+        "the service read the whole 8 MiB body before answering"
+    );
+    assert!(answer.head.contains("connection: close"), "{}", answer.head);
+    assert_413_json(&answer.json(), "raw socket");
+
+    // Beyond the drain bound (64 MiB announced) it is answered at once, unread, and
+    // the connection closed, as before: only the headers are sent here.
+    let head = format!(
+        "POST {RSYNC} HTTP/1.1\r\nHost: imagersync\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        admin_basic(),
+        100u64 << 20
+    );
+    let (answer, _) = raw_exchange(&service, head, Bytes::new()).await;
+    let answer = RawAnswer::parse(&answer).unwrap();
+    assert_eq!(answer.status, 413, "{}", answer.head);
+    assert_413_json(&answer.json(), "raw socket, 100 MiB announced");
+
+    assert_eq!(service.health().await.unwrap(), StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------
+// Half-closed connections.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_closed_connection_still_gets_its_answer() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let image = Image::random(Format::Oci, &[512 * KIB, 16 * KIB]);
+    let pushed = pair.src.push_image("team/app", "v1", &image).await;
+    let addr = pair
+        .service
+        .url("")
+        .trim_start_matches("http://")
+        .to_owned();
+
+    // HTTP/1.0 style: the request, then shutdown(Write), then read until the end.
+    let ask = |request: String| {
+        let addr = addr.clone();
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            conn.write_all(request.as_bytes()).await.unwrap();
+            conn.shutdown().await.expect("half-close the sending side");
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(120), conn.read_to_end(&mut answer))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            answer
+        }
+    };
+    let answer = ask("GET /check HTTP/1.0\r\nHost: imagersync\r\n\r\n".into()).await;
+    let check = RawAnswer::parse(&answer).expect("an answer to GET /check");
+    assert_eq!(check.status, 200, "{}", check.head);
+
+    // A sync takes a while: the half-close arrives long before the answer is ready.
+    let body = serde_json::to_vec(&json!({"rsync_config": {
+        "source": pair.src_ref("team/app:v1"),
+        "target": pair.dst_ref("team/app:v1"),
+    }}))
+    .unwrap();
+    let request = format!(
+        "POST {RSYNC} HTTP/1.1\r\nHost: imagersync\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        admin_basic(),
+        body.len(),
+        String::from_utf8(body).unwrap()
+    );
+    let answer = ask(request).await;
+    let answer = RawAnswer::parse(&answer).expect("an answer to the half-closed sync");
+    assert_eq!(answer.status, 200, "{}\n{}", answer.head, answer.body);
+    let json = answer.json();
+    assert_eq!(
+        json["rsync_data"]["rsync_status"],
+        json!("successfully"),
+        "{json}"
+    );
+    skopeo::assert_landed(&pair.dst, "team/app:v1", &pushed).await;
+}
