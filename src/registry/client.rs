@@ -896,9 +896,9 @@ fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-/// The host of `host[:port]`.
+/// The host of `host[:port]`, an IPv6 literal without its brackets.
 fn host_without_port(host_port: &str) -> &str {
-    host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    crate::config::names::split_host_port(host_port).0
 }
 
 /// Loopback, private, link-local, unspecified and other non-public addresses.

@@ -11,9 +11,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::fixture::{Pair, SourceAuth};
+use crate::common::fixture::{random_password, Pair, SourceAuth};
 use crate::common::service::admin;
-use crate::common::{skopeo, Format, Image, Service, ServiceConfig};
+use crate::common::{skopeo, Format, Image, Registry, Service, ServiceConfig};
 
 const KIB: usize = 1024;
 const RSYNC: &str = "/v1/image/rsync";
@@ -243,4 +243,107 @@ async fn a_half_closed_connection_still_gets_its_answer() {
         "{json}"
     );
     skopeo::assert_landed(&pair.dst, "team/app:v1", &pushed).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// References as the reference grammar reads them.
+
+/// A TCP relay on `[::1]:0` to `upstream` (`127.0.0.1:PORT`): the registry reached over an
+/// IPv6 literal (docker-registry itself is started on 127.0.0.1 by the rig).
+async fn ipv6_relay(upstream: String) -> String {
+    let listener = tokio::net::TcpListener::bind("[::1]:0")
+        .await
+        .expect("bind [::1] (IPv6 loopback needed)");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("[::1]:{}", addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_literal_hosts_and_255_character_repositories_are_accepted() {
+    let (src_pass, dst_pass) = (random_password("src"), random_password("dst"));
+    let (src, dst) = tokio::join!(
+        Registry::start_htpasswd("puller", &src_pass),
+        Registry::start_htpasswd("pusher", &dst_pass),
+    );
+    let relay = ipv6_relay(src.host()).await;
+    let config = ServiceConfig::new()
+        .registry("src", &src)
+        .entry("src-v6", &relay, src.creds().cloned())
+        .registry("dst", &dst);
+    let pair = Pair {
+        service: Service::start(&config).await,
+        src,
+        dst,
+    };
+    let image = Image::random(Format::Oci, &[64 * KIB]);
+    let pushed = pair.src.push_image("team/app", "v1", &image).await;
+
+    // An IPv6 literal source, listed in the config: synced.
+    let (status, answer) = pair
+        .service
+        .sync(
+            &format!("{relay}/team/app:v1"),
+            &pair.dst_ref("team/app:v6"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    skopeo::assert_landed(&pair.dst, "team/app:v6", &pushed).await;
+
+    // Not listed: the same allow-list as any internal address (403), not a grammar 400.
+    let (status, answer) = pair
+        .service
+        .sync("[::1]:1/team/app:v1", &pair.dst_ref("team/app:x"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let error = answer["rsync_data"]["rsync_error"].as_str().unwrap();
+    assert!(
+        error.contains("[::1]:1") && error.contains("not allowed"),
+        "{error}"
+    );
+
+    // A repository name of exactly 255 characters: synced (checked at the registry
+    // itself: skopeo's own parser still counts the host into the 255).
+    let long = "a".repeat(255);
+    let (status, answer) = pair
+        .service
+        .sync(
+            &pair.src_ref("team/app:v1"),
+            &pair.dst_ref(&format!("{long}:v1")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let creds = pair.dst_creds();
+    let landed = reqwest::Client::new()
+        .head(format!("{}/v2/{long}/manifests/v1", pair.dst.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .basic_auth(&creds.user, Some(&creds.pass))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(landed.status(), StatusCode::OK);
+    assert_eq!(
+        landed.headers()["docker-content-digest"].to_str().unwrap(),
+        pushed.digest
+    );
+
+    // What the grammar refuses stays refused (400), before any registry is asked.
+    for bad in [
+        format!("{}/{}:v1", pair.src.host(), "a".repeat(256)),
+        "[::1:5000/team/app:v1".to_owned(),
+        "[zz::1]:5000/team/app:v1".to_owned(),
+        "[::1]x/team/app:v1".to_owned(),
+    ] {
+        let (status, answer) = pair.service.sync(&bad, &pair.dst_ref("team/app:bad")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+    }
 }
