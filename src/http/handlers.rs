@@ -82,6 +82,19 @@ pub async fn rsync(
         };
         return refuse(username, request.echo, outcome, message);
     }
+    if let Some(url) = &request.callback_url {
+        let checked = match reqwest::Url::parse(url) {
+            Ok(url) => state.jobs().check_callback(&url).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(message) = checked {
+            let outcome = Outcome::Sync {
+                status: SyncStatus::Unusual,
+                failure: Some(FailureKind::BadInput),
+            };
+            return refuse(username, request.echo, outcome, message);
+        }
+    }
     let asynchronous = request.asynchronous || prefers_async(&headers);
     let echo = request.echo.clone();
     let new = NewJob {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::fixture::{random_password, Pair, SourceAuth};
 use crate::common::service::admin;
+use crate::common::webhook::WebhookReceiver;
 use crate::common::{skopeo, Format, Image, Registry, Service, ServiceConfig};
 
 const KIB: usize = 1024;
@@ -346,4 +347,260 @@ async fn ipv6_literal_hosts_and_255_character_repositories_are_accepted() {
         let (status, answer) = pair.service.sync(&bad, &pair.dst_ref("team/app:bad")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhooks to internal addresses.
+
+/// An asynchronous sync (from a source that fails at once) with `callback_url`.
+fn job_with_callback(callback: &str) -> Value {
+    json!({"async": true, "callback_url": callback, "rsync_config": {
+        "source": "127.0.0.1:1/team/app:v1", "target": "127.0.0.1:1/team/copy:v1"}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_to_loopback_are_refused_unless_listed() {
+    let receiver = WebhookReceiver::start_on("127.0.0.2", &[]).await;
+    let port = receiver
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/hook")
+        .to_owned();
+    let config = ServiceConfig {
+        retries: 0,
+        callback_allowed_hosts: vec!["127.0.0.2".into()],
+        ..ServiceConfig::new().entry("dead", "127.0.0.1:1", None)
+    };
+    let service = Service::start(&config).await;
+    for callback in [
+        format!("http://localhost:{port}/hook"),
+        format!("http://127.0.0.3:{port}/hook"),
+        format!("http://[::1]:{port}/hook"),
+    ] {
+        let (status, answer) = service
+            .post_json(Some(&admin()), &job_with_callback(&callback))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{callback}: {answer}");
+        let error = answer["rsync_data"]["rsync_error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            error.contains("internal") && error.contains("callback_allowed_hosts"),
+            "{callback}: {error}"
+        );
+    }
+    let (status, job) = service
+        .post_json(Some(&admin()), &job_with_callback(&receiver.url()))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver.deliveries().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listed receiver got nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = receiver.deliveries();
+    assert_eq!(delivered.len(), 1, "only the listed callback was called");
+    let sent: Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    assert_eq!(sent["id"], job["id"]);
+}
+
+/// Receives webhooks on `argv[1]:argv[2]`, appending `path body` lines to `argv[3]`.
+const RECEIVER_PY: &str = r#"
+import sys, http.server
+host, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('content-length', 0)))
+        with open(log, 'ab') as f:
+            f.write(self.path.encode() + b' ' + body.replace(b'\n', b' ') + b'\n')
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((host, port), H).serve_forever()
+"#;
+
+/// Accepts connections on 127.0.0.1:argv[1] and never answers: a source that keeps a
+/// job running until the service's idle timeout.
+const TARPIT_PY: &str = r#"
+import sys, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(16)
+held = []
+while True:
+    held.append(s.accept())
+"#;
+
+/// Everything inside a fresh network and mount namespace: its own `lo` carrying the
+/// metadata address, a private network and a "public" documentation address, its own
+/// /etc/hosts (bind-mounted), the receivers, the service; nothing can leave the machine.
+const NAMESPACE_SH: &str = r#"
+set -eu
+D="$1"; BIN="$2"
+ip link set lo up
+for a in 169.254.169.254 10.1.2.3 10.9.9.9 198.51.100.7; do ip addr add "$a/32" dev lo; done
+mount --bind "$D/hosts" /etc/hosts
+python3 "$D/receiver.py" 169.254.169.254 80 "$D/metadata.log" &
+python3 "$D/receiver.py" 10.1.2.3 8080 "$D/listed.log" &
+python3 "$D/receiver.py" 10.9.9.9 8080 "$D/unlisted.log" &
+python3 "$D/receiver.py" 198.51.100.7 8080 "$D/public.log" &
+python3 "$D/tarpit.py" 7001 &
+# Every listener up before anything is asked of the service (the tarpit must hold jobs).
+python3 - <<'PY'
+import socket, time
+for host, port in [("169.254.169.254", 80), ("10.1.2.3", 8080), ("10.9.9.9", 8080),
+                   ("198.51.100.7", 8080), ("127.0.0.1", 7001)]:
+    for _ in range(300):
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        raise SystemExit(f"{host}:{port} never listened")
+PY
+"$BIN" --address 127.0.0.1:18080 --configFile "$D/config.yaml" > "$D/service.out" 2>&1 &
+i=0; until curl -sf http://127.0.0.1:18080/check > /dev/null; do i=$((i+1)); [ $i -lt 200 ] || exit 3; sleep 0.1; done
+post() {
+  curl -s -o "$D/$1.json" -w '%{http_code}' -u admin:adminpw -H 'Content-Type: application/json' \
+    -d "{\"async\":true,\"callback_url\":\"$2\",\"rsync_config\":{\"source\":\"127.0.0.1:7001/team/app:v1\",\"target\":\"127.0.0.1:7001/team/copy:v1\"}}" \
+    http://127.0.0.1:18080/v1/image/rsync > "$D/$1.code"
+}
+post metadata http://169.254.169.254/latest/meta-data
+post unlisted http://10.9.9.9:8080/hook
+post listed http://10.1.2.3:8080/hook
+post rebound http://hook.test:8080/hook
+# Between submit and delivery the name moves inside (the job waits on the tarpit).
+echo "10.9.9.9 hook.test" > "$D/hosts"
+for job in listed rebound; do
+  id=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['id'])" "$D/$job.json")
+  i=0
+  until curl -s -u admin:adminpw "http://127.0.0.1:18080/v1/image/rsync/jobs/$id" > "$D/$job.final.json" \
+      && grep -q '"callback":{' "$D/$job.final.json"; do
+    i=$((i+1)); [ $i -lt 600 ] || exit 4; sleep 0.1
+  done
+done
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_to_internal_networks_and_rebound_names_are_refused_in_a_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("receiver.py"), RECEIVER_PY).unwrap();
+    std::fs::write(d.join("tarpit.py"), TARPIT_PY).unwrap();
+    std::fs::write(d.join("run.sh"), NAMESPACE_SH).unwrap();
+    std::fs::write(
+        d.join("hosts"),
+        "127.0.0.1 localhost\n198.51.100.7 hook.test\n",
+    )
+    .unwrap();
+    let config = json!({
+        "config": {"tools": {"github": crate::common::service::TOOLS_LINK}},
+        "rsyncserver": {
+            "logfile": d.join("rsync_analysis.log").display().to_string(),
+            "auth": {"admin": "adminpw"},
+            "jobs": {
+                "database": d.join("jobs.sqlite3").display().to_string(),
+                "callback_allowed_hosts": ["10.1.2.0/24"],
+            },
+            "rsyncconfig": {
+                "auth": {"tarpit": {"registry": "127.0.0.1:7001", "insecure": true}},
+                "task": {"retries": 0, "idle_timeout_seconds": 3, "connect_timeout_seconds": 3},
+            },
+        },
+    });
+    let config_path = d.join("config.yaml");
+    std::fs::write(&config_path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    std::fs::set_permissions(
+        &config_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // A PID namespace too: when the script ends, every process it started dies with it.
+    let log = std::fs::File::create(d.join("script.log")).unwrap();
+    let status = tokio::process::Command::new("timeout")
+        .args([
+            "120",
+            "unshare",
+            "--net",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-x",
+        ])
+        .arg(d.join("run.sh"))
+        .arg(d)
+        .arg(crate::common::service::BIN)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .status()
+        .await
+        .expect("run unshare (util-linux) as root");
+    let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    assert!(
+        status.success(),
+        "namespace script failed: {status:?}\n{}\nservice:\n{}",
+        read("script.log"),
+        read("service.out")
+    );
+    let json_of =
+        |name: &str| -> Value { serde_json::from_str(&read(name)).unwrap_or(Value::Null) };
+
+    // Refused at submit: the metadata address and an unlisted private one.
+    for refused in ["metadata", "unlisted"] {
+        assert_eq!(
+            read(&format!("{refused}.code")),
+            "400",
+            "{refused}: {}",
+            read(&format!("{refused}.json"))
+        );
+        let error = json_of(&format!("{refused}.json"))["rsync_data"]["rsync_error"].to_string();
+        assert!(
+            error.contains("callback_allowed_hosts"),
+            "{refused}: {error}"
+        );
+        assert_eq!(read(&format!("{refused}.log")), "", "{refused} was called");
+    }
+    // Listed by its network: delivered to the receiver in the namespace.
+    assert_eq!(read("listed.code"), "202", "{}", read("listed.json"));
+    let listed = json_of("listed.final.json");
+    assert_eq!(listed["callback"]["delivered"], json!(true), "{listed}");
+    assert!(
+        read("listed.log").starts_with("/hook "),
+        "{}",
+        read("listed.log")
+    );
+    // Public at submit, internal at delivery: refused then, recorded in the job.
+    assert_eq!(read("rebound.code"), "202", "{}", read("rebound.json"));
+    let rebound = json_of("rebound.final.json");
+    assert_eq!(rebound["callback"]["refused"], json!(true), "{rebound}");
+    assert_eq!(rebound["callback"]["delivered"], json!(false), "{rebound}");
+    assert!(
+        rebound["callback"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("10.9.9.9"),
+        "{rebound}"
+    );
+    assert_eq!(
+        read("public.log"),
+        "",
+        "the rebound name was called at its old address"
+    );
+    assert_eq!(
+        read("unlisted.log"),
+        "",
+        "the rebound name was called at its new address"
+    );
 }

@@ -57,6 +57,8 @@ pub struct ServiceConfig {
     pub admins: Vec<String>,
     /// `rsyncserver.max_concurrent_syncs`, when set.
     pub max_concurrent_syncs: Option<usize>,
+    /// `rsyncserver.jobs.callback_allowed_hosts`.
+    pub callback_allowed_hosts: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -68,6 +70,7 @@ impl Default for ServiceConfig {
             retries: 2,
             admins: Vec::new(),
             max_concurrent_syncs: None,
+            callback_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -124,6 +127,10 @@ impl ServiceConfig {
         });
         if !self.admins.is_empty() {
             doc["rsyncserver"]["admins"] = json!(self.admins);
+        }
+        if !self.callback_allowed_hosts.is_empty() {
+            doc["rsyncserver"]["jobs"] =
+                json!({"callback_allowed_hosts": self.callback_allowed_hosts});
         }
         if let Some(max) = self.max_concurrent_syncs {
             doc["rsyncserver"]["max_concurrent_syncs"] = json!(max);

@@ -50,9 +50,12 @@ pub struct WebhookReceiver {
 impl WebhookReceiver {
     /// A receiver answering `statuses` to the first requests, in order, then 200.
     pub async fn start(statuses: &[u16]) -> WebhookReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
+        Self::start_on("127.0.0.1", statuses).await
+    }
+
+    /// A receiver on `ip`:0 (another loopback address such as 127.0.0.2).
+    pub async fn start_on(ip: &str, statuses: &[u16]) -> WebhookReceiver {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
         let planned: Arc<Mutex<VecDeque<u16>>> =
