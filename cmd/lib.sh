@@ -1,5 +1,6 @@
 # Shared helpers of the cmd/ scripts; source it, do not run it.
-#   ensure_tools  installs docker-registry, skopeo, htpasswd and wrk (Debian) when missing
+#   ensure_tools  installs docker-registry, skopeo, htpasswd, wrk, unshare, ip and curl
+#                 (Debian) when missing
 #   ensure_browser installs chromium and chromedriver (Debian) when missing: tests only
 #   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
 #   free_port     prints a TCP port that is free on 127.0.0.1 right now
@@ -27,9 +28,14 @@ ensure_tools() {
     command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
     command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    # Tests that name a non-loopback address run it in a network namespace of their own
+    # (unshare, ip) and reach the service there with curl.
+    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd) and wrk yourself" >&2
+        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd), wrk, util-linux, iproute2 and curl yourself" >&2
         return 1
     fi
     echo "installing ${missing[*]} (apt-get)" >&2

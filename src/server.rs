@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::access::default_passwords::{is_loopback, DefaultPasswords};
 use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -45,6 +46,9 @@ pub enum ServeError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A service user has a guessable password and the address is not loopback.
+    #[error("config key rsyncserver.auth: {0}")]
+    DefaultPassword(String),
     /// Accepting or serving connections failed.
     #[error("server error: {0}")]
     Serve(#[source] io::Error),
@@ -54,7 +58,10 @@ impl ServeError {
     /// Process exit code: 2 for what the operator must fix in the config or flags, 1 else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::AnalysisLog { .. } | Self::Bind { .. } | Self::JobStore(_) => 2,
+            Self::AnalysisLog { .. }
+            | Self::Bind { .. }
+            | Self::JobStore(_)
+            | Self::DefaultPassword(_) => 2,
             Self::Serve(_) => 1,
         }
     }
@@ -63,6 +70,7 @@ impl ServeError {
 /// Builds the state from `config`, listens on `address`, and serves until SIGTERM or
 /// Ctrl-C, then drains as [`serve_listener`] does.
 pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError> {
+    refuse_default_passwords(&config, address)?;
     let state = app_state(&config)?;
     start_jobs(&state, &config).await;
     let listener = TcpListener::bind(address)
@@ -101,6 +109,22 @@ pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError
             Ok(())
         }
     }
+}
+
+/// Stops start-up when a service user's password is guessable and other hosts can reach
+/// `address`; on loopback only warns (names, never passwords).
+pub fn refuse_default_passwords(config: &Config, address: SocketAddr) -> Result<(), ServeError> {
+    let Some(found) = DefaultPasswords::find(&config.rsyncserver.auth) else {
+        return Ok(());
+    };
+    if is_loopback(address) {
+        tracing::warn!(
+            users = %found.users.join(","),
+            "service user(s) with a default password; accepted on loopback only: set a password before listening on another address"
+        );
+        return Ok(());
+    }
+    Err(ServeError::DefaultPassword(found.message(address)))
 }
 
 /// The router state for `config`: engine, users, the opened analysis log and job store.
@@ -342,6 +366,10 @@ mod tests {
         let state = state(dir.path());
         let sync = state.syncs().start();
         let running = start(state, Duration::from_secs(30)).await;
+        // Paused from here: the sleep resolves only once the server task is idle, i.e.
+        // has taken the stop and is blocked on the running sync, not merely unscheduled.
+        // (The 30 s grace is a later timer, so it cannot fire first.)
+        tokio::time::pause();
         running.stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(

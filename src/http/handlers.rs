@@ -18,7 +18,7 @@ use super::response::{
 };
 use super::state::AppState;
 use crate::engine::{FailureKind, SyncStatus};
-use crate::jobs::{NewJob, SubmitError};
+use crate::jobs::{JobManager, NewJob, SubmitError};
 
 /// `Retry-After` of a 503 when every sync slot is taken. Syncs take seconds to minutes;
 /// a CI job retrying after this long rarely finds the service still full.
@@ -104,26 +104,19 @@ pub async fn rsync(
         asynchronous,
         callback_url: request.callback_url,
     };
-    // A job that waits takes a slot now or never: a full service answers at once instead
-    // of holding callers without bound. Asynchronous jobs queue (up to jobs.max_queued).
+    // Every job takes a free slot or waits in the one FIFO queue (up to jobs.max_queued);
+    // a synchronous caller keeps its connection open meanwhile.
     let submitted = match state.jobs().submit(new).await {
         Ok(submitted) => submitted,
         Err(e) => {
             let (outcome, message) = match e {
-                SubmitError::Busy => (
-                    Outcome::Busy,
-                    format!(
-                        "the service is busy: it already runs its maximum of {} syncs at once \
-                         (rsyncserver.max_concurrent_syncs); retry in {BUSY_RETRY_AFTER_SECONDS} s, \
-                         or send \"async\": true to queue the job",
-                        state.max_concurrent_syncs()
-                    ),
-                ),
                 SubmitError::QueueFull => (
                     Outcome::Busy,
                     format!(
-                        "the job queue is full ({} jobs wait for a slot, rsyncserver.jobs.max_queued); \
+                        "the service is busy: all {} sync slots are taken (rsyncserver.max_concurrent_syncs) \
+                         and the job queue is full ({} jobs wait for a slot, rsyncserver.jobs.max_queued); \
                          retry in {BUSY_RETRY_AFTER_SECONDS} s",
+                        state.max_concurrent_syncs(),
                         state.jobs().limits().max_queued
                     ),
                 ),
@@ -140,6 +133,7 @@ pub async fn rsync(
             return response;
         }
     };
+    tracing::Span::current().record("job", submitted.job.id);
     let location = job_path(submitted.job.id);
     if asynchronous {
         let mut response =
@@ -147,7 +141,15 @@ pub async fn rsync(
         set_header(&mut response, header::LOCATION, &location);
         return response;
     }
-    let mut response = match submitted.done.await {
+    // Dropped with this handler when the caller hangs up: a job still waiting in the
+    // queue is then cancelled and never runs; a running one finishes (see `abandon`).
+    let mut waiting = AbandonOnDrop {
+        jobs: state.jobs().clone(),
+        id: Some(submitted.job.id),
+    };
+    let done = submitted.done.await;
+    waiting.id = None;
+    let mut response = match done {
         Ok(job) => {
             let status = job
                 .http_status
@@ -167,6 +169,22 @@ pub async fn rsync(
     };
     set_header(&mut response, header::CONTENT_LOCATION, &location);
     response
+}
+
+/// Cancels a synchronous job that still waits for a slot when its caller's request is
+/// dropped (the connection closed); disarmed once the job has ended.
+struct AbandonOnDrop {
+    jobs: JobManager,
+    id: Option<i64>,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.jobs
+                .abandon(id, "its caller, who hung up while it was queued");
+        }
+    }
 }
 
 /// Whether the caller sent `Prefer: respond-async` (RFC 7240).

@@ -74,6 +74,9 @@ pub struct ImageProgress {
     pub bytes_total: u64,
     /// Bytes at the target so far.
     pub bytes_done: u64,
+    /// Referrers (signatures, attestations, SBOMs) written to the target so far.
+    #[serde(default)]
+    pub referrers_copied: u64,
     /// The image's outcome, once it ended.
     pub status: Option<ImageStatus>,
 }
@@ -91,6 +94,9 @@ pub struct JobProgress {
     pub bytes_total: u64,
     /// Sum of the images' `bytes_done`.
     pub bytes_done: u64,
+    /// Sum of the images' `referrers_copied`.
+    #[serde(default)]
+    pub referrers_copied: u64,
     /// Registry steps tried again so far.
     pub retries: u64,
 }
@@ -147,6 +153,12 @@ impl JobProgress {
                     p.bytes_done += bytes;
                 }
             }
+            SyncEvent::ReferrerCopied { image, .. } => {
+                let Some(p) = self.images.get_mut(image) else {
+                    return false;
+                };
+                p.referrers_copied += 1;
+            }
             SyncEvent::Retry { .. } => self.retries += 1,
             SyncEvent::ImageFinished { image, result } => {
                 let Some(p) = self.images.get_mut(image) else {
@@ -164,6 +176,7 @@ impl JobProgress {
         let total = |f: fn(&ImageProgress) -> u64| self.images.iter().map(f).sum::<u64>();
         (self.blobs_total, self.blobs_done) = (total(|p| p.blobs_total), total(|p| p.blobs_done));
         (self.bytes_total, self.bytes_done) = (total(|p| p.bytes_total), total(|p| p.bytes_done));
+        self.referrers_copied = total(|p| p.referrers_copied);
     }
 }
 
@@ -206,6 +219,10 @@ pub struct JobRecord {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Seconds it waited in the queue for a sync slot (from `created_at` to the latest
+    /// `started_at`); unset until it starts.
+    #[serde(default)]
+    pub queued_seconds: Option<f64>,
     /// How often it was picked up again after a service restart.
     pub resumed: u32,
     /// Who cancelled it, when someone did.
@@ -249,6 +266,7 @@ impl NewJob {
             created_at: now,
             started_at: None,
             finished_at: None,
+            queued_seconds: None,
             resumed: 0,
             cancelled_by: None,
             progress: JobProgress::default(),

@@ -56,7 +56,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[tokio::test]
+    // Paused time: the sleep below resolves only once every other task is idle, so the
+    // waiter has certainly run and is blocked, not merely unscheduled.
+    #[tokio::test(start_paused = true)]
     async fn waits_until_every_guard_is_gone() {
         let tracker = Arc::new(SyncTracker::default());
         tracker.wait_idle().await;

@@ -13,6 +13,12 @@ pub const SYNC_SECONDS: &[f64] = &[
     0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
+/// Bucket bounds (seconds) for a job's wait in the queue: none at all while a slot is
+/// free, up to a whole sync's length (or several) when the service is full.
+pub const QUEUE_SECONDS: &[f64] = &[
+    0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
 /// Counts per bucket, plus the sum and count of every observation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {

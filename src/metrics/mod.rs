@@ -16,7 +16,7 @@ pub mod text;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use self::histogram::{Histogram, HTTP_SECONDS, SYNC_SECONDS};
+use self::histogram::{Histogram, HTTP_SECONDS, QUEUE_SECONDS, SYNC_SECONDS};
 use self::text::{Exposition, Kind};
 use crate::engine::{BlobKind, SyncEvent, SyncObserver};
 
@@ -63,7 +63,7 @@ impl SyncOutcome {
 pub struct Gauges {
     /// Syncs running now.
     pub syncs_in_flight: usize,
-    /// Asynchronous jobs waiting for a sync slot.
+    /// Jobs waiting for a sync slot.
     pub jobs_queued: usize,
     /// Blob transfers streaming now, across every sync.
     pub blob_transfers_in_flight: usize,
@@ -91,8 +91,12 @@ struct Tallies {
     /// By (outcome, HTTP status).
     syncs: BTreeMap<(SyncOutcome, u16), u64>,
     sync_seconds: BTreeMap<SyncOutcome, Histogram>,
+    /// Time jobs waited for a sync slot; created on the first start.
+    queue_seconds: Option<Histogram>,
     /// By registry, then kind: (blobs, bytes).
     blobs: BTreeMap<String, [(u64, u64); 3]>,
+    /// Referrers written, by target registry.
+    referrers: BTreeMap<String, u64>,
     /// By registry, then cause.
     retries: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// By (route, method, status class).
@@ -118,6 +122,14 @@ impl Metrics {
                 .or_insert_with(|| Histogram::new(SYNC_SECONDS))
                 .observe(seconds);
         }
+    }
+
+    /// Counts the wait of one job that got a sync slot.
+    pub fn record_queue_wait(&self, seconds: f64) {
+        self.lock()
+            .queue_seconds
+            .get_or_insert_with(|| Histogram::new(QUEUE_SECONDS))
+            .observe(seconds);
     }
 
     /// Counts one answered HTTP request. `route` must be a route template (or
@@ -175,6 +187,16 @@ impl Metrics {
             text.histogram(name, &[("outcome", outcome.as_str())], histogram);
         }
 
+        let name = "imagersync_job_queue_wait_seconds";
+        text.family(
+            name,
+            "Time jobs (synchronous and asynchronous) waited for a free sync slot before they started.",
+            Kind::Histogram,
+        );
+        if let Some(histogram) = &tallies.queue_seconds {
+            text.histogram(name, &[], histogram);
+        }
+
         gauge(
             &mut text,
             "imagersync_syncs_in_flight",
@@ -184,7 +206,7 @@ impl Metrics {
         gauge(
             &mut text,
             "imagersync_jobs_queued",
-            "Asynchronous sync jobs waiting for a free sync slot.",
+            "Sync jobs (synchronous and asynchronous) waiting for a free sync slot.",
             gauges.jobs_queued,
         );
 
@@ -217,6 +239,15 @@ impl Metrics {
                     *bytes,
                 );
             }
+        }
+        let name = "imagersync_referrers_total";
+        text.family(
+            name,
+            "Referrers (signatures, attestations, SBOMs) written to a target registry.",
+            Kind::Counter,
+        );
+        for (registry, n) in &tallies.referrers {
+            text.sample(name, &[("registry", registry.as_str())], *n);
         }
         gauge(
             &mut text,
@@ -279,6 +310,9 @@ impl SyncObserver for Metrics {
                 let slot = &mut registry_slot(&mut tallies.blobs, registry)[kind_index(kind)];
                 slot.0 += 1;
                 slot.1 += bytes;
+            }
+            SyncEvent::ReferrerCopied { registry, .. } => {
+                *registry_slot(&mut self.lock().referrers, registry) += 1;
             }
             SyncEvent::Retry { registry, cause } => {
                 let mut tallies = self.lock();
@@ -353,10 +387,12 @@ mod tests {
             ("imagersync_build_info", "gauge"),
             ("imagersync_syncs_total", "counter"),
             ("imagersync_sync_duration_seconds", "histogram"),
+            ("imagersync_job_queue_wait_seconds", "histogram"),
             ("imagersync_syncs_in_flight", "gauge"),
             ("imagersync_jobs_queued", "gauge"),
             ("imagersync_blobs_total", "counter"),
             ("imagersync_blob_bytes_total", "counter"),
+            ("imagersync_referrers_total", "counter"),
             ("imagersync_blob_transfers_in_flight", "gauge"),
             ("imagersync_retries_total", "counter"),
             ("imagersync_http_request_duration_seconds", "histogram"),
@@ -401,7 +437,17 @@ mod tests {
             registry: "src:5000",
             cause: "server_error",
         });
+        for _ in 0..3 {
+            metrics.on_event(&SyncEvent::ReferrerCopied {
+                image: 0,
+                registry: "dst:5000",
+            });
+        }
         let text = metrics.render(Gauges::default());
+        assert_eq!(
+            value(&text, "imagersync_referrers_total{registry=\"dst:5000\"}").as_deref(),
+            Some("3")
+        );
         let series =
             |name: &str, kind: &str| format!("{name}{{registry=\"dst:5000\",kind=\"{kind}\"}}");
         assert_eq!(

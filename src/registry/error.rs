@@ -113,7 +113,9 @@ impl RegistryError {
         }
     }
 
-    /// A low-cardinality name for why a retryable step failed, for metrics.
+    /// A low-cardinality name for why a retryable step failed, for metrics. Only errors
+    /// `is_retryable` accepts are ever counted; the rest share one name so that the label
+    /// set documented in doc/api.md stays exactly the causes that are retried.
     pub fn retry_cause(&self) -> &'static str {
         match self {
             RegistryError::Network { .. } => "network",
@@ -122,9 +124,12 @@ impl RegistryError {
             RegistryError::Status { status: 400, .. } => "blob_unknown",
             RegistryError::Status { status: 408, .. } => "timeout",
             RegistryError::Status { .. } => "server_error",
-            RegistryError::Auth { .. } | RegistryError::TokenEndpoint { .. } => "auth",
-            RegistryError::Protocol { .. } => "protocol",
-            RegistryError::DigestMismatch { .. } => "digest_mismatch",
+            RegistryError::TokenEndpoint { .. } => "token_endpoint",
+            // Never retried (see is_retryable): a bad answer, refused credentials, or a
+            // blob whose bytes do not match its digest will not improve by asking again.
+            RegistryError::Auth { .. }
+            | RegistryError::Protocol { .. }
+            | RegistryError::DigestMismatch { .. } => "not_retried",
         }
     }
 

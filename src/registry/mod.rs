@@ -3,6 +3,7 @@
 
 mod auth;
 mod client;
+pub mod credentials;
 pub mod digest;
 mod error;
 mod limiter;
@@ -11,7 +12,6 @@ mod pool;
 pub mod reference;
 mod watchdog;
 
-pub use auth::Credentials;
 pub(crate) use client::is_internal;
 pub use client::{
     BlobCheck, Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MANIFEST_BYTES,

@@ -8,10 +8,11 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::common::contract::{assert_seed_shape, status_of, without_times};
+use crate::common::fixture::{Pair, SourceAuth};
 use crate::common::service::{
     admin, jenkins, json_of, run_expecting_exit, CURL_CONTENT_TYPE, TOOLS_LINK,
 };
-use crate::common::{Cases, Creds, Registry, Service, ServiceConfig};
+use crate::common::{skopeo, Cases, Creds, Format, Image, Registry, Service, ServiceConfig};
 
 const RSYNC: &str = "/v1/image/rsync";
 const VALID_BODY: &str =
@@ -101,12 +102,12 @@ async fn other_methods_are_405_with_an_allow_header() {
     let svc = service().await;
     let auth = creds_header(&admin());
     let table: [(Method, &str, &[&str]); 6] = [
-        (Method::PUT, RSYNC, &["GET", "POST"]),
-        (Method::DELETE, RSYNC, &["GET", "POST"]),
-        (Method::PATCH, "/v1/image/rsync/", &["GET", "POST"]),
-        (Method::DELETE, "/v1/image/rsync/", &["GET", "POST"]),
-        (Method::POST, "/check", &["GET"]),
-        (Method::PUT, "/", &["GET"]),
+        (Method::PUT, RSYNC, &["GET", "HEAD", "POST"]),
+        (Method::DELETE, RSYNC, &["GET", "HEAD", "POST"]),
+        (Method::PATCH, "/v1/image/rsync/", &["GET", "HEAD", "POST"]),
+        (Method::DELETE, "/v1/image/rsync/", &["GET", "HEAD", "POST"]),
+        (Method::POST, "/check", &["GET", "HEAD"]),
+        (Method::PUT, "/", &["GET", "HEAD"]),
     ];
     let mut cases = Cases::new();
     for (method, path, allowed) in table {
@@ -123,12 +124,15 @@ async fn other_methods_are_405_with_an_allow_header() {
             .headers()
             .get(ALLOW)
             .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.text().await.unwrap();
         cases.check(&format!("{method} {path}"), || {
             assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
             let allow = allow.expect("no Allow header");
-            for m in allowed {
-                assert!(allow.contains(m), "Allow {allow:?} lacks {m}");
-            }
+            // Exactly the route's methods (GET routes answer HEAD too), nothing more.
+            let mut listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+            listed.sort_unstable();
+            assert_eq!(listed, allowed, "Allow: {allow}");
+            assert_error_body(&body);
         });
     }
     cases.finish();
@@ -148,8 +152,20 @@ async fn unknown_paths_are_404() {
         for header in [None, Some(auth.as_slice())] {
             let resp = send(&svc, Method::GET, path, header, None).await;
             assert_eq!(resp.status(), StatusCode::NOT_FOUND, "GET {path}");
+            assert_error_body(&resp.text().await.unwrap());
         }
     }
+}
+
+/// The router's own error body as doc/api.md documents it: `{"error":"…"}` and nothing
+/// else, with a message that says something.
+fn assert_error_body(body: &str) {
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let object = value.as_object().expect("a JSON object");
+    assert_eq!(object.len(), 1, "only `error`: {body}");
+    let error = object["error"].as_str().expect("`error` is a string");
+    assert!(error.len() > 10, "a readable message: {body}");
 }
 
 /// Authorization headers that must all be refused, by name.
@@ -281,7 +297,7 @@ fn startup_stops_on_a_missing_config_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-such-config.yaml");
     let exit = run_expecting_exit(&path);
-    assert_ne!(exit.code, Some(0), "{exit:?}");
+    assert_eq!(exit.code, Some(2), "a config problem exits 2: {exit:?}");
     let lines = stderr_lines(&exit.stderr);
     assert_eq!(lines.len(), 1, "one stderr line expected: {exit:?}");
     assert!(lines[0].contains(&path.display().to_string()), "{exit:?}");
@@ -311,7 +327,7 @@ fn startup_stops_on_a_broken_config_naming_the_file_and_key() {
         std::fs::write(&path, yaml).unwrap();
         let exit = run_expecting_exit(&path);
         cases.check(name, || {
-            assert_ne!(exit.code, Some(0), "{exit:?}");
+            assert_eq!(exit.code, Some(2), "a config problem exits 2: {exit:?}");
             let lines = stderr_lines(&exit.stderr);
             assert_eq!(lines.len(), 1, "one stderr line expected: {exit:?}");
             assert!(
@@ -459,4 +475,41 @@ async fn refused_bodies_do_not_break_keep_alive_connections() {
         });
     }
     cases.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_analysis_log_is_reopened_for_each_line_so_logrotate_can_move_it() {
+    let pair = Pair::start(SourceAuth::Anonymous).await;
+    let pushed = pair
+        .src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * 1024]))
+        .await;
+    let source = pair.src_ref("team/app:v1");
+    let (one, two) = (pair.dst_ref("team/app:one"), pair.dst_ref("team/app:two"));
+    let (status, body) = pair.service.sync(&source, &one).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let log = pair.service.logfile();
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert_eq!(lines(&log).len(), 1);
+
+    // What logrotate does without copytruncate: rename the file, the service keeps going.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let (status, body) = pair.service.sync(&source, &two).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let old = lines(&rotated);
+    let new = lines(&log);
+    assert_eq!(old.len(), 1, "nothing more went to the moved file: {old:?}");
+    assert_eq!(new.len(), 1, "a new file at the configured path: {new:?}");
+    assert!(old[0].to_string().contains("team/app:one"), "{}", old[0]);
+    assert!(new[0].to_string().contains("team/app:two"), "{}", new[0]);
+    assert_eq!(new[0]["rsync_data"]["rsync_status"], "successfully");
+    skopeo::assert_landed(&pair.dst, "team/app:two", &pushed).await;
 }

@@ -106,3 +106,89 @@ fn batch_and_single_forms_do_not_mix() {
         "source/target or --images is required"
     );
 }
+
+/// Runs `sync` with `args` under `config`; returns (exit code, stdout, stderr).
+fn run_sync(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = bin()
+        .args(["sync", "--configFile"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_sync_by_flags_answers_json_and_the_documented_exit_status() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_htpasswd("pusher", "single-Pw-1").await;
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * 1024]))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let yaml = crate::common::ServiceConfig::new()
+        .registry("src", &src)
+        .registry("dst", &dst)
+        .to_yaml(&dir.path().join("rsync.log"));
+    std::fs::write(&config, yaml).unwrap();
+    let source = format!("{}/team/app:v1", src.host());
+
+    // 0, and with --json the API's answer on stdout.
+    let target = format!("{}/mirror/app:v1", dst.host());
+    let (code, stdout, stderr) = run_sync(
+        &config,
+        &["--source", &source, "--target", &target, "--json"],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let answer: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {stdout}"));
+    assert_eq!(
+        answer["rsync_data"]["rsync_status"], "successfully",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["rsync_data"]["images"][0]["digest"],
+        pushed.digest.as_str()
+    );
+    assert_eq!(answer["rsync_config"]["source"], source.as_str());
+    assert!(!stdout.contains("single-Pw-1"));
+    skopeo::assert_landed(&dst, "mirror/app:v1", &pushed).await;
+
+    // 0 without --json: the sync log on stdout, two targets at once.
+    let (a, b) = (
+        format!("{}/mirror/a:v1", dst.host()),
+        format!("{}/mirror/b:v1", dst.host()),
+    );
+    let (code, stdout, stderr) = run_sync(
+        &config,
+        &["--source", &source, "--target", &a, "--target", &b],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Finished, 0 sync tasks failed"), "{stdout}");
+    skopeo::assert_landed(&dst, "mirror/a:v1", &pushed).await;
+    skopeo::assert_landed(&dst, "mirror/b:v1", &pushed).await;
+
+    // 1: the source tag does not exist.
+    let missing = format!("{}/team/app:nope", src.host());
+    let (code, stdout, stderr) = run_sync(&config, &["--source", &missing, "--target", &target]);
+    assert_eq!(code, Some(1), "a failed sync exits 1: {stdout}\n{stderr}");
+    assert!(stderr.contains("team/app"), "{stderr}");
+
+    // 2: a reference that cannot be parsed; nothing reaches the target.
+    let bad = format!("{}/Team/App:v1", src.host());
+    let (code, stdout, stderr) = run_sync(&config, &["--source", &bad, "--target", &target]);
+    assert_eq!(code, Some(2), "a bad reference exits 2: {stdout}\n{stderr}");
+    assert!(stderr.contains("Team/App"), "{stderr}");
+
+    // 2: a config that cannot be used, named on stderr.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "rsyncserver: [\n").unwrap();
+    let (code, stdout, stderr) = run_sync(&broken, &["--source", &source, "--target", &target]);
+    assert_eq!(code, Some(2), "a bad config exits 2: {stdout}\n{stderr}");
+    assert!(stderr.contains(&broken.display().to_string()), "{stderr}");
+}

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::common::engine::assert_success;
+use crate::common::fault_proxy::{FaultProxy, Reply, Rule};
 use crate::common::{skopeo, Format, Image, Index, Platform, Registry, TokenIssuer};
 use imagersync::config::{RegistryCredential, RsyncConfig, TaskConfig};
 use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncRequest, SyncStatus};
@@ -134,10 +135,23 @@ async fn every_rule_form_selects_the_right_tags() {
     )
     .await;
 
-    // Nothing matches: a clear error, nothing contacted at the target.
-    let report = engine.sync(&s(":/^nope$/"), &d("none/app")).await;
+    // Nothing matches: a clear error, nothing contacted at the target (the target is
+    // reached through a fault proxy here, which counts every request).
+    let proxy = FaultProxy::start(&dst.host()).await;
+    let engine = crate::common::engine::engine_for(
+        [(src.host(), &src), (proxy.host(), &dst)],
+        TaskConfig::default(),
+    );
+    let report = engine
+        .sync(&s(":/^nope$/"), &format!("{}/none/app", proxy.host()))
+        .await;
     assert_eq!(report.status, SyncStatus::Unusual);
     assert!(report.error.unwrap().contains("matches the source rule"));
+    assert!(
+        proxy.requests().is_empty(),
+        "the target was contacted:\n{}",
+        proxy.summary()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -258,6 +272,7 @@ async fn platform_filter_and_force() {
         targets: vec![format!("{}/arm/app:v1", dst.host())],
         force,
         platforms: platforms.iter().map(|p| p.to_string()).collect(),
+        ..SyncRequest::default()
     };
 
     let report = engine.run_request(&request(&["linux/arm64"], false)).await;
@@ -267,6 +282,25 @@ async fn platform_filter_and_force() {
     assert_ne!(digest, index.digest, "a filtered index is a new index");
     assert_eq!(img.manifests_pushed, 2, "one child and the index");
     skopeo::assert_digest(&dst, "arm/app:v1", &digest).await;
+    // The landed index, read back by skopeo: exactly the source's arm64 entry, byte-equal
+    // (same JSON object), and no amd64 or arm/v7 entry.
+    let landed: serde_json::Value =
+        serde_json::from_slice(&skopeo::inspect_raw(&dst, "arm/app:v1").await.unwrap()).unwrap();
+    let source: serde_json::Value = serde_json::from_slice(&index.manifest).unwrap();
+    let source_entries = source["manifests"].as_array().unwrap();
+    assert_eq!(source_entries.len(), 3);
+    assert_eq!(
+        landed["manifests"],
+        serde_json::json!([source_entries[1].clone()]),
+        "the filtered index keeps the arm64 descriptor as the source wrote it"
+    );
+    assert_eq!(landed["mediaType"], source["mediaType"]);
+    for dropped in [&index.images[0].digest, &index.images[2].digest] {
+        assert!(
+            !landed.to_string().contains(dropped.as_str()),
+            "dropped child {dropped} still listed: {landed}"
+        );
+    }
     let arm64 = &index.images[1].digest;
     skopeo::assert_digest(&dst, &format!("arm/app@{arm64}"), arm64).await;
     skopeo::assert_absent(&dst, &format!("arm/app@{}", index.images[0].digest)).await;
@@ -383,13 +417,15 @@ async fn a_token_that_expires_mid_sync_is_renewed() {
     let first = Image::random(Format::Oci, &[16 * KIB]);
     let pushed = src.push_image("team/app", "v1", &first).await;
     let target = format!("{}/team/app:v1", tokened.host());
-    issuer.expire_early(2);
+    // Long enough for one sync on a loaded 2-core machine (a 2 s lifetime expired inside
+    // the first sync's upload and its retry there), short enough to outlive below.
+    issuer.expire_early(8);
     assert_success(&engine.sync(&pushed.reference(), &target).await);
     let before = issuer.requests();
 
     // The cached token still looks valid but the registry refuses it now: the 401 must
     // lead to one fresh token and success.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
     let second = Image::random(Format::Oci, &[16 * KIB]);
     let pushed = src.push_image("team/app", "v2", &second).await;
     let report = engine
@@ -550,6 +586,8 @@ async fn copies_every_kind_of_content_verbatim() {
         (&zstd_d, 3000),
         (&empty_d, 0),
         (&statement_d, statement.len()),
+        (&config_d, config.len()),
+        (&art_config_d, art_config.len()),
     ] {
         let resp = reqwest::Client::new()
             .head(format!("{}/v2/{repo}/blobs/{digest}", dst.url()))
@@ -669,4 +707,68 @@ async fn one_failed_target_does_not_stop_the_others() {
         .log
         .contains("Finished, 1 sync tasks failed, 0 tasks generate failed"));
     skopeo::assert_landed(&good, "team/app:v1", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_lists_longer_than_one_page_are_followed_through_the_link_header() {
+    // The client asks for pages of 1000 tags (`n=1000`) and follows `Link: <...>;
+    // rel="next"`. Debian's distribution 2.8 does not page tag lists (it ignores `n` and
+    // `last`: 1005 tags came back as one 8 KB page to `n=1000`), so a fault proxy in front
+    // of the real registry answers the first page itself, 1000 tags and a `Link` to the
+    // next, and passes the second request to the registry. The rule selects only tags
+    // the second page holds: a client that stopped after one page finds nothing to copy.
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let proxy = FaultProxy::start(&src.host()).await;
+    let image = Image::random(Format::Oci, &[KIB]);
+    for i in 1000..1005 {
+        src.push_image("many/app", &format!("t{i}"), &image).await;
+    }
+    let first_page: Vec<String> = (0..1000).map(|i| format!("t{i:04}")).collect();
+    let page_one = proxy.add(
+        Rule::on("GET", r"^/v2/many/app/tags/list\?n=1000$")
+            .nth(1)
+            .respond(
+                Reply::status(200)
+                    .header("content-type", "application/json")
+                    .header(
+                        "link",
+                        r#"</v2/many/app/tags/list?n=1000&last=t0999>; rel="next""#,
+                    )
+                    .body(
+                        serde_json::to_vec(
+                            &serde_json::json!({"name": "many/app", "tags": first_page}),
+                        )
+                        .unwrap(),
+                    ),
+            ),
+    );
+    let engine = crate::common::engine::engine_for(
+        [(proxy.host(), &src), (dst.host(), &dst)],
+        TaskConfig::default(),
+    );
+    let report = engine
+        .sync(
+            &format!("{}/many/app:/^t100[0-4]$/", proxy.host()),
+            &format!("{}/copy/app", dst.host()),
+        )
+        .await;
+    assert_success(&report);
+    assert_eq!(page_one.fired(), 1);
+    // In the order the registry listed them (distribution does not sort its answer).
+    let mut landed: Vec<_> = report.images.iter().map(|i| i.target.clone()).collect();
+    landed.sort();
+    let want: Vec<_> = (1000..1005)
+        .map(|i| format!("{}/copy/app:t{i}", dst.host()))
+        .collect();
+    assert_eq!(landed, want);
+    skopeo::assert_digest(&dst, "copy/app:t1004", &image.digest).await;
+
+    let pages = proxy.requests_to("GET", "/tags/list");
+    assert_eq!(pages.len(), 2, "{}", proxy.summary());
+    assert!(pages[1].path.contains("last=t0999"), "{}", pages[1].path);
+    assert!(
+        pages[1].rule.is_none(),
+        "the second page is the registry's own"
+    );
 }

@@ -432,7 +432,9 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         ..c
     })
     .await;
-    let slow = s.push_slowed("v1", &[512 * KIB], 32 * KIB).await;
+    // 512 KiB at 8 KiB per 100 ms: the slot stays taken for ~6 s, seconds of room for
+    // the checks below on a loaded machine.
+    let slow = s.push_slowed("v1", &[512 * KIB], 8 * KIB).await;
     let quick = s
         .src
         .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
@@ -460,18 +462,53 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         second["id"].as_i64().unwrap(),
         third["id"].as_i64().unwrap(),
     );
+    // Wait on the event the checks need: the first job holds the only slot.
+    wait_for(
+        &s.service,
+        &jenkins(),
+        first,
+        Duration::from_secs(60),
+        "running",
+        |job| job["state"] == json!("running"),
+    )
+    .await;
     let (_, waiting) = get(&s.service, &jenkins(), &format!("{JOBS}/{second}")).await;
     assert_eq!(
         waiting["state"],
         json!("queued"),
         "one slot, taken: {waiting}"
     );
-    // A caller who waits gets 503 while the slot is taken; queued jobs are not disturbed.
-    let (status, busy) = s
+    // A caller who waits queues behind them too (no 503); when it hangs up while still
+    // queued, its job is cancelled and never runs. Queued jobs are not disturbed.
+    let ci = jenkins();
+    let hung_up = s
         .service
-        .post_json(Some(&jenkins()), &body(&s.source("v2"), &s.target("v4")))
+        .client()
+        .post(s.service.url("/v1/image/rsync"))
+        .basic_auth(&ci.user, Some(&ci.pass))
+        .json(&body(&s.source("v2"), &s.target("v4")))
+        .timeout(Duration::from_millis(1500))
+        .send()
         .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{busy}");
+    assert!(
+        hung_up.as_ref().is_err_and(|e| e.is_timeout()),
+        "a synchronous POST behind a taken slot must wait, not answer: {hung_up:?}"
+    );
+    let abandoned = wait_for_listed(&s.service, &ci, "target=v4 cancelled", |job| {
+        job["request"]["targets"][0] == json!(s.target("v4")) && job["state"] == json!("cancelled")
+    })
+    .await;
+    assert!(
+        abandoned["started_at"].is_null(),
+        "never started: {abandoned}"
+    );
+    assert!(
+        abandoned["cancelled_by"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hung up"),
+        "{abandoned}"
+    );
     let (status, _) = delete(&s.service, &jenkins(), &format!("{JOBS}/{third}")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
 
@@ -499,7 +536,32 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         "{third}"
     );
     skopeo::assert_absent(&s.dst, "prod/app:v3").await;
+    skopeo::assert_absent(&s.dst, "prod/app:v4").await;
     skopeo::assert_landed(&s.dst, "prod/app:v2", &quick).await;
+    // The queued jobs' wait shows in them.
+    let waited = second["queued_seconds"].as_f64().expect("queued_seconds");
+    assert!(waited > 0.0, "second waited for the slot: {second}");
+}
+
+/// Polls the job listing until a job matches `what`; panics with the listing after 30 s.
+async fn wait_for_listed(
+    service: &Service,
+    creds: &Creds,
+    label: &str,
+    what: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = get(service, creds, JOBS).await;
+        if let Some(job) = page["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| what(j)))
+        {
+            return job.clone();
+        }
+        assert!(Instant::now() < deadline, "no job {label} in {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Reads server-sent events until the `done` event; returns (name, job) pairs.
@@ -729,4 +791,267 @@ async fn the_webhook_gets_the_finished_job_without_credentials_and_is_retried() 
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(receiver.deliveries().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_503_and_names_jobs_max_queued() {
+    let s = Slowed::start(|c| ServiceConfig {
+        max_concurrent_syncs: Some(1),
+        max_queued: Some(1),
+        ..c
+    })
+    .await;
+    // ~6 s in the only slot: the queue checks below happen while it is taken.
+    let (slow, first) = s.submit_slowed("v1", &[512 * KIB], 8 * KIB).await;
+    wait_for(
+        &s.service,
+        &jenkins(),
+        first,
+        Duration::from_secs(60),
+        "running",
+        |job| job["state"] == json!("running"),
+    )
+    .await;
+    let quick = s
+        .src
+        .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let queued = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v2"), &s.target("v2")),
+    )
+    .await;
+    assert_eq!(queued["state"], json!("queued"), "{queued}");
+
+    // One more than jobs.max_queued: 503 with Retry-After, the seed's shape, nothing stored.
+    let resp = s
+        .service
+        .post_raw(
+            "/v1/image/rsync",
+            Some(&jenkins()),
+            Some("application/json"),
+            serde_json::to_vec(&async_body(&s.source("v2"), &s.target("v3"))).unwrap(),
+        )
+        .await;
+    assert_eq!(resp.headers()["retry-after"], "10");
+    let (status, refused) = json_of(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    assert_sync_shape(&refused);
+    let error = refused["rsync_data"]["rsync_error"].as_str().unwrap();
+    assert!(
+        error.contains("rsyncserver.jobs.max_queued") && error.contains("queue is full"),
+        "{error}"
+    );
+    let (_, page) = get(&s.service, &jenkins(), JOBS).await;
+    assert_eq!(
+        page["jobs"].as_array().unwrap().len(),
+        2,
+        "the refused job is not stored: {page}"
+    );
+
+    let ci = jenkins();
+    let done = |id| {
+        wait_for(
+            &s.service,
+            &ci,
+            id,
+            Duration::from_secs(60),
+            "final",
+            is_final,
+        )
+    };
+    assert_succeeded(&done(first).await, &slow);
+    let queued = done(queued["id"].as_i64().unwrap()).await;
+    assert_succeeded(&queued, &quick);
+    skopeo::assert_absent(&s.dst, "prod/app:v3").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_stops_after_four_attempts_and_never_follows_a_redirect() {
+    // The receivers are on loopback: internal, so listed.
+    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+        callback_allowed_hosts: vec!["127.0.0.1".into()],
+        ..config.registry("dst", dst)
+    })
+    .await;
+    let service = &pair.service;
+    let pushed = pair
+        .src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let failing = WebhookReceiver::start(&[500; 8]).await;
+    let elsewhere = WebhookReceiver::start(&[]).await;
+    let redirecting = WebhookReceiver::redirecting(307, &elsewhere.url()).await;
+
+    let mut ids = Vec::new();
+    for (tag, receiver) in [("a", &failing), ("b", &redirecting)] {
+        let mut request = async_body(
+            &pair.src_ref("team/app:v1"),
+            &pair.dst_ref(&format!("team/{tag}:v1")),
+        );
+        request["callback_url"] = json!(receiver.url());
+        ids.push(
+            submit(service, &jenkins(), &request).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    // The callback status is saved once the delivery loop ends (backoff 1 + 2 + 4 s).
+    let ci = jenkins();
+    let ended = |id| {
+        wait_for(
+            service,
+            &ci,
+            id,
+            Duration::from_secs(120),
+            "given up",
+            |j| j["callback"]["attempts"].is_number(),
+        )
+    };
+    let (a, b) = (ended(ids[0]).await, ended(ids[1]).await);
+    for (job, receiver, status) in [(&a, &failing, "500"), (&b, &redirecting, "307")] {
+        assert_succeeded(job, &pushed);
+        assert_eq!(job["callback"]["attempts"], json!(4), "{job}");
+        assert_eq!(job["callback"]["delivered"], json!(false), "{job}");
+        assert!(
+            job["callback"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(status)),
+            "{job}"
+        );
+        assert_eq!(receiver.deliveries().len(), 4, "exactly four attempts");
+    }
+    assert!(
+        elsewhere.deliveries().is_empty(),
+        "the redirect was followed: {:?}",
+        elsewhere.deliveries()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_jobs_older_than_history_days_are_deleted_at_start() {
+    let pair = Pair::start_with(SourceAuth::Anonymous, |c, _, dst| ServiceConfig {
+        history_days: Some(30),
+        ..c.registry("dst", dst)
+    })
+    .await;
+    pair.src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let (source, targets) = (
+        pair.src_ref("team/app:v1"),
+        [
+            pair.dst_ref("team/app:old"),
+            pair.dst_ref("team/app:recent"),
+        ],
+    );
+    let mut service = pair.service;
+    let mut ids = Vec::new();
+    for target in &targets {
+        let request = async_body(&source, target);
+        let id = submit(&service, &jenkins(), &request).await["id"]
+            .as_i64()
+            .unwrap();
+        wait_for(
+            &service,
+            &jenkins(),
+            id,
+            Duration::from_secs(60),
+            "final",
+            is_final,
+        )
+        .await;
+        ids.push(id);
+    }
+    let (old, recent) = (ids[0], ids[1]);
+    service.terminate();
+    let exit = service.wait_exit(Duration::from_secs(60));
+    assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", service.stderr());
+
+    // Age one job past history_days in the database the service wrote (its creation time
+    // is what pruning reads), then start again: pruning runs at start-up.
+    let db = rusqlite::Connection::open(service.job_database()).unwrap();
+    let forty_days_ms: i64 = 40 * 24 * 60 * 60 * 1000;
+    let changed = db
+        .execute(
+            "UPDATE jobs SET created_ms = created_ms - ?1 WHERE id = ?2",
+            (forty_days_ms, old),
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    service.start_again().await;
+
+    let (status, gone) = get(&service, &jenkins(), &format!("{JOBS}/{old}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "pruned: {gone}");
+    let (status, kept) = get(&service, &jenkins(), &format!("{JOBS}/{recent}")).await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert_eq!(kept["state"], json!("succeeded"), "{kept}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restart() {
+    let mut s = Slowed::start(|c| ServiceConfig {
+        max_concurrent_syncs: Some(1),
+        ..c
+    })
+    .await;
+    let (slow, first) = s.submit_slowed("v1", &[512 * KIB], 8 * KIB).await;
+    wait_for(
+        &s.service,
+        &jenkins(),
+        first,
+        Duration::from_secs(60),
+        "running",
+        |job| job["state"] == json!("running"),
+    )
+    .await;
+    let quick = s
+        .src
+        .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let queued = submit(
+        &s.service,
+        &jenkins(),
+        &async_body(&s.source("v2"), &s.target("v2")),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+
+    // SIGTERM while the first runs: it finishes, the queued one does not start.
+    s.service.terminate();
+    let exit = s.service.wait_exit(Duration::from_secs(120));
+    assert_eq!(
+        exit.and_then(|st| st.code()),
+        Some(0),
+        "{}",
+        s.service.stderr()
+    );
+    skopeo::assert_landed(&s.dst, "prod/app:v1", &slow).await;
+    skopeo::assert_absent(&s.dst, "prod/app:v2").await;
+    // What the stopped service left in its database (read through the crate's own store).
+    let store = imagersync::jobs::SqliteStore::open(&s.service.job_database()).unwrap();
+    use imagersync::jobs::JobStore as _;
+    let left = store.get(queued).unwrap().expect("the queued job is kept");
+    assert_eq!(left.state, imagersync::jobs::JobState::Queued, "{left:?}");
+    assert_eq!(
+        store.get(first).unwrap().unwrap().state,
+        imagersync::jobs::JobState::Succeeded
+    );
+    drop(store);
+
+    s.service.start_again().await;
+    let job = wait_for(
+        &s.service,
+        &jenkins(),
+        queued,
+        Duration::from_secs(60),
+        "final",
+        is_final,
+    )
+    .await;
+    assert_succeeded(&job, &quick);
+    skopeo::assert_landed(&s.dst, "prod/app:v2", &quick).await;
 }

@@ -27,6 +27,15 @@ impl Scrape {
         self.samples.get(series).copied().unwrap_or(0.0)
     }
 
+    /// The value of a gauge that must be written on every scrape (absent is a failure,
+    /// not a 0, so a gauge that vanished cannot pass as idle).
+    fn gauge(&self, series: &str) -> f64 {
+        match self.samples.get(series) {
+            Some(v) => *v,
+            None => panic!("gauge {series} missing from the scrape:\n{}", self.text),
+        }
+    }
+
     /// How much `series` grew from `before` to `self`.
     fn delta(&self, before: &Scrape, series: &str) -> f64 {
         self.get(series) - before.get(series)
@@ -105,7 +114,7 @@ async fn counters_follow_real_syncs() {
     assert_eq!(blob_count, 3.0, "config and two layers");
 
     let before = scrape(&pair.service).await;
-    assert_eq!(before.get("imagersync_syncs_in_flight"), 0.0);
+    assert_eq!(before.gauge("imagersync_syncs_in_flight"), 0.0);
     assert_eq!(
         before.get(&format!(
             "imagersync_build_info{{version=\"{}\"}}",
@@ -128,8 +137,8 @@ async fn counters_follow_real_syncs() {
     assert_eq!(first.delta(&before, &syncs("succeeded", 200)), 1.0);
     assert_eq!(first.delta(&before, &sync_runs("succeeded")), 1.0);
     assert_eq!(first.delta(&before, POST_SYNC_2XX), 1.0);
-    assert_eq!(first.get("imagersync_syncs_in_flight"), 0.0);
-    assert_eq!(first.get("imagersync_blob_transfers_in_flight"), 0.0);
+    assert_eq!(first.gauge("imagersync_syncs_in_flight"), 0.0);
+    assert_eq!(first.gauge("imagersync_blob_transfers_in_flight"), 0.0);
     assert!(
         !first.text.contains("team/app") && !first.text.contains("admin"),
         "no image or user names in metrics:\n{}",
@@ -282,4 +291,77 @@ async fn a_500_from_the_target_counts_one_retry() {
         pushed.blob_bytes() as f64
     );
     assert_eq!(after.delta(&before, &syncs("succeeded", 200)), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_gauges_show_a_running_sync() {
+    // The source sits behind a fault proxy that trickles the layer (~3 s), so the sync is
+    // certainly running while the test scrapes.
+    let dst_pass = random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &dst_pass),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    let config = ServiceConfig::new()
+        .entry("src-proxy", &proxy.host(), None)
+        .registry("dst", &dst);
+    let service = Service::start(&config).await;
+    let image = Image::random(Format::Oci, &[256 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    let layer = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
+    let layer_get = format!("^/v2/team/app/blobs/{}$", layer.digest);
+    proxy.add(
+        Rule::on("GET", &layer_get)
+            .every()
+            .trickle(std::time::Duration::from_millis(100), 8 * KIB),
+    );
+
+    let sync = tokio::spawn({
+        let source = format!("{}/team/app:v1", proxy.host());
+        let target = format!("{}/team/app:v1", dst.host());
+        let client = reqwest::Client::new();
+        let url = service.url("/v1/image/rsync");
+        async move {
+            client
+                .post(url)
+                .basic_auth("admin", Some("adminpw"))
+                .json(&json!({"rsync_config": {"source": source, "target": target}}))
+                .send()
+                .await
+                .expect("sync answered")
+                .status()
+        }
+    });
+    // Wait on the event (the layer's GET reached the source), then scrape while it trickles.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.requests_to("GET", &layer_get).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the layer was never fetched:\n{}",
+            proxy.summary()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let during = scrape(&service).await;
+    assert!(
+        !sync.is_finished(),
+        "the trickled sync ended before the scrape"
+    );
+    assert_eq!(
+        during.gauge("imagersync_syncs_in_flight"),
+        1.0,
+        "{}",
+        during.text
+    );
+    assert!(
+        during.gauge("imagersync_blob_transfers_in_flight") >= 1.0,
+        "{}",
+        during.text
+    );
+
+    assert_eq!(sync.await.unwrap(), StatusCode::OK);
+    let after = scrape(&service).await;
+    assert_eq!(after.gauge("imagersync_syncs_in_flight"), 0.0);
+    assert_eq!(after.gauge("imagersync_blob_transfers_in_flight"), 0.0);
 }

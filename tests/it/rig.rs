@@ -41,6 +41,30 @@ async fn htpasswd_registry_takes_a_docker_image_and_refuses_strangers() {
     );
     skopeo::assert_landed(&registry, "ci/tool:1.0", &pushed).await;
 
+    // skopeo without credentials is refused by this registry: the oracle's own view
+    // depends on the creds it is given, not only on what the rig checks with reqwest.
+    let anonymous = tokio::process::Command::new(crate::common::tools::SKOPEO.path())
+        .args([
+            "--insecure-policy",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+        ])
+        .arg("--no-creds")
+        .arg(format!("docker://{}/ci/tool:1.0", registry.host()))
+        .output()
+        .await
+        .expect("run skopeo");
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        !anonymous.status.success(),
+        "anonymous skopeo read the image"
+    );
+    assert!(
+        stderr.contains("401") || stderr.to_lowercase().contains("unauthorized"),
+        "{stderr}"
+    );
+
     let stranger = Registry::start_anonymous().await; // anonymous registry: same oracle, no creds
     let err = skopeo::inspect_raw(&stranger, "ci/tool:1.0")
         .await

@@ -136,11 +136,12 @@ async fn f28_sigterm_mid_sync_finishes_the_sync_refuses_new_connections_and_exit
     let mut svc = Service::start(&config).await;
     let image = Image::random(Format::Oci, &[2 * MIB, 64 * KIB]);
     let pushed = src.push_image("team/app", "v1", &image).await;
-    // The big layer crawls: 64 KiB every 100 ms, about 3 s for the whole of it.
+    // The big layer crawls: 16 KiB every 100 ms, about 13 s for the whole of it, so the
+    // checks made while it runs have seconds of room on a loaded machine.
     let layer = &image.layers[0].digest;
     let slow = sp.add(
         Rule::on("GET", &format!("^/v2/team/app/blobs/{layer}$"))
-            .trickle(Duration::from_millis(100), 64 * KIB),
+            .trickle(Duration::from_millis(100), 16 * KIB),
     );
 
     let sync = tokio::spawn(post_sync(
@@ -162,7 +163,7 @@ async fn f28_sigterm_mid_sync_finishes_the_sync_refuses_new_connections_and_exit
         .trim_start_matches("http://")
         .parse()
         .expect("service address");
-    let refused_after = wait_refused(addr, Duration::from_secs(2)).await;
+    let refused_after = wait_refused(addr, Duration::from_secs(10)).await;
     assert!(
         !sync.is_finished(),
         "the refusal must come while the sync still runs (refused after {refused_after:?})"
@@ -180,7 +181,7 @@ async fn f28_sigterm_mid_sync_finishes_the_sync_refuses_new_connections_and_exit
         sp.summary()
     );
 
-    let exit = svc.wait_exit(Duration::from_secs(15));
+    let exit = svc.wait_exit(Duration::from_secs(60));
     let took = signalled.elapsed();
     assert_eq!(
         exit.and_then(|s| s.code()),
@@ -191,4 +192,66 @@ async fn f28_sigterm_mid_sync_finishes_the_sync_refuses_new_connections_and_exit
     let logs = svc.stdout() + &svc.stderr();
     assert!(logs.contains("SIGTERM"), "{logs}");
     assert!(logs.contains("shutdown complete"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_exits_at_once_without_waiting_for_the_sync() {
+    let dst_creds = Creds::new("pusher", &random_password("dst"));
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd(&dst_creds.user, &dst_creds.pass),
+    );
+    let sp = FaultProxy::start(&src.host()).await;
+    let config = ServiceConfig::new()
+        .entry("src", &sp.host(), None)
+        .registry("dst", &dst);
+    let mut svc = Service::start(&config).await;
+    let image = Image::random(Format::Oci, &[512 * KIB]);
+    src.push_image("team/app", "v1", &image).await;
+    // 1 KiB every 100 ms: the sync would need almost a minute; the service must not.
+    let layer = &image.layers[0].digest;
+    let slow = sp.add(
+        Rule::on("GET", &format!("^/v2/team/app/blobs/{layer}$"))
+            .trickle(Duration::from_millis(100), KIB),
+    );
+    let sync = tokio::spawn(
+        reqwest::Client::new()
+            .post(svc.url("/v1/image/rsync"))
+            .basic_auth("admin", Some("adminpw"))
+            .json(&json!({"rsync_config": {
+                "source": format!("{}/team/app:v1", sp.host()),
+                "target": format!("{}/prod/app:v1", dst.host())}}))
+            .send(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while slow.fired() == 0 {
+        assert!(Instant::now() < deadline, "the layer GET never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The first signal starts the drain (seen as refused connections) ...
+    svc.terminate();
+    let addr: SocketAddr = svc
+        .url("")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("service address");
+    wait_refused(addr, Duration::from_secs(30)).await;
+    // ... the second one ends the process while the sync is still running.
+    svc.terminate();
+    let exit = svc.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        exit.and_then(|s| s.code()),
+        Some(0),
+        "exit after the second SIGTERM: {exit:?}\n{}",
+        svc.stderr()
+    );
+    let answer = sync.await.expect("sync task");
+    assert!(
+        answer.is_err(),
+        "the sync's caller got an answer, so the service waited for it: {answer:?}"
+    );
+    skopeo::assert_absent(&dst, "prod/app:v1").await;
+    let logs = svc.stdout() + &svc.stderr();
+    assert!(logs.contains("second stop signal"), "{logs}");
 }

@@ -2,8 +2,12 @@
 //! skopeo: formats, indexes, digests, incremental runs, shared layers, failures and
 //! secrets. Each test has its own registries and service.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+use crate::common::fault_proxy::{FaultProxy, Rule};
 
 use crate::common::contract::{
     assert_finished, assert_logrus, assert_no_secrets, assert_sync_shape, count, error_of,
@@ -12,7 +16,9 @@ use crate::common::contract::{
 use crate::common::fixture::{random_password, Pair, SourceAuth};
 use crate::common::image::sha256_digest;
 use crate::common::service::{admin, jenkins};
-use crate::common::{skopeo, Creds, Format, Image, Index, Layer, Platform, Pushed};
+use crate::common::{
+    skopeo, Creds, Format, Image, Index, Layer, Platform, Pushed, Registry, Service, ServiceConfig,
+};
 
 const KIB: usize = 1024;
 
@@ -373,8 +379,9 @@ async fn rsync_info_is_logrus_lines_ending_with_finished() {
 
     let entries = pair.service.logfile_entries();
     assert_eq!(entries.len(), 1, "{entries:?}");
-    assert!(
-        entries[0].to_string().contains("successfully"),
+    assert_eq!(
+        entries[0]["rsync_data"]["rsync_status"],
+        json!("successfully"),
         "{}",
         entries[0]
     );
@@ -436,38 +443,71 @@ async fn rule_syntax_tag_lists_regexes_and_several_targets() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_hanging_up_does_not_stop_the_sync() {
-    let pair = Pair::start(SourceAuth::Anonymous).await;
-    let image = Image::random(Format::Oci, &[4 * 1024 * KIB, 4 * 1024 * KIB]);
-    let pushed = pair.src.push_image("big/app", "v1", &image).await;
+    // The source sits behind a fault proxy that trickles the big layer (~4 s), so the
+    // caller hangs up at a known point: after the service has started that blob's GET.
+    let dst_pass = random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &dst_pass),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    let service = Service::start(
+        &ServiceConfig::new()
+            .entry("src-proxy", &proxy.host(), None)
+            .registry("dst", &dst),
+    )
+    .await;
+    let image = Image::random(Format::Oci, &[256 * KIB, 16 * KIB]);
+    let pushed = src.push_image("big/app", "v1", &image).await;
+    let big = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
+    let big_get = format!("^/v2/big/app/blobs/{}$", big.digest);
+    proxy.add(
+        Rule::on("GET", &big_get)
+            .every()
+            .trickle(Duration::from_millis(100), 8 * KIB),
+    );
 
     let body = json!({"rsync_config": {
-        "source": pair.src_ref("big/app:v1"), "target": pair.dst_ref("big/app:v1")}});
-    let hung_up = reqwest::Client::new()
-        .post(pair.service.url("/v1/image/rsync"))
+        "source": format!("{}/big/app:v1", proxy.host()),
+        "target": format!("{}/big/app:v1", dst.host())}});
+    let request = reqwest::Client::new()
+        .post(service.url("/v1/image/rsync"))
         .basic_auth("admin", Some("adminpw"))
         .json(&body)
-        .timeout(std::time::Duration::from_millis(30))
-        .send()
-        .await;
+        .send();
+    let caller = tokio::spawn(request);
+    wait_until("the service starts the big layer's GET", || {
+        !proxy.requests_to("GET", &big_get).is_empty()
+    })
+    .await;
     assert!(
-        hung_up.is_err(),
-        "the 30 ms client should have given up: {hung_up:?}"
+        !caller.is_finished(),
+        "the sync answered before the hang-up"
     );
+    caller.abort(); // drops the connection mid-request
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while pair.service.logfile_entries().is_empty() {
+    wait_until("the sync is logged", || {
+        !service.logfile_entries().is_empty()
+    })
+    .await;
+    let entry = service.logfile_entries().remove(0);
+    assert_eq!(
+        entry["rsync_data"]["rsync_status"],
+        json!("successfully"),
+        "{entry}"
+    );
+    skopeo::assert_landed(&dst, "big/app:v1", &pushed).await;
+}
+
+/// Polls `done` every 50 ms; fails naming `what` after a minute (a deadline for a hung
+/// test, not a speed limit).
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the sync was never logged"
+            "never happened: {what}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let entry = pair.service.logfile_entries().remove(0);
-    // Above 0.03 s, the hang-up really came while the copy was running.
-    eprintln!(
-        "logged sync took {} s",
-        entry["rsync_data"]["duration_time_seconds"]
-    );
-    assert!(entry.to_string().contains("successfully"), "{entry}");
-    skopeo::assert_landed(&pair.dst, "big/app:v1", &pushed).await;
 }

@@ -10,6 +10,7 @@
 
 pub mod cases;
 pub mod contract;
+pub mod cred_helper;
 pub mod engine;
 pub mod fault_proxy;
 pub mod fixture;
@@ -18,6 +19,7 @@ pub mod net;
 pub mod process;
 pub mod push;
 pub mod registry;
+pub mod schema;
 pub mod service;
 pub mod skopeo;
 pub mod tls;
@@ -29,7 +31,7 @@ pub mod webhook;
 
 pub use cases::Cases;
 pub use image::{Format, Image, Index, Layer, Platform};
-pub use push::Pushed;
+pub use push::{Pushed, StreamedBlob};
 pub use registry::{Creds, Registry};
 pub use service::{Service, ServiceConfig};
 pub use token_issuer::TokenIssuer;

@@ -96,6 +96,48 @@ impl Registry {
         }
     }
 
+    /// Pushes an artifact's blobs, then its manifest as `reference` (its digest, or a
+    /// cosign tag); returns the digest.
+    pub async fn push_artifact(
+        &self,
+        repo: &str,
+        reference: &str,
+        artifact: &super::image::Artifact,
+    ) -> String {
+        let api = Api::new(self);
+        for blob in &artifact.blobs {
+            let digest = super::image::sha256_digest(blob);
+            api.put_blob(repo, &digest, blob.clone()).await;
+        }
+        api.put_manifest(
+            repo,
+            reference,
+            &artifact.media_type,
+            &artifact.manifest,
+            &artifact.digest,
+        )
+        .await;
+        artifact.digest.clone()
+    }
+
+    /// Pushes a referrers index over `artifacts` (already pushed) as `sha256-<hex>` of
+    /// `subject`; returns its digest.
+    pub async fn push_referrers_index(
+        &self,
+        repo: &str,
+        subject: &super::image::Subject,
+        artifacts: &[&super::image::Artifact],
+    ) -> String {
+        let bytes = super::image::referrers_index(artifacts);
+        self.push_raw_manifest(
+            repo,
+            &subject.fallback_tag(),
+            "application/vnd.oci.image.index.v1+json",
+            bytes,
+        )
+        .await
+    }
+
     /// Uploads raw blob bytes to `repo` (any content, any size, 0 included); returns
     /// the digest.
     pub async fn push_blob(&self, repo: &str, data: Bytes) -> String {
@@ -130,6 +172,107 @@ impl Registry {
             .await
             .expect("DELETE blob");
         assert_eq!(resp.status(), StatusCode::ACCEPTED, "DELETE {url}");
+    }
+}
+
+/// A blob too large to hold in memory: `size` bytes from a seeded generator, made chunk by
+/// chunk each time it is read (once to hash, once to upload), never whole.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamedBlob {
+    seed: u64,
+    size: u64,
+}
+
+/// Size of each generated chunk.
+const CHUNK: usize = 1 << 20;
+
+impl StreamedBlob {
+    /// `size` bytes of random (incompressible) data, different on every call.
+    pub fn random(size: u64) -> StreamedBlob {
+        StreamedBlob {
+            seed: rand::random(),
+            size,
+        }
+    }
+
+    /// The bytes, chunk by chunk, generated as they are pulled.
+    pub fn chunks(self) -> impl Iterator<Item = Bytes> + Send + 'static {
+        use rand::{RngCore, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed);
+        let mut left = self.size;
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(CHUNK as u64) as usize;
+            let mut chunk = vec![0u8; n];
+            rng.fill_bytes(&mut chunk);
+            left -= n as u64;
+            Some(Bytes::from(chunk))
+        })
+    }
+
+    /// `sha256:<hex>` of the bytes, hashed as they are generated.
+    pub fn digest(self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        self.chunks().for_each(|c| hasher.update(&c));
+        format!("sha256:{}", hex::encode(hasher.finalize()))
+    }
+}
+
+impl Registry {
+    /// Pushes an OCI image whose one layer (`application/vnd.oci.image.layer.v1.tar`,
+    /// opaque bytes to a registry) is `layer`, streamed: for memory-bound tests with
+    /// layers of hundreds of MiB.
+    pub async fn push_streamed_image(&self, repo: &str, tag: &str, layer: StreamedBlob) -> Pushed {
+        let api = Api::new(self);
+        let layer_digest = layer.digest();
+        let config = Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "architecture": "amd64", "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+            }))
+            .unwrap(),
+        );
+        let config_digest = super::image::sha256_digest(&config);
+        api.put_blob(repo, &config_digest, config.clone()).await;
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
+            layer.chunks().map(Ok::<Bytes, std::io::Error>),
+        ));
+        api.put_blob_body(repo, &layer_digest, body).await;
+        let media_type = "application/vnd.oci.image.manifest.v1+json";
+        let manifest = Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": media_type,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": config_digest, "size": config.len()},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": layer_digest, "size": layer.size}],
+            }))
+            .unwrap(),
+        );
+        let digest = super::image::sha256_digest(&manifest);
+        api.put_manifest(repo, tag, media_type, &manifest, &digest)
+            .await;
+        Pushed {
+            host: self.host(),
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+            digest,
+            media_type: media_type.to_string(),
+            blobs: vec![
+                BlobInfo {
+                    digest: config_digest,
+                    size: config.len() as u64,
+                },
+                BlobInfo {
+                    digest: layer_digest,
+                    size: layer.size,
+                },
+            ],
+            children: Vec::new(),
+        }
     }
 }
 
@@ -170,6 +313,11 @@ impl Api {
 
     /// Uploads a blob unless the repository has it: POST an upload, PUT it whole.
     async fn put_blob(&self, repo: &str, digest: &str, data: Bytes) {
+        self.put_blob_body(repo, digest, data.into()).await
+    }
+
+    /// [`Api::put_blob`] for any body, a stream included.
+    async fn put_blob_body(&self, repo: &str, digest: &str, data: reqwest::Body) {
         let head = format!("{}/v2/{repo}/blobs/{digest}", self.base);
         let resp = self
             .auth(self.client.head(&head))

@@ -59,6 +59,10 @@ pub struct ServiceConfig {
     pub max_concurrent_syncs: Option<usize>,
     /// `rsyncserver.jobs.callback_allowed_hosts`.
     pub callback_allowed_hosts: Vec<String>,
+    /// `rsyncserver.jobs.max_queued`, when set.
+    pub max_queued: Option<usize>,
+    /// `rsyncserver.jobs.history_days`, when set.
+    pub history_days: Option<u32>,
 }
 
 impl Default for ServiceConfig {
@@ -69,6 +73,8 @@ impl Default for ServiceConfig {
             proc_num: 5,
             retries: 2,
             admins: Vec::new(),
+            max_queued: None,
+            history_days: None,
             max_concurrent_syncs: None,
             callback_allowed_hosts: Vec::new(),
         }
@@ -135,6 +141,12 @@ impl ServiceConfig {
         if let Some(max) = self.max_concurrent_syncs {
             doc["rsyncserver"]["max_concurrent_syncs"] = json!(max);
         }
+        if let Some(max) = self.max_queued {
+            doc["rsyncserver"]["jobs"]["max_queued"] = json!(max);
+        }
+        if let Some(days) = self.history_days {
+            doc["rsyncserver"]["jobs"]["history_days"] = json!(days);
+        }
         serde_yaml_ng::to_string(&doc).expect("config yaml")
     }
 }
@@ -145,17 +157,26 @@ pub struct Service {
     port: u16,
     dir: TempDir,
     client: Client,
+    args: Vec<String>,
+    /// Environment variables set for the service process only (e.g. `PATH`).
+    env: Vec<(String, String)>,
 }
 
 /// How long start-up may take until `GET /check` answers 200.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Service {
     /// Writes `config` to a temp dir (log file in `logs/` there, not created yet) and
     /// starts the service on a free port; returns once `GET /check` is 200.
     pub async fn start(config: &ServiceConfig) -> Service {
+        Self::start_with_args(config, &[]).await
+    }
+
+    /// Like [`Service::start`], with more command-line flags (e.g. `--log-format json`).
+    pub async fn start_with_args(config: &ServiceConfig, args: &[&str]) -> Service {
         // It holds passwords: owner-only, as an operator would keep it.
-        Self::start_with(|logfile| config.to_yaml(logfile), 0o600).await
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::start_with(|logfile| config.to_yaml(logfile), 0o600, args, Vec::new()).await
     }
 
     /// Like [`Service::start`] with a hand-written config: `rsyncserver_yaml` is the body
@@ -168,12 +189,33 @@ impl Service {
                 logfile.display()
             )
         };
-        Self::start_with(text, mode).await
+        Self::start_with(text, mode, Vec::new(), Vec::new()).await
+    }
+
+    /// [`Service::start_raw`] with extra environment variables for the service process
+    /// only (the test process's own environment is left alone).
+    pub async fn start_raw_env(rsyncserver_yaml: &str, env: &[(&str, String)]) -> Service {
+        let text = |logfile: &Path| {
+            format!(
+                "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+                logfile.display()
+            )
+        };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Self::start_with(text, 0o600, Vec::new(), env).await
     }
 
     /// Writes the config made by `config_text(logfile)` with file mode `mode` and starts
     /// the service on a free port; returns once `GET /check` is 200.
-    async fn start_with(config_text: impl Fn(&Path) -> String, mode: u32) -> Service {
+    async fn start_with(
+        config_text: impl Fn(&Path) -> String,
+        mode: u32,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("imagersync-service-")
             .tempdir()
@@ -190,12 +232,14 @@ impl Service {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("http client");
-        let (process, port) = launch(dir.path(), &client).await;
+        let (process, port) = launch(dir.path(), &client, &args, &env).await;
         Service {
             process,
             port,
             dir,
             client,
+            args,
+            env,
         }
     }
 
@@ -204,9 +248,28 @@ impl Service {
     /// job database and analysis log, on a new port.
     pub async fn crash_and_restart(&mut self) {
         self.process.kill();
-        let (process, port) = launch(self.dir.path(), &self.client).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
         self.process = process;
         self.port = port;
+    }
+
+    /// Starts the service again after it exited on its own (a graceful stop), with the
+    /// same config and working directory, on a new port.
+    pub async fn start_again(&mut self) {
+        let status = self.process.exited();
+        assert!(
+            status.is_some(),
+            "start_again: the service is still running"
+        );
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
+        self.process = process;
+        self.port = port;
+    }
+
+    /// The job database (the config's default, `data/jobs.sqlite3` in the working
+    /// directory).
+    pub fn job_database(&self) -> PathBuf {
+        self.dir.path().join("data/jobs.sqlite3")
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -356,7 +419,12 @@ pub async fn json_of(resp: Response) -> (StatusCode, Value) {
 
 /// Starts the binary with `dir/config.yaml` in `dir` on a free port (trying other ports
 /// if one is taken meanwhile); returns once `GET /check` is 200.
-async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
+async fn launch(
+    dir: &Path,
+    client: &Client,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Owned, u16) {
     let config_path = dir.join("config.yaml");
     let mut failures = String::new();
     for _ in 0..5 {
@@ -366,7 +434,9 @@ async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--configFile")
             .arg(&config_path)
-            .current_dir(dir);
+            .args(args)
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
         let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
         match wait_ready(client, &mut process, port).await {
@@ -417,16 +487,21 @@ pub struct Exit {
 /// Runs the binary with `--configFile config_path` on a free port and waits for it to
 /// exit; panics if it is still running after 10 s (it must refuse to start).
 pub fn run_expecting_exit(config_path: &Path) -> Exit {
+    run_expecting_exit_on(config_path, &format!("127.0.0.1:{}", free_port()))
+}
+
+/// [`run_expecting_exit`] with `--address address`.
+pub fn run_expecting_exit_on(config_path: &Path, address: &str) -> Exit {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(BIN);
     cmd.arg("--address")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(address)
         .arg("--configFile")
         .arg(config_path)
         .current_dir(dir.path());
     let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
     let mut process = Owned::spawn("imagersync (expected to exit)", cmd, &out, &err);
-    let status = process.wait_timeout(Duration::from_secs(10));
+    let status = process.wait_timeout(Duration::from_secs(60));
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let exit = Exit {
         code: status.and_then(|s| s.code()),

@@ -27,6 +27,22 @@ pub const HTPASSWD: Tool = Tool {
     package: "apache2-utils",
 };
 
+/// Runs a command in a network namespace of its own (tests naming non-loopback addresses).
+pub const UNSHARE: Tool = Tool {
+    name: "unshare",
+    package: "util-linux",
+};
+/// Brings up that namespace's loopback and puts the named addresses on it.
+pub const IP: Tool = Tool {
+    name: "ip",
+    package: "iproute2",
+};
+/// The HTTP client inside that namespace (the test's own client cannot enter it).
+pub const CURL: Tool = Tool {
+    name: "curl",
+    package: "curl",
+};
+
 /// The browser the dashboard test drives (headless).
 pub const CHROMIUM: Tool = Tool {
     name: "chromium",

@@ -50,11 +50,21 @@ pub struct WebhookReceiver {
 impl WebhookReceiver {
     /// A receiver answering `statuses` to the first requests, in order, then 200.
     pub async fn start(statuses: &[u16]) -> WebhookReceiver {
-        Self::start_on("127.0.0.1", statuses).await
+        Self::answering("127.0.0.1", statuses, None).await
     }
 
     /// A receiver on `ip`:0 (another loopback address such as 127.0.0.2).
     pub async fn start_on(ip: &str, statuses: &[u16]) -> WebhookReceiver {
+        Self::answering(ip, statuses, None).await
+    }
+
+    /// A receiver answering every request `status` with `Location: to` (a redirect).
+    pub async fn redirecting(status: u16, to: &str) -> WebhookReceiver {
+        Self::answering("127.0.0.1", &[status; 64], Some(to.to_owned())).await
+    }
+
+    /// `statuses` in order (then 200), each with a `Location` header when given, on `ip`.
+    async fn answering(ip: &str, statuses: &[u16], location: Option<String>) -> WebhookReceiver {
         let listener = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
@@ -65,9 +75,11 @@ impl WebhookReceiver {
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let (deliveries, planned) = (deliveries.clone(), planned.clone());
+                    let location = location.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<Incoming>| {
                             let (deliveries, planned) = (deliveries.clone(), planned.clone());
+                            let location = location.clone();
                             async move {
                                 let method = req.method().to_string();
                                 let path = req.uri().to_string();
@@ -94,6 +106,9 @@ impl WebhookReceiver {
                                 });
                                 let mut resp = Response::new(Full::new(Bytes::new()));
                                 *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                                if let Some(to) = location {
+                                    resp.headers_mut().insert("location", to.parse().unwrap());
+                                }
                                 Ok::<_, Infallible>(resp)
                             }
                         });
