@@ -1,6 +1,6 @@
 //! Binds the listener, serves the router, and shuts down gracefully on SIGTERM / Ctrl-C.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -182,16 +182,11 @@ pub async fn serve_listener(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The peer address goes into every request: failed-login damping counts per address
     // (without it, damping would be off).
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // axum's graceful shutdown stops accepting and waits for open connections, without
-    // a time limit: run it as a task so the wait below can bound it.
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    // The graceful stop stops accepting and waits for open connections, without a time
+    // limit: run it as a task so the wait below can bound it.
+    let mut server = tokio::spawn(serve_http1(listener, router(state), async {
+        let _ = stop_rx.await;
+    }));
     tokio::select! {
         result = &mut server => return flatten(result),
         () = shutdown => {}
@@ -223,6 +218,63 @@ pub async fn serve_listener(
             Ok(())
         }
     }
+}
+
+/// Serves `app` over HTTP/1.1 on `listener` until `stop` resolves, then waits for the open
+/// connections to finish their requests.
+///
+/// Our own accept loop rather than `axum::serve`, whose connection settings are fixed:
+/// it does not allow half-closed connections, so a caller that shuts down its sending
+/// side after the request (HTTP/1.0 tools, `nc -N`, some proxies) had its connection
+/// dropped and its sync's answer lost. Everything else is as `axum::serve` does it: the
+/// peer address in each request (`ConnectInfo`, for failed-login damping), hyper's 30 s
+/// limit on reading request headers, and the graceful stop.
+async fn serve_http1(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            },
+        );
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .half_close(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that vanishes mid-request is not the server's error.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn flatten(result: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {

@@ -88,6 +88,11 @@ pub struct JobsConfig {
     /// Finished jobs older than this many days are deleted at start-up and daily.
     #[serde(default = "default_history_days")]
     pub history_days: u32,
+    /// Internal webhook receivers allowed as `callback_url`: host names, `host:port`, or
+    /// CIDR ranges. A callback whose host resolves to a loopback, link-local or private
+    /// address is refused unless listed here.
+    #[serde(default)]
+    pub callback_allowed_hosts: Vec<String>,
 }
 
 impl Default for JobsConfig {
@@ -96,6 +101,7 @@ impl Default for JobsConfig {
             database: default_jobs_database(),
             max_queued: default_max_queued(),
             history_days: default_history_days(),
+            callback_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -519,6 +525,11 @@ impl Config {
                 "rsyncserver.jobs.history_days".into(),
                 "must be at least 1 day".into(),
             ));
+        }
+        for (i, entry) in server.jobs.callback_allowed_hosts.iter().enumerate() {
+            if let Err(e) = checks::parse_allowed_host(entry) {
+                return Err((format!("rsyncserver.jobs.callback_allowed_hosts[{i}]"), e));
+            }
         }
         if let Some(unknown) = server.admins.iter().find(|a| !server.auth.contains_key(*a)) {
             return Err((

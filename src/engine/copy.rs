@@ -21,7 +21,7 @@ use super::verify::VerifyingStream;
 use crate::registry::digest::digest_of;
 use crate::registry::media::{parse_manifest, Descriptor, ManifestKind};
 use crate::registry::reference::ImageRef;
-use crate::registry::{Manifest, RegistryClient, RegistryError};
+use crate::registry::{BlobCheck, Manifest, RegistryClient, RegistryError};
 
 /// Nesting allowed for indexes inside indexes; real images use one level.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -471,9 +471,12 @@ impl CopyJob<'_> {
         fresh: bool,
         result: &mut ImageResult,
     ) -> Result<(), CopyError> {
+        // One log line per target repository when its registry refuses blob HEADs.
+        let head_refused = AtomicBool::new(false);
+        let head_refused = &head_refused;
         let copies: Vec<_> = blobs
             .iter()
-            .map(|b| async move { (b.size, self.copy_blob(b, fresh).await) })
+            .map(|b| async move { (b.size, self.copy_blob(b, fresh, head_refused).await) })
             .collect();
         let mut transfers = futures_util::stream::iter(copies).buffer_unordered(self.parallel);
         while let Some((size, outcome)) = transfers.next().await {
@@ -506,6 +509,7 @@ impl CopyJob<'_> {
         &self,
         blob: &Descriptor,
         fresh: bool,
+        head_refused: &AtomicBool,
     ) -> Result<BlobOutcome, RegistryError> {
         let what = format!("transferring blob {}", blob.digest);
         // Only a first attempt may go without the HEAD check: a retry must find out
@@ -514,7 +518,7 @@ impl CopyJob<'_> {
         self.retry
             .run(self.log, &what, || {
                 let may_skip_head = fresh && first.swap(false, Ordering::Relaxed);
-                self.copy_blob_once(blob, may_skip_head)
+                self.copy_blob_once(blob, may_skip_head, head_refused)
             })
             .await
     }
@@ -523,6 +527,7 @@ impl CopyJob<'_> {
         &self,
         blob: &Descriptor,
         may_skip_head: bool,
+        head_refused: &AtomicBool,
     ) -> Result<BlobOutcome, RegistryError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let (digest, dst_registry) = (&blob.digest, self.dst.registry());
@@ -541,7 +546,27 @@ impl CopyJob<'_> {
                 Some(repo) => repo != dst_repo,
                 None => blob.size <= SMALL_BLOB,
             };
-        if !skip_head && self.dst.blob_size(dst_repo, digest).await?.is_some() {
+        let present = if skip_head {
+            false
+        } else {
+            match self.dst.blob_check(dst_repo, digest).await? {
+                BlobCheck::Present(_) => true,
+                BlobCheck::Absent => false,
+                BlobCheck::Refused(status) => {
+                    // Harbor robot accounts, Artifact Registry and ECR refuse a HEAD in a
+                    // repository they do not have yet (skopeo#2484): "unknown", so upload;
+                    // a refused upload is still an error of its own.
+                    if !head_refused.swap(true, Ordering::Relaxed) {
+                        self.log.warn(format!(
+                            "Destination {} answered HTTP {status} to a blob check (usual for a repository that does not exist yet); uploading its blobs without checking",
+                            self.target.name()
+                        ));
+                    }
+                    false
+                }
+            }
+        };
+        if present {
             self.transfers.remember(dst_registry, digest, dst_repo);
             self.log.info(format!(
                 "Blob {digest}({}) has been pushed to {}, will not be pulled",

@@ -14,6 +14,11 @@
 //! `rsync_config`, `"async": true` asks for a job answered with 202 at once, and
 //! `callback_url` for a webhook when the job ends.
 
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use futures_util::StreamExt;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -23,6 +28,76 @@ use crate::engine::SyncRequest;
 
 /// Largest accepted body; a valid request is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A body over [`MAX_BODY_BYTES`] is read and thrown away up to this many bytes before
+/// the 413 goes out, so the client, still sending, reads the answer instead of a broken
+/// pipe (reqwest, curl and Python requests all write the whole body before they read).
+pub const MAX_DRAIN_BYTES: u64 = 64 << 20;
+
+/// ... and for at most this long; past either bound the connection is closed unread.
+pub const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Why a request body could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// Larger than [`MAX_BODY_BYTES`]; `drained` says whether the rest was read (then the
+    /// client will read the 413) or left on the wire (beyond the drain bounds).
+    TooLarge {
+        /// The whole body was read and discarded.
+        drained: bool,
+    },
+    /// The connection broke while the body was read.
+    Broken,
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`]. A larger one is read on and
+/// discarded within [`MAX_DRAIN_BYTES`] and [`MAX_DRAIN_TIME`] (never buffered); one that
+/// announces more than the drain bound is refused at once, unread.
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ReadError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_DRAIN_BYTES) {
+        return Err(ReadError::TooLarge { drained: false });
+    }
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0u64;
+    let deadline = tokio::time::Instant::now() + MAX_DRAIN_TIME;
+    loop {
+        let next = if total > MAX_BODY_BYTES as u64 {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => return Err(ReadError::TooLarge { drained: false }),
+            }
+        } else {
+            stream.next().await
+        };
+        match next {
+            None if total > MAX_BODY_BYTES as u64 => {
+                return Err(ReadError::TooLarge { drained: true })
+            }
+            None => return Ok(Bytes::from(kept)),
+            Some(Err(_)) if total > MAX_BODY_BYTES as u64 => {
+                return Err(ReadError::TooLarge { drained: false })
+            }
+            Some(Err(_)) => return Err(ReadError::Broken),
+            Some(Ok(chunk)) => {
+                total += chunk.len() as u64;
+                if total > MAX_DRAIN_BYTES {
+                    return Err(ReadError::TooLarge { drained: false });
+                }
+                if total <= MAX_BODY_BYTES as u64 {
+                    kept.extend_from_slice(&chunk);
+                } else {
+                    // Over the cap: from here on bytes are only counted.
+                    kept = Vec::new();
+                }
+            }
+        }
+    }
+}
 
 /// The example shown in error messages.
 const EXAMPLE: &str = r#"{"rsync_config":{"source":"reg-a.example.com/team/app:v1","target":"reg-b.example.com/team/app:v1"}}"#;

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +10,7 @@ use axum::{Extension, Json};
 use chrono::Local;
 
 use super::auth::AuthUser;
-use super::body::{parse_sync_request, ParsedRequest, MAX_BODY_BYTES};
+use super::body::{parse_sync_request, read_body, ParsedRequest, ReadError, MAX_BODY_BYTES};
 use super::jobs_api::{job_path, JobView};
 use super::response::{
     close_connection, error_response, set_retry_after, Health, Outcome, RsyncConfigEcho,
@@ -55,7 +54,7 @@ pub async fn rsync(
     Extension(AuthUser(username)): Extension<AuthUser>,
     version: Version,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let start = Local::now();
     let refuse = |username: String, echo, outcome, message: String| {
@@ -63,12 +62,12 @@ pub async fn rsync(
         state.recorder().record(&answer);
         answer.into_response()
     };
-    let request = match read_request(body) {
+    let request = match read_request(&headers, body).await {
         Ok(request) => request,
         Err((outcome, message, echo)) => {
             let mut response = refuse(username, echo, outcome, message);
             if outcome == Outcome::BodyTooLarge {
-                // Reading stopped at the cap; the rest of the body is still on the wire.
+                // Drained or not, a caller who sent that much is not kept: one answer, close.
                 close_connection(&mut response, version);
             }
             return response;
@@ -82,6 +81,19 @@ pub async fn rsync(
             failure: Some(FailureKind::NotAllowed),
         };
         return refuse(username, request.echo, outcome, message);
+    }
+    if let Some(url) = &request.callback_url {
+        let checked = match reqwest::Url::parse(url) {
+            Ok(url) => state.jobs().check_callback(&url).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(message) = checked {
+            let outcome = Outcome::Sync {
+                status: SyncStatus::Unusual,
+                failure: Some(FailureKind::BadInput),
+            };
+            return refuse(username, request.echo, outcome, message);
+        }
     }
     let asynchronous = request.asynchronous || prefers_async(&headers);
     let echo = request.echo.clone();
@@ -210,18 +222,18 @@ pub async fn not_found() -> Response {
 
 type Rejection = (Outcome, String, RsyncConfigEcho);
 
-fn read_request(body: Result<Bytes, BytesRejection>) -> Result<ParsedRequest, Rejection> {
+async fn read_request(headers: &HeaderMap, body: Body) -> Result<ParsedRequest, Rejection> {
     let bad_input = Outcome::Sync {
         status: SyncStatus::Unusual,
         failure: Some(FailureKind::BadInput),
     };
-    let bytes = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => (
+    let bytes = read_body(headers, body).await.map_err(|e| match e {
+        ReadError::TooLarge { .. } => (
             Outcome::BodyTooLarge,
             format!("request body is larger than {MAX_BODY_BYTES} bytes: send only rsync_config with source and target"),
             RsyncConfigEcho::default(),
         ),
-        _ => (
+        ReadError::Broken => (
             bad_input,
             "request body could not be read (connection broken?)".to_owned(),
             RsyncConfigEcho::default(),

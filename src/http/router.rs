@@ -1,13 +1,11 @@
 //! The route table (design.md section 2) and the layers around it.
 
-use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, MethodRouter};
 use axum::Router;
 
 use super::access_log::log_request;
 use super::auth::require_basic_auth;
-use super::body::MAX_BODY_BYTES;
 use super::dashboard;
 use super::handlers;
 use super::jobs_api;
@@ -53,7 +51,6 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
     let rsync: MethodRouter<AppState> = get(handlers::rsync_hint)
         .post(handlers::rsync)
         .route_layer(auth())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(handlers::method_not_allowed);
     let jobs = get(jobs_api::list_jobs)
         .route_layer(auth())

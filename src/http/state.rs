@@ -15,7 +15,7 @@ use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::jobs::tracker::SyncTracker;
-use crate::jobs::webhook::WebhookSender;
+use crate::jobs::webhook::{CallbackPolicy, WebhookSender};
 use crate::jobs::{JobLimits, JobManager, JobStore};
 use crate::metrics::{Gauges, Metrics};
 use crate::mirrors::Mirrors;
@@ -73,7 +73,10 @@ impl AppState {
             Arc::new(engine),
             store,
             Arc::new(recorder.clone()),
-            WebhookSender::default(),
+            WebhookSender::new(
+                crate::jobs::webhook::FIRST_BACKOFF,
+                CallbackPolicy::new(&server.jobs.callback_allowed_hosts),
+            ),
             JobLimits {
                 // A hand-built config may say 0; one slot at least keeps the service usable.
                 max_running: server.max_concurrent_syncs.max(1),

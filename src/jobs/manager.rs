@@ -153,6 +153,12 @@ impl JobManager {
         }
     }
 
+    /// Checks a `callback_url` against `rsyncserver.jobs.callback_allowed_hosts` now, so
+    /// a refused one is a 400 at submit; delivery checks again.
+    pub async fn check_callback(&self, url: &reqwest::Url) -> Result<(), String> {
+        self.inner.webhook.policy().admit(url).await.map(|_| ())
+    }
+
     /// The engine jobs run on.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine

@@ -216,6 +216,10 @@ pub struct CallbackStatus {
     pub attempts: u32,
     /// Why the last attempt failed, if it did.
     pub last_error: Option<String>,
+    /// Not sent at all: at delivery the host resolved to an internal address that
+    /// `rsyncserver.jobs.callback_allowed_hosts` does not list (`last_error` says which).
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// Everything known about one job; what the store keeps and the API shows.

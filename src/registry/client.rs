@@ -142,6 +142,17 @@ pub struct Manifest {
     pub digest: String,
 }
 
+/// What a blob HEAD at a target found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// Present, with this size.
+    Present(u64),
+    /// Absent (404).
+    Absent,
+    /// The registry refused to say (this 401 or 403): treated as absent.
+    Refused(u16),
+}
+
 /// The distribution API of one registry, with one credential.
 pub struct RegistryClient {
     endpoint: Endpoint,
@@ -479,13 +490,15 @@ impl RegistryClient {
             && media::error_code(&body).as_deref() == Some("NAME_UNKNOWN"))
     }
 
-    /// HEAD a blob: its size when present, `None` when absent. A 401/403 on a repository
-    /// that does not exist yet also means absent: the upload that follows will say more.
-    pub async fn blob_size(
+    /// HEAD a blob at the target. A 401/403 is [`BlobCheck::Refused`], not an error:
+    /// registries such as Harbor (robot accounts), Google Artifact Registry and ECR answer
+    /// so for a repository they do not have yet, and the upload that follows says whether
+    /// writing is refused too.
+    pub async fn blob_check(
         &self,
         repository: &str,
         digest: &str,
-    ) -> Result<Option<u64>, RegistryError> {
+    ) -> Result<BlobCheck, RegistryError> {
         let step = format!("checking blob {digest} in {repository}");
         let resp = self
             .send(&step, Access::Push(repository), |c, base| {
@@ -493,12 +506,15 @@ impl RegistryClient {
             })
             .await?;
         match resp.status() {
-            StatusCode::OK => Ok(Some(
+            StatusCode::OK => Ok(BlobCheck::Present(
                 header_str(resp.headers(), CONTENT_LENGTH.as_str())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             )),
-            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
+            StatusCode::NOT_FOUND => Ok(BlobCheck::Absent),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Ok(BlobCheck::Refused(resp.status().as_u16()))
+            }
             _ => Err(self.status_error(resp, &step).await),
         }
     }
@@ -515,6 +531,15 @@ impl RegistryClient {
                 c.get(format!("{base}/v2/{repository}/blobs/{digest}"))
             })
             .await?;
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            // Every blob GET asks for the whole blob (no `Range`; a retry starts again
+            // from byte 0), so a part is never spliced onto anything: refuse it.
+            let range = header_str(resp.headers(), "content-range").unwrap_or_default();
+            return Err(self.protocol(
+                &step,
+                format!("the source answered 206 Partial Content ({range:?}) to a request for the whole blob; partial content is never spliced"),
+            ));
+        }
         self.expect(resp, &step, &[StatusCode::OK]).await
     }
 
@@ -889,32 +914,54 @@ impl RegistryClient {
                 request.query(&query)
             }
         };
-        let resp = request.send().await.map_err(|e| {
-            auth_error(format!(
-                "token request failed: {}",
-                describe_transport_error(&e)
-            ))
-        })?;
+        let realm_host = match realm_url_host_port(realm) {
+            Some(h) => h,
+            None => realm.to_owned(),
+        };
+        let endpoint_error = |cause: String, transient: bool| {
+            RealmError::Other(RegistryError::TokenEndpoint {
+                registry: self.registry().to_owned(),
+                step: step.to_owned(),
+                realm: realm_host.clone(),
+                cause,
+                transient,
+            })
+        };
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| endpoint_error(describe_transport_error(&e), true))?;
         let status = resp.status();
-        let body = self.read_capped(resp, MAX_TOKEN_BYTES, step).await?;
-        if !status.is_success() {
-            let detail = media::error_detail(&body);
-            let error = auth_error(format!(
-                "token endpoint answered HTTP {}{detail}",
-                status.as_u16()
-            ));
-            return Err(
-                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                    RealmError::Refused(error)
-                } else {
-                    RealmError::Other(error)
-                },
-            );
+        let body = match self.read_capped(resp, MAX_TOKEN_BYTES, step).await {
+            Ok(body) => body,
+            Err(RegistryError::Network { cause, .. }) => return Err(endpoint_error(cause, true)),
+            Err(RegistryError::Protocol { cause, .. }) => return Err(endpoint_error(cause, false)),
+            Err(other) => return Err(other.into()),
+        };
+        let detail = media::error_detail(&body);
+        match status.as_u16() {
+            200..=299 => {}
+            // Refused credentials: the operator's to fix, not a fault of the endpoint.
+            401 | 403 => {
+                return Err(RealmError::Refused(auth_error(format!(
+                    "token endpoint {realm_host} answered HTTP {}{detail}",
+                    status.as_u16()
+                ))))
+            }
+            code => {
+                let transient = matches!(code, 408 | 429) || status.is_server_error();
+                return Err(endpoint_error(format!("HTTP {code}{detail}"), transient));
+            }
         }
         serde_json::from_slice::<TokenAnswer>(&body)
             .ok()
             .and_then(TokenAnswer::into_token)
-            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()).into())
+            .ok_or_else(|| {
+                endpoint_error(
+                    "the answer is not JSON holding a token or access_token".into(),
+                    false,
+                )
+            })
     }
 
     /// A token realm is a URL the registry chooses; credentials go there only when it is
@@ -1053,6 +1100,16 @@ impl From<RegistryError> for RealmError {
     }
 }
 
+/// `host[:port]` of a realm URL, for error messages.
+fn realm_url_host_port(realm: &str) -> Option<String> {
+    let url = reqwest::Url::parse(realm).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 /// The request path of a manifest by tag or digest.
 fn manifest_path(repository: &str, reference: &str) -> String {
     format!("/v2/{repository}/manifests/{reference}")
@@ -1123,9 +1180,9 @@ fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-/// The host of `host[:port]`.
+/// The host of `host[:port]`, an IPv6 literal without its brackets.
 fn host_without_port(host_port: &str) -> &str {
-    host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    crate::config::names::split_host_port(host_port).0
 }
 
 /// Loopback, private, link-local, unspecified and other non-public addresses.

@@ -15,7 +15,9 @@ mod trust;
 mod watchdog;
 
 pub(crate) use client::is_internal;
-pub use client::{Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MANIFEST_BYTES};
+pub use client::{
+    BlobCheck, Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MANIFEST_BYTES,
+};
 pub(crate) use error::describe_transport_error;
 pub use error::RegistryError;
 pub use pool::{transport_of, ClientPool, Resolved};

@@ -729,7 +729,12 @@ async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_gets_the_finished_job_without_credentials_and_is_retried() {
-    let pair = Pair::start(SourceAuth::Anonymous).await;
+    // The receiver is on loopback: an internal address, so it must be listed.
+    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+        callback_allowed_hosts: vec!["127.0.0.1".into()],
+        ..config.registry("dst", dst)
+    })
+    .await;
     let service = &pair.service;
     let image = Image::random(Format::Oci, &[16 * KIB]);
     let pushed = pair.src.push_image("team/app", "v1", &image).await;
@@ -864,7 +869,12 @@ async fn a_full_queue_answers_503_and_names_jobs_max_queued() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_stops_after_four_attempts_and_never_follows_a_redirect() {
-    let pair = Pair::start(SourceAuth::Anonymous).await;
+    // The receivers are on loopback: internal, so listed.
+    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+        callback_allowed_hosts: vec!["127.0.0.1".into()],
+        ..config.registry("dst", dst)
+    })
+    .await;
     let service = &pair.service;
     let pushed = pair
         .src

@@ -264,6 +264,13 @@ pub enum Action {
     LocationTo(String),
     /// Forward, then replace the `realm` of the answer's `WWW-Authenticate`.
     RealmTo(String),
+    /// Read the request, then never answer (the connection stays open): a peer that
+    /// accepts and goes silent.
+    Hang,
+    /// Forward, then answer `206 Partial Content` with the body from this offset on and a
+    /// `Content-Range` saying so, whatever the request asked: a source that serves a
+    /// range nobody asked for (or the wrong one after a cut).
+    PartialFrom(u64),
     /// Forward, then add these headers to the answer (e.g. Docker Hub's `ratelimit-*`).
     AddHeaders(Vec<(String, String)>),
     /// Serve the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`), which
@@ -371,6 +378,16 @@ impl Rule {
     /// Replace the `WWW-Authenticate` realm with `realm`.
     pub fn realm_to(self, realm: &str) -> Rule {
         self.action(Action::RealmTo(realm.to_owned()))
+    }
+
+    /// Read the request, then never answer.
+    pub fn hang(self) -> Rule {
+        self.action(Action::Hang)
+    }
+
+    /// Answer 206 with the body from `offset` on.
+    pub fn partial_from(self, offset: u64) -> Rule {
+        self.action(Action::PartialFrom(offset))
     }
 
     /// Add `headers` to the forwarded answer.
@@ -575,6 +592,18 @@ async fn handle(
         *record.rule.lock().unwrap() = Some(rule.label.clone());
     }
     let action = rule.map(|r| r.action);
+    if let Some(Action::Hang) = action {
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                record
+                    .request_bytes
+                    .fetch_add(data.len() as u64, Ordering::SeqCst);
+            }
+        }
+        // Silent until the client gives up (its connection closes and this is dropped).
+        return std::future::pending().await;
+    }
     if let Some(Action::Respond(reply)) = action {
         // Read the whole request first, as a registry does before it answers.
         let mut body = req.into_body();
@@ -628,7 +657,25 @@ async fn handle(
     let mut stream: ByteStream =
         Box::pin(body.into_data_stream().map(|r| r.map_err(BoxError::from)));
     match action {
-        None | Some(Action::Forward) | Some(Action::Respond(_)) => {}
+        None | Some(Action::Forward) | Some(Action::Respond(_)) | Some(Action::Hang) => {}
+        Some(Action::PartialFrom(offset)) => {
+            let total: u64 = parts
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            parts.status = StatusCode::PARTIAL_CONTENT;
+            let range = format!("bytes {offset}-{}/{total}", total.saturating_sub(1));
+            parts
+                .headers
+                .insert("content-range", HeaderValue::from_str(&range)?);
+            parts.headers.insert(
+                "content-length",
+                HeaderValue::from(total.saturating_sub(offset)),
+            );
+            stream = skip(stream, offset);
+        }
         Some(Action::CutAfter(n)) => stream = cut_after(stream, n),
         Some(Action::FlipByte(offset)) => stream = flip_byte(stream, offset),
         Some(Action::Trickle { every, chunk }) => stream = trickle(stream, every, chunk),
@@ -863,6 +910,27 @@ fn cut_after(stream: ByteStream, limit: u64) -> ByteStream {
             }
         },
     ))
+}
+
+/// Drops the first `n` bytes of a body.
+fn skip(stream: ByteStream, n: u64) -> ByteStream {
+    let mut seen = 0u64;
+    Box::pin(stream.filter_map(move |chunk| {
+        let out = match chunk {
+            Err(e) => Some(Err(e)),
+            Ok(chunk) => {
+                let start = seen;
+                seen += chunk.len() as u64;
+                if seen <= n {
+                    None
+                } else {
+                    let from = n.saturating_sub(start) as usize;
+                    Some(Ok(chunk.slice(from..)))
+                }
+            }
+        };
+        std::future::ready(out)
+    }))
 }
 
 fn flip_byte(stream: ByteStream, offset: u64) -> ByteStream {

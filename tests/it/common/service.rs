@@ -57,6 +57,8 @@ pub struct ServiceConfig {
     pub admins: Vec<String>,
     /// `rsyncserver.max_concurrent_syncs`, when set.
     pub max_concurrent_syncs: Option<usize>,
+    /// `rsyncserver.jobs.callback_allowed_hosts`.
+    pub callback_allowed_hosts: Vec<String>,
     /// `rsyncserver.jobs.max_queued`, when set.
     pub max_queued: Option<usize>,
     /// `rsyncserver.jobs.history_days`, when set.
@@ -74,6 +76,7 @@ impl Default for ServiceConfig {
             max_queued: None,
             history_days: None,
             max_concurrent_syncs: None,
+            callback_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -130,6 +133,10 @@ impl ServiceConfig {
         });
         if !self.admins.is_empty() {
             doc["rsyncserver"]["admins"] = json!(self.admins);
+        }
+        if !self.callback_allowed_hosts.is_empty() {
+            doc["rsyncserver"]["jobs"] =
+                json!({"callback_allowed_hosts": self.callback_allowed_hosts});
         }
         if let Some(max) = self.max_concurrent_syncs {
             doc["rsyncserver"]["max_concurrent_syncs"] = json!(max);
