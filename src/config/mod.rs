@@ -63,6 +63,24 @@ pub struct ServerConfig {
     /// Users who see and cancel every user's jobs (others see only their own).
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Serve HTTPS instead of plain HTTP; absent means plain HTTP (behind a proxy).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `rsyncserver.tls` section: PEM files for HTTPS on the listener.
+///
+/// The files are read at start-up, again when they change (polled) and on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf certificate, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates, PEM: when set, clients must present a certificate they issued.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
@@ -102,6 +120,7 @@ impl Default for ServerConfig {
             rsyncconfig: RsyncConfig::default(),
             jobs: JobsConfig::default(),
             admins: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -14,6 +14,7 @@ mod dashboard;
 mod engine;
 mod faults;
 mod jobs;
+mod listener_tls;
 mod load_script;
 mod memory;
 mod metrics;
