@@ -94,6 +94,10 @@ pub struct SyncArgs {
     /// index digest)
     #[arg(long = "platform", value_name = "OS/ARCH")]
     pub platforms: Vec<String>,
+    /// Leave each image's signatures, attestations and SBOMs (OCI referrers) behind;
+    /// without it the config's task.referrers decides (default: copy them)
+    #[arg(long)]
+    pub no_referrers: bool,
     /// Print the API's JSON response on stdout instead of the sync log
     #[arg(long, conflicts_with = "images")]
     pub json: bool,
@@ -183,12 +187,15 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
     let Some(source) = args.source else {
         return ExitCode::from(EXIT_USAGE);
     };
-    let engine = Engine::new(&config.rsyncserver.rsyncconfig);
+    let mut rsync = config.rsyncserver.rsyncconfig;
+    use_default_auth_file(&mut rsync);
+    let engine = Engine::new(&rsync);
     let request = SyncRequest {
         source,
         targets: args.target,
         force: args.force,
         platforms: args.platforms,
+        referrers: args.no_referrers.then_some(false),
     };
     let report = engine.run_request(&request).await;
     let code = match (report.status, report.failure) {
@@ -202,6 +209,7 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
             mut targets,
             force,
             platforms,
+            referrers,
         } = request;
         let target = if targets.len() == 1 {
             TargetEcho::One(targets.remove(0))
@@ -213,6 +221,7 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
             target,
             force,
             platforms,
+            referrers,
         };
         let response = SyncResponse::from_report("cli".to_owned(), echo, report);
         match serde_json::to_string_pretty(&response) {
@@ -253,11 +262,14 @@ async fn sync_batch(
         RsyncConfig::default()
     };
     rsync.auth.extend(batch.credentials);
+    use_default_auth_file(&mut rsync);
     let engine = Engine::new(&rsync);
     let (mut failed, mut unusable) = (0, 0);
     for mut request in batch.requests {
         request.force = args.force;
         request.platforms = args.platforms.clone();
+        // Batch files have no per-entry switch: the config decides, unless told not to.
+        request.referrers = args.no_referrers.then_some(false);
         let report = engine.run_request(&request).await;
         print!("{}", report.log);
         match report.status {
@@ -274,6 +286,21 @@ async fn sync_batch(
     } else {
         eprintln!("imagersync: {failed} entries failed, {unusable} entries unusable");
         ExitCode::from(1)
+    }
+}
+
+/// When the config names no `auth_file`, the CLI (not the service) reads the one skopeo and
+/// docker would, and says which in one line on stderr.
+fn use_default_auth_file(rsync: &mut RsyncConfig) {
+    if rsync.auth_file.is_some() {
+        return;
+    }
+    if let Some(path) = crate::registry::credentials::discover_auth_file() {
+        eprintln!(
+            "imagersync: registry logins not in the config are read from {}",
+            path.display()
+        );
+        rsync.auth_file = Some(path);
     }
 }
 

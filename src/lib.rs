@@ -17,6 +17,7 @@ pub mod http;
 pub mod jobs;
 pub mod listener_tls;
 pub mod metrics;
+pub mod mirrors;
 pub mod registry;
 pub mod secret;
 pub mod server;

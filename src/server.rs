@@ -164,6 +164,8 @@ pub async fn start_jobs(state: &AppState, config: &Config) {
         Ok(n) => tracing::info!(jobs = n, "unfinished jobs from the last run resumed"),
         Err(e) => tracing::error!(error = %e, "cannot resume unfinished jobs"),
     }
+    // After the resume: a mirror run left unfinished by the last process counts as running.
+    state.mirrors().start().await;
     tokio::spawn(async move {
         let mut daily = tokio::time::interval(Duration::from_secs(24 * 60 * 60));
         daily.tick().await;

@@ -34,6 +34,24 @@ pub fn check_password_entry(password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A credential helper suffix: `docker-credential-NAME` must be a plain file name, so
+/// no path, no shell characters.
+pub fn check_helper_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a helper name: give the part after docker-credential- (letters, digits, '-', '_', '.'), e.g. ecr-login"
+        ))
+    }
+}
+
 /// Turns a configured prefix into the form names are compared in; the error says what
 /// is wrong with it (config validation names the key).
 pub fn normalise_prefix(raw: &str) -> Result<String, String> {

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use crate::secret::Secret;
 
 pub mod checks;
+pub mod mirrors;
 pub mod names;
+
+pub use mirrors::{MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,9 +63,13 @@ pub struct ServerConfig {
     /// Where jobs are kept and how many may wait.
     #[serde(default)]
     pub jobs: JobsConfig,
-    /// Users who see and cancel every user's jobs (others see only their own).
+    /// Users who see and cancel every user's jobs (others see only their own), and
+    /// see and start mirrors.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Repositories kept in step with another, on a schedule and by hand.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorConfig>,
     /// Serve HTTPS instead of plain HTTP; absent means plain HTTP (behind a proxy).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -121,6 +128,7 @@ impl Default for ServerConfig {
             jobs: JobsConfig::default(),
             admins: Vec::new(),
             tls: None,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -175,6 +183,12 @@ pub struct RsyncConfig {
     /// (loopback, private, link-local, `localhost`) must always be listed here or in `auth`.
     #[serde(default)]
     pub allowed_registries: Vec<String>,
+    /// A Docker `config.json` or containers `auth.json` (`auths`, `credHelpers`,
+    /// `credsStore`), used for registries no `auth` entry matches and for entries that give
+    /// no credentials of their own. Absent: the service reads none (the CLI `sync` looks
+    /// where skopeo and docker look).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// One registry credential, matched by the longest `registry` or `registry/namespace` prefix.
@@ -201,6 +215,30 @@ pub struct RegistryCredential {
     /// PEM file with extra CA certificates to trust for this registry.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Suffix of a Docker credential helper: `docker-credential-NAME get` is asked for
+    /// this registry's login (ecr-login, gcr, acr-env, ...).
+    #[serde(default)]
+    pub credential_helper: Option<String>,
+    /// File holding the password (or token) for `username`, re-read when it changes.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An OAuth2 refresh token (Docker's `identitytoken`), exchanged at the token realm.
+    #[serde(default)]
+    pub identity_token: Option<Secret>,
+    /// A bearer token sent as it is (Docker's `registrytoken`).
+    #[serde(default)]
+    pub registry_token: Option<Secret>,
+}
+
+impl RegistryCredential {
+    /// Whether the entry names credentials of its own; one that does not (only TLS or
+    /// `insecure` options) takes its login from `auth_file`.
+    pub fn has_credentials(&self) -> bool {
+        self.username.is_some()
+            || self.credential_helper.is_some()
+            || self.identity_token.is_some()
+            || self.registry_token.is_some()
+    }
 }
 
 /// The `task` settings of the engine.
@@ -230,6 +268,17 @@ pub struct TaskConfig {
     /// Copy only index entries of these architectures, `arch` or `arch/variant` (empty: all).
     #[serde(default)]
     pub arch: Vec<String>,
+    /// When Docker Hub says fewer pulls than this remain (`ratelimit-remaining`), new
+    /// pulls from it wait instead of running into its 429.
+    #[serde(default = "default_dockerhub_min_remaining")]
+    pub dockerhub_min_remaining: u64,
+    /// Longest a credential helper may take to answer, in seconds; then it is stopped.
+    #[serde(default = "default_helper_timeout")]
+    pub credential_helper_timeout_seconds: u64,
+    /// Copy each image's referrers (signatures, attestations, SBOMs: OCI 1.1 referrers,
+    /// the referrers tag schema and cosign's tags) with it; a request may override it.
+    #[serde(default = "default_referrers")]
+    pub referrers: bool,
 }
 
 impl Default for TaskConfig {
@@ -242,6 +291,9 @@ impl Default for TaskConfig {
             idle_timeout_seconds: default_idle_timeout(),
             os: Vec::new(),
             arch: Vec::new(),
+            dockerhub_min_remaining: default_dockerhub_min_remaining(),
+            credential_helper_timeout_seconds: default_helper_timeout(),
+            referrers: default_referrers(),
         }
     }
 }
@@ -279,8 +331,17 @@ fn default_connect_timeout() -> u64 {
 fn default_idle_timeout() -> u64 {
     60
 }
+fn default_referrers() -> bool {
+    true
+}
 fn default_max_transfers() -> usize {
     16
+}
+fn default_dockerhub_min_remaining() -> u64 {
+    5
+}
+fn default_helper_timeout() -> u64 {
+    20
 }
 
 /// A config that cannot be used; the message names the file and the key.
@@ -458,6 +519,7 @@ impl Config {
                 format!("{unknown:?} is not a user of rsyncserver.auth"),
             ));
         }
+        mirrors::check_mirrors(&server.mirrors)?;
         if server.logfile.as_os_str().is_empty() {
             return Err((
                 "rsyncserver.logfile".into(),
@@ -490,10 +552,58 @@ impl Config {
                     "plain_http and ca_file contradict each other: choose one".into(),
                 ));
             }
-            if cred.username.is_some() != cred.password.is_some() {
+            if cred.password.is_some() && cred.password_file.is_some() {
                 return Err((
                     key,
-                    "username and password go together: give both or neither".into(),
+                    "password and password_file contradict each other: choose one".into(),
+                ));
+            }
+            let has_password = cred.password.is_some() || cred.password_file.is_some();
+            if cred.username.is_some() != has_password {
+                return Err((
+                    key,
+                    "username and password (or password_file) go together: give both or neither"
+                        .into(),
+                ));
+            }
+            let sources = [
+                cred.username.is_some(),
+                cred.credential_helper.is_some(),
+                cred.identity_token.is_some(),
+                cred.registry_token.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err((
+                    key,
+                    "give one of username/password, credential_helper, identity_token or registry_token".into(),
+                ));
+            }
+            if let Some(helper) = &cred.credential_helper {
+                if let Err(e) = checks::check_helper_name(helper) {
+                    return Err((format!("{key}.credential_helper"), e));
+                }
+            }
+            if let Some(file) = &cred.password_file {
+                if let Err(e) = std::fs::metadata(file) {
+                    return Err((
+                        format!("{key}.password_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(file) = &server.rsyncconfig.auth_file {
+            let key = "rsyncserver.rsyncconfig.auth_file".to_owned();
+            let text = std::fs::read(file)
+                .map_err(|e| (key.clone(), format!("cannot read {}: {e}", file.display())))?;
+            // The registry layer reads the keys; here only "is it a JSON object at all".
+            if !serde_json::from_slice::<serde_json::Value>(&text).is_ok_and(|v| v.is_object()) {
+                return Err((
+                    key,
+                    format!(
+                        "{} is not a JSON object (a Docker config.json or containers auth.json)",
+                        file.display()
+                    ),
                 ));
             }
         }
@@ -507,6 +617,10 @@ impl Config {
         for (key, value) in [
             ("connect_timeout_seconds", task.connect_timeout_seconds),
             ("idle_timeout_seconds", task.idle_timeout_seconds),
+            (
+                "credential_helper_timeout_seconds",
+                task.credential_helper_timeout_seconds,
+            ),
         ] {
             if value == 0 || value > 3600 {
                 return Err((

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::platforms::PlatformFilter;
 use super::progress::{BlobKind, Observers, Step, SyncEvent};
 use super::rechunk::Rechunk;
+use super::referrers::{ReferrerTags, SubjectLocks, Walk};
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
 use super::synclog::SyncLog;
@@ -67,6 +68,12 @@ pub(crate) struct CopyJob<'a> {
     pub observers: &'a Observers,
     /// Stops the copy before the tag is written; see [`CopyJob::run`].
     pub cancel: &'a CancellationToken,
+    /// Copy the referrers (signatures, attestations, SBOMs) of every manifest copied.
+    pub referrers: bool,
+    /// Service-wide: one update at a time of a target's referrers index per subject.
+    pub subject_locks: &'a SubjectLocks,
+    /// This sync's: the referrer tags of each source repository, listed once.
+    pub referrer_tags: &'a ReferrerTags,
 }
 
 /// Why an image copy failed.
@@ -88,6 +95,18 @@ pub(crate) enum CopyError {
     /// Source and target disagree on what the request asked for.
     #[error("{0}")]
     Mismatch(String),
+    /// A referrer of the image could not be copied; the image's tag was not written.
+    #[error("referrer {referrer} ({kind}) of {subject}: {cause}")]
+    Referrer {
+        /// Digest (or tag) of the referrer.
+        referrer: String,
+        /// Its artifact type or media type.
+        kind: String,
+        /// The manifest it refers to.
+        subject: String,
+        /// Why it failed.
+        cause: String,
+    },
     /// The sync was cancelled before the tag was written.
     #[error("cancelled before the target was tagged; blobs already sent stay, untagged")]
     Cancelled,
@@ -109,11 +128,11 @@ enum BlobOutcome {
 }
 
 /// Source content gathered before anything is written.
-struct Plan {
+pub(super) struct Plan {
     /// Child manifests in push order (deepest first).
-    children: Vec<Manifest>,
+    pub children: Vec<Manifest>,
     /// Distinct blobs to bring over.
-    blobs: Vec<Descriptor>,
+    pub blobs: Vec<Descriptor>,
 }
 
 impl CopyJob<'_> {
@@ -165,6 +184,16 @@ impl CopyJob<'_> {
     async fn prepare(&self, result: &mut ImageResult) -> Result<Prepared, CopyError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let source_ref = self.source.reference().expect("source has a tag or digest");
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let report = |why: &str| {
+            if !waited.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                self.observers.step(self.index, Step::RateLimited);
+            }
+            self.log.info(why);
+        };
+        self.src
+            .wait_for_pull_quota(src_repo, source_ref, &report)
+            .await?;
         self.observers.step(self.index, Step::ReadingManifest);
         let top = self
             .retry
@@ -220,6 +249,12 @@ impl CopyJob<'_> {
                 "Skip synchronization because destination {} already has {}",
                 self.target, top.digest
             ));
+            // Signatures are often added after the image was pushed: look for new ones.
+            let subjects = std::iter::once(top.digest.clone())
+                .chain(index_entries_of(&top))
+                .collect();
+            let mut walk = Walk::new((0, 0));
+            self.copy_referrers(subjects, &mut walk, result).await?;
             return Ok(Prepared::AlreadySynced);
         }
 
@@ -240,6 +275,16 @@ impl CopyJob<'_> {
             self.put_manifest(&child.digest, child).await?;
             result.manifests_pushed += 1;
         }
+        // Referrers before the tag: a policy engine never sees the tag unsigned.
+        let subjects = std::iter::once(top.digest.clone())
+            .chain(plan.children.iter().map(|c| c.digest.clone()))
+            .collect();
+        let planned = (
+            plan.blobs.len() as u64,
+            plan.blobs.iter().map(|b| b.size).sum(),
+        );
+        self.copy_referrers(subjects, &mut Walk::new(planned), result)
+            .await?;
         Ok(Prepared::Ready {
             top,
             reference: target_ref,
@@ -296,7 +341,7 @@ impl CopyJob<'_> {
 
     /// Reads every child manifest of an index (all before any write, so a missing child
     /// fails the copy with nothing written) and lists the distinct blobs.
-    async fn gather(&self, top: &Manifest) -> Result<Plan, CopyError> {
+    pub(super) async fn gather(&self, top: &Manifest) -> Result<Plan, CopyError> {
         let mut plan = Plan {
             children: Vec::new(),
             blobs: Vec::new(),
@@ -420,7 +465,7 @@ impl CopyJob<'_> {
 
     /// Brings every blob over, `parallel` at a time; the first failure stops the rest.
     /// `fresh`: the target repository did not exist when the copy began.
-    async fn copy_blobs(
+    pub(super) async fn copy_blobs(
         &self,
         blobs: &[Descriptor],
         fresh: bool,
@@ -588,13 +633,15 @@ impl CopyJob<'_> {
         Ok(blob.size)
     }
 
-    async fn put_manifest(
+    /// PUTs a manifest; returns the target's `OCI-Subject` answer.
+    pub(super) async fn put_manifest(
         &self,
         reference: &str,
         manifest: &Manifest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<String>, RegistryError> {
         let repo = &self.target.repository;
-        self.retry
+        let subject = self
+            .retry
             .run(self.log, "pushing a manifest", || {
                 self.dst.manifest_put(repo, reference, manifest)
             })
@@ -604,6 +651,14 @@ impl CopyJob<'_> {
             self.target.name(),
             manifest.digest
         ));
-        Ok(())
+        Ok(subject)
+    }
+}
+
+/// Digests an index lists (none for an image manifest).
+fn index_entries_of(manifest: &Manifest) -> Vec<String> {
+    match parse_manifest(&manifest.media_type, &manifest.bytes) {
+        Ok(ManifestKind::Index(entries)) => entries.into_iter().map(|e| e.digest).collect(),
+        _ => Vec::new(),
     }
 }

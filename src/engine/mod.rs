@@ -6,6 +6,7 @@ mod copy;
 pub mod platforms;
 pub mod progress;
 mod rechunk;
+mod referrers;
 mod report;
 mod retry;
 pub mod rules;
@@ -21,12 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Local;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
 use self::progress::Observers;
+use self::referrers::{ReferrerTags, SubjectLocks};
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
@@ -41,6 +44,7 @@ pub struct Engine {
     /// Platform filter of the config (`task.os` / `task.arch`); a request may override it.
     platforms: Option<PlatformFilter>,
     transfers: Transfers,
+    subject_locks: SubjectLocks,
     allowed: AllowList,
     /// Told of every sync's events (the service's metrics).
     observer: Arc<dyn SyncObserver>,
@@ -83,13 +87,24 @@ pub struct SyncRequest {
     /// changes); empty means the config's `task.os` / `task.arch`, which default to all.
     #[serde(default)]
     pub platforms: Vec<String>,
+    /// Copy each image's referrers (signatures, attestations, SBOMs); `None` means the
+    /// config's `task.referrers`, which defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<bool>,
 }
+
+/// Why the tags of a source rule could not be listed; says what failed and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TagListError(String);
 
 /// How every image of one request is copied.
 struct RunOptions<'a> {
     force: bool,
     check_every_blob: bool,
     platforms: Option<&'a PlatformFilter>,
+    referrers: bool,
+    referrer_tags: &'a ReferrerTags,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
 }
@@ -125,17 +140,31 @@ impl Engine {
                 tracing::error!("ignoring task.os/task.arch: {e}");
                 None
             });
+        let auth_file = config
+            .auth_file
+            .as_deref()
+            .map(crate::registry::credentials::AuthFile::load);
+        let pool = ClientPool::new(
+            &config.auth,
+            Timeouts {
+                connect: Duration::from_secs(config.task.connect_timeout_seconds),
+                idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
+            },
+        )
+        .with_auth_file(auth_file)
+        .with_helper_timeout(Duration::from_secs(
+            config.task.credential_helper_timeout_seconds,
+        ))
+        .with_pull_floor(config.task.dockerhub_min_remaining);
+        for line in pool.describe_sources() {
+            tracing::info!("registry credentials: {line}");
+        }
         Self {
-            pool: ClientPool::new(
-                &config.auth,
-                Timeouts {
-                    connect: Duration::from_secs(config.task.connect_timeout_seconds),
-                    idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
-                },
-            ),
+            pool,
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),
+            subject_locks: SubjectLocks::default(),
             allowed: AllowList::new(config),
             observer: Arc::new(Unobserved),
         }
@@ -179,10 +208,13 @@ impl Engine {
         let start_time = Local::now();
         let observers = Observers::new(self.observer.clone(), context.observer.clone());
         let log = SyncLog::default();
+        let referrer_tags = ReferrerTags::default();
         let planned = match PlatformFilter::from_patterns(&request.platforms) {
             Ok(filter) => {
                 let targets: Vec<&str> = request.targets.iter().map(String::as_str).collect();
-                let pairs = self.plan(&request.source, &targets, &log).await;
+                let pairs = self
+                    .plan(&request.source, &targets, &log, &referrer_tags)
+                    .await;
                 pairs.map(|p| (p, filter.or_else(|| self.platforms.clone())))
             }
             Err(e) => Err(PlanError::BadInput(format!("platforms: {e}"))),
@@ -198,6 +230,8 @@ impl Engine {
                     force: request.force,
                     check_every_blob: context.resumed,
                     platforms: filter.as_ref(),
+                    referrers: request.referrers.unwrap_or(self.task.referrers),
+                    referrer_tags: &referrer_tags,
                     observers: &observers,
                     cancel: &context.cancel,
                 };
@@ -261,6 +295,34 @@ impl Engine {
         }
     }
 
+    /// The tags the source rule `source` selects right now: the registry's listing for a
+    /// rule without a tag or with a regex, the given tags for a list; `None` for a digest.
+    /// Mirrors filter these further before they hand a tag list to [`Engine::run_request`].
+    pub async fn source_tags(&self, source: &str) -> Result<Option<Vec<String>>, TagListError> {
+        let log = SyncLog::default();
+        let src = RuleSide::parse(source).map_err(|e| TagListError(format!("source: {e}")))?;
+        self.allowed
+            .check(&src.image.registry)
+            .map_err(TagListError)?;
+        let listing = match &src.selector {
+            Selector::Digest(_) => return Ok(None),
+            Selector::Tags(tags) => return Ok(Some(tags.clone())),
+            Selector::All | Selector::Regex(_) => {
+                let client = self
+                    .client(&src.image, &log)
+                    .map_err(|e| TagListError(e.to_string()))?;
+                client
+                    .tags(&src.image.repository)
+                    .await
+                    .map_err(|e| TagListError(e.to_string()))?
+            }
+        };
+        Ok(Some(match &src.selector {
+            Selector::Regex(re) => listing.into_iter().filter(|t| re.is_match(t)).collect(),
+            _ => listing,
+        }))
+    }
+
     /// Turns the rule into (source, target) pairs. Everything that can be checked without
     /// the network is checked first; only "every tag" and regex rules list the source's tags.
     async fn plan(
@@ -268,6 +330,7 @@ impl Engine {
         source: &str,
         targets: &[&str],
         log: &SyncLog,
+        referrer_tags: &ReferrerTags,
     ) -> Result<Vec<(ImageRef, ImageRef)>, PlanError> {
         let bad =
             |side: &str, e: &dyn std::fmt::Display| PlanError::BadInput(format!("{side}: {e}"));
@@ -295,8 +358,21 @@ impl Engine {
         }
         let tags = if needs_listing {
             let client = self.client(&src.image, log)?;
-            let tags = client.tags(&src.image.repository).await?;
+            let mut tags = client.tags(&src.image.repository).await?;
             log.info(format!("Found {} tags in {}", tags.len(), src.image.name()));
+            // The copies will look for referrer tags here: they need not list again.
+            referrer_tags.remember(src.image.name(), &tags);
+            // Signature, attestation and referrers-index tags are not images: they
+            // travel with their subject (when referrers are copied), never on their own.
+            let before = tags.len();
+            tags.retain(|t| !crate::registry::media::is_referrer_tag(t));
+            if tags.len() < before {
+                log.info(format!(
+                    "Leave out {} referrer tags (sha256-...) of {}: they travel with their subject",
+                    before - tags.len(),
+                    src.image.name()
+                ));
+            }
             Some(tags)
         } else {
             None
@@ -312,7 +388,10 @@ impl Engine {
         Ok(pairs)
     }
 
-    /// Copies each planned pair in turn; a failed image does not stop the others, a
+    /// Copies the planned pairs, `task.proc_num` images at a time (image-syncer's meaning
+    /// of proc_num); the service-wide transfer cap still bounds the blob streams, and a
+    /// blob shared by several images goes once (the others wait for its turn, then find it
+    /// there). Results keep the plan's order. A failed image does not stop the others, a
     /// cancel stops them all.
     async fn run(
         &self,
@@ -320,61 +399,88 @@ impl Engine {
         options: &RunOptions<'_>,
         log: &SyncLog,
     ) -> Vec<ImageResult> {
-        let mut results = Vec::with_capacity(pairs.len());
-        for (index, (source, target)) in pairs.iter().enumerate() {
-            // An image that fails before its copy starts still gets its result and event.
-            let not_started = |error: String| {
-                let result = ImageResult {
-                    source: source.to_string(),
-                    target: target.to_string(),
-                    error: Some(error),
-                    ..ImageResult::default()
-                };
-                options.observers.emit(&SyncEvent::ImageFinished {
-                    image: index,
-                    result: &result,
-                });
-                result
+        // Futures are collected first: a closure inside the stream type trips the
+        // compiler's Send check for spawned tasks (rust-lang/rust#102211).
+        let copies: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(index, (source, target))| async move {
+                (
+                    index,
+                    self.run_one(index, source, target, options, log).await,
+                )
+            })
+            .collect();
+        // Unordered: with `buffered`, one slow image would hold back every later start.
+        let mut results: Vec<(usize, ImageResult)> = futures_util::stream::iter(copies)
+            .buffer_unordered(self.task.proc_num.max(1))
+            .collect()
+            .await;
+        results.sort_by_key(|(index, _)| *index);
+        results.into_iter().map(|(_, result)| result).collect()
+    }
+
+    /// Copies one planned pair; an image that fails before its copy starts still gets its
+    /// result and event.
+    async fn run_one(
+        &self,
+        index: usize,
+        source: &ImageRef,
+        target: &ImageRef,
+        options: &RunOptions<'_>,
+        log: &SyncLog,
+    ) -> ImageResult {
+        let not_started = |error: String| {
+            let result = ImageResult {
+                source: source.to_string(),
+                target: target.to_string(),
+                error: Some(error),
+                ..ImageResult::default()
             };
-            if options.cancel.is_cancelled() {
-                results.push(not_started("cancelled before this image started".into()));
-                continue;
-            }
-            let clients = self
-                .client(source, log)
-                .and_then(|src| Ok((src, self.client(target, log)?)));
-            let result = match clients {
-                Ok((src, dst)) => {
-                    CopyJob {
-                        source,
-                        target,
-                        src,
-                        dst,
-                        log,
-                        parallel: self.task.proc_num,
-                        retry: RetryPolicy {
-                            retries: self.task.retries,
-                            observers: options.observers.clone(),
-                        },
-                        transfers: &self.transfers,
-                        force: options.force,
-                        check_every_blob: options.check_every_blob,
-                        platforms: options.platforms,
-                        index,
-                        observers: options.observers,
-                        cancel: options.cancel,
-                    }
-                    .run()
-                    .await
-                }
-                Err(e) => {
-                    log.error(e.to_string());
-                    not_started(e.to_string())
-                }
-            };
-            results.push(result);
+            options.observers.emit(&SyncEvent::ImageFinished {
+                image: index,
+                result: &result,
+            });
+            result
+        };
+        if options.cancel.is_cancelled() {
+            return not_started("cancelled before this image started".into());
         }
-        results
+        let clients = self
+            .client(source, log)
+            .and_then(|src| Ok((src, self.client(target, log)?)));
+        match clients {
+            Ok((src, dst)) => {
+                CopyJob {
+                    source,
+                    target,
+                    src,
+                    dst,
+                    log,
+                    parallel: self.task.proc_num,
+                    retry: RetryPolicy {
+                        retries: self.task.retries,
+                        observers: options.observers.clone(),
+                    },
+                    transfers: &self.transfers,
+                    force: options.force,
+                    check_every_blob: options.check_every_blob,
+                    platforms: options.platforms,
+                    index,
+                    observers: options.observers,
+                    cancel: options.cancel,
+                    referrers: options.referrers,
+                    subject_locks: &self.subject_locks,
+                    referrer_tags: options.referrer_tags,
+                }
+                .run()
+                .await
+            }
+            Err(e) => {
+                log.error(e.to_string());
+                not_started(e.to_string())
+            }
+        }
     }
 
     /// The pooled client for `image`'s repository; logs which credential applies.
@@ -384,15 +490,10 @@ impl Engine {
         log: &SyncLog,
     ) -> Result<std::sync::Arc<crate::registry::RegistryClient>, crate::registry::RegistryError>
     {
-        let Resolved { client, entry } = self.pool.resolve(&image.registry, &image.repository)?;
-        match (client.username(), entry) {
-            (Some(user), _) => log.info(format!(
-                "Find auth information for {image}, username: {user}"
-            )),
-            (None, Some(entry)) => log.info(format!(
-                "Find auth information for {image} (entry {entry}), access will be anonymous"
-            )),
-            (None, None) => log.info(format!(
+        let Resolved { client, source } = self.pool.resolve(&image.registry, &image.repository)?;
+        match source {
+            Some(source) => log.info(format!("Find auth information for {image}: {source}")),
+            None => log.info(format!(
                 "Cannot find auth information for {image}, access will be anonymous"
             )),
         }

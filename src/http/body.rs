@@ -9,7 +9,8 @@
 //! the last can never disagree about what was asked.
 //!
 //! Beyond the seed: `target` may be a list (one sync, several targets, as image-syncer
-//! allowed), and `rsync_config.force` / `rsync_config.platforms` are optional. Next to
+//! allowed), and `rsync_config.force` / `rsync_config.platforms` /
+//! `rsync_config.referrers` are optional. Next to
 //! `rsync_config`, `"async": true` asks for a job answered with 202 at once, and
 //! `callback_url` for a webhook when the job ends.
 
@@ -79,6 +80,8 @@ struct DuplicateCheckInner {
     _force: Option<IgnoredAny>,
     #[serde(rename = "platforms")]
     _platforms: Option<IgnoredAny>,
+    #[serde(rename = "referrers")]
+    _referrers: Option<IgnoredAny>,
 }
 
 /// Parses and checks a request body.
@@ -129,6 +132,7 @@ pub fn parse_sync_request(body: &[u8]) -> Result<ParsedRequest, BodyError> {
     let target = target.map_err(fail)?;
     let force = force_field(config).map_err(fail)?;
     let platforms = platforms_field(config).map_err(fail)?;
+    let referrers = referrers_field(config).map_err(fail)?;
     let asynchronous = async_field(&top).map_err(fail)?;
     let callback_url = callback_field(&top).map_err(fail)?;
     if let Err(e) = serde_json::from_str::<DuplicateCheck>(text) {
@@ -145,12 +149,14 @@ pub fn parse_sync_request(body: &[u8]) -> Result<ParsedRequest, BodyError> {
             targets,
             force,
             platforms: platforms.clone(),
+            referrers,
         },
         echo: RsyncConfigEcho {
             source,
             target,
             force,
             platforms,
+            referrers,
         },
         asynchronous,
         callback_url,
@@ -241,6 +247,19 @@ fn force_field(config: &Map<String, Value>) -> Result<bool, String> {
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(format!(
             "rsync_config.force must be true or false, not {}",
+            kind(other)
+        )),
+    }
+}
+
+/// `rsync_config.referrers`: optional boolean, copy signatures, attestations and SBOMs
+/// with each image; absent means the config's `task.referrers`.
+fn referrers_field(config: &Map<String, Value>) -> Result<Option<bool>, String> {
+    match config.get("referrers") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(format!(
+            "rsync_config.referrers must be true or false, not {}",
             kind(other)
         )),
     }
@@ -351,6 +370,11 @@ mod tests {
                 Err("rsync_config.force must be true or false, not a string"),
             ),
             (
+                "referrers not bool",
+                br#"{"rsync_config":{"source":"a","target":"b","referrers":"no"}}"#,
+                Err("rsync_config.referrers must be true or false, not a string"),
+            ),
+            (
                 "platforms not list",
                 br#"{"rsync_config":{"source":"a","target":"b","platforms":"linux/amd64"}}"#,
                 Err("rsync_config.platforms must be a list"),
@@ -383,17 +407,19 @@ mod tests {
     #[test]
     fn options_reach_the_engine_and_the_echo() {
         let parsed = parse_sync_request(
-            br#"{"rsync_config":{"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]}}"#,
+            br#"{"rsync_config":{"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"],"referrers":false}}"#,
         )
         .unwrap();
         assert!(parsed.request.force);
         assert_eq!(parsed.request.platforms, ["linux/arm64"]);
+        assert_eq!(parsed.request.referrers, Some(false));
         let echo = serde_json::to_value(&parsed.echo).unwrap();
         assert_eq!(
             echo,
-            serde_json::json!({"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]})
+            serde_json::json!({"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"],"referrers":false})
         );
         let plain = parse_sync_request(br#"{"rsync_config":{"source":"a","target":"b"}}"#).unwrap();
+        assert_eq!(plain.request.referrers, None, "absent: the config decides");
         assert_eq!(
             serde_json::to_value(&plain.echo).unwrap(),
             serde_json::json!({"source":"a","target":"b"}),

@@ -87,6 +87,7 @@ pub async fn rsync(
     let echo = request.echo.clone();
     let new = NewJob {
         user: username.clone(),
+        trigger: crate::jobs::model::Trigger::Request,
         request: request.request,
         rsync_config: serde_json::to_value(&request.echo).unwrap_or_default(),
         asynchronous,

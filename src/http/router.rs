@@ -11,6 +11,7 @@ use super::body::MAX_BODY_BYTES;
 use super::dashboard;
 use super::handlers;
 use super::jobs_api;
+use super::mirrors_api::{self, MIRRORS_PATH};
 use super::openapi;
 use super::request_metrics::observe_request;
 use super::state::AppState;
@@ -64,6 +65,12 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
     let job_events = get(jobs_api::job_events)
         .route_layer(auth())
         .fallback(handlers::method_not_allowed);
+    let mirrors = get(mirrors_api::list_mirrors)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
+    let mirror_run = axum::routing::post(mirrors_api::run_mirror)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
     vec![
         ("/".into(), public(get(dashboard::page))),
         (
@@ -82,5 +89,7 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
         (format!("{RSYNC_PATH}/jobs"), jobs),
         (format!("{RSYNC_PATH}/jobs/{{id}}"), job),
         (format!("{RSYNC_PATH}/jobs/{{id}}/events"), job_events),
+        (MIRRORS_PATH.into(), mirrors),
+        (format!("{MIRRORS_PATH}/{{name}}/run"), mirror_run),
     ]
 }

@@ -18,6 +18,7 @@ use crate::jobs::tracker::SyncTracker;
 use crate::jobs::webhook::WebhookSender;
 use crate::jobs::{JobLimits, JobManager, JobStore};
 use crate::metrics::{Gauges, Metrics};
+use crate::mirrors::Mirrors;
 
 /// Shared state of the router; cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -34,6 +35,7 @@ struct Inner {
     tools: BTreeMap<String, String>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    mirrors: Mirrors,
 }
 
 /// Written by hand so that nothing secret can ever show: the users appear as a count,
@@ -78,8 +80,10 @@ impl AppState {
                 max_queued: server.jobs.max_queued,
             },
         );
+        let mirrors = Mirrors::new(&server.mirrors, jobs.clone());
         Self {
             inner: Arc::new(Inner {
+                mirrors,
                 jobs,
                 users: UserTable::new(&server.auth),
                 scopes: Scopes::new(&server.scopes),
@@ -109,6 +113,11 @@ impl AppState {
     /// The sync engine.
     pub fn engine(&self) -> &Engine {
         self.inner.jobs.engine()
+    }
+
+    /// The configured mirrors and their schedules.
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.inner.mirrors
     }
 
     /// Runs and keeps jobs.

@@ -95,6 +95,8 @@ struct Tallies {
     queue_seconds: Option<Histogram>,
     /// By registry, then kind: (blobs, bytes).
     blobs: BTreeMap<String, [(u64, u64); 3]>,
+    /// Referrers written, by target registry.
+    referrers: BTreeMap<String, u64>,
     /// By registry, then cause.
     retries: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// By (route, method, status class).
@@ -238,6 +240,15 @@ impl Metrics {
                 );
             }
         }
+        let name = "imagersync_referrers_total";
+        text.family(
+            name,
+            "Referrers (signatures, attestations, SBOMs) written to a target registry.",
+            Kind::Counter,
+        );
+        for (registry, n) in &tallies.referrers {
+            text.sample(name, &[("registry", registry.as_str())], *n);
+        }
         gauge(
             &mut text,
             "imagersync_blob_transfers_in_flight",
@@ -299,6 +310,9 @@ impl SyncObserver for Metrics {
                 let slot = &mut registry_slot(&mut tallies.blobs, registry)[kind_index(kind)];
                 slot.0 += 1;
                 slot.1 += bytes;
+            }
+            SyncEvent::ReferrerCopied { registry, .. } => {
+                *registry_slot(&mut self.lock().referrers, registry) += 1;
             }
             SyncEvent::Retry { registry, cause } => {
                 let mut tallies = self.lock();
@@ -378,6 +392,7 @@ mod tests {
             ("imagersync_jobs_queued", "gauge"),
             ("imagersync_blobs_total", "counter"),
             ("imagersync_blob_bytes_total", "counter"),
+            ("imagersync_referrers_total", "counter"),
             ("imagersync_blob_transfers_in_flight", "gauge"),
             ("imagersync_retries_total", "counter"),
             ("imagersync_http_request_duration_seconds", "histogram"),
@@ -422,7 +437,17 @@ mod tests {
             registry: "src:5000",
             cause: "server_error",
         });
+        for _ in 0..3 {
+            metrics.on_event(&SyncEvent::ReferrerCopied {
+                image: 0,
+                registry: "dst:5000",
+            });
+        }
         let text = metrics.render(Gauges::default());
+        assert_eq!(
+            value(&text, "imagersync_referrers_total{registry=\"dst:5000\"}").as_deref(),
+            Some("3")
+        );
         let series =
             |name: &str, kind: &str| format!("{name}{{registry=\"dst:5000\",kind=\"{kind}\"}}");
         assert_eq!(

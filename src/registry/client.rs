@@ -11,10 +11,11 @@ use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::{OnceCell, RwLock};
 
-use super::auth::{Challenge, Credentials, TokenAnswer, TokenCache};
+use super::auth::{says_token_expired, Challenge, TokenAnswer, TokenCache, CLIENT_ID};
+use super::credentials::{CredentialProvider, Login};
 use super::digest::digest_of;
 use super::error::{describe_transport_error, RegistryError};
-use super::limiter::RateLimiter;
+use super::limiter::{Quota, RateLimiter};
 use super::media;
 use super::watchdog::Activity;
 
@@ -68,12 +69,15 @@ impl Access<'_> {
 pub struct Endpoint {
     /// host[:port] as written in image references (`docker.io` for Docker Hub).
     pub registry: String,
-    /// Credentials, or `None` for anonymous access.
-    pub credentials: Option<Credentials>,
+    /// Where the login comes from (anonymous, fixed, a helper, a password file).
+    pub credentials: Arc<CredentialProvider>,
     /// How to secure the connection.
     pub transport: Transport,
     /// Connect and idle-read limits.
     pub timeouts: Timeouts,
+    /// Pulls wait while the registry announces fewer remaining pulls than this
+    /// (`task.dockerhub_min_remaining`).
+    pub pull_floor: u64,
 }
 
 /// Network time limits. There is deliberately no total limit: a multi-GB blob may take
@@ -180,12 +184,22 @@ impl RegistryClient {
         &self.endpoint.registry
     }
 
-    /// The user name in use, if any (for logs).
-    pub fn username(&self) -> Option<&str> {
+    /// Where this client's login comes from.
+    pub fn credentials(&self) -> &CredentialProvider {
+        &self.endpoint.credentials
+    }
+
+    /// The login to use now, or an auth error naming the step.
+    async fn login(&self, step: &str) -> Result<Login, RegistryError> {
         self.endpoint
             .credentials
-            .as_ref()
-            .map(|c| c.username.as_str())
+            .login()
+            .await
+            .map_err(|cause| RegistryError::Auth {
+                registry: self.registry().to_owned(),
+                step: step.to_owned(),
+                cause,
+            })
     }
 
     /// HEAD a manifest: its digest and media type, or `None` when the registry has none.
@@ -212,6 +226,23 @@ impl RegistryClient {
         Ok(digest.map(|d| (d, media_type.unwrap_or_default())))
     }
 
+    /// Waits while the registry's announced pull quota (Docker Hub's `ratelimit-*`
+    /// headers, read from every answer) is under the floor, telling `report` why before
+    /// each wait. Each look again is a HEAD of the manifest, which does not count as a pull.
+    pub async fn wait_for_pull_quota(
+        &self,
+        repository: &str,
+        reference: &str,
+        report: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), RegistryError> {
+        while let Some((wait, why)) = self.limiter.pull_pause(self.endpoint.pull_floor) {
+            report(&format!("registry {}: {why}", self.registry()));
+            tokio::time::sleep(wait).await;
+            self.manifest_digest(repository, reference).await?;
+        }
+        Ok(())
+    }
+
     /// GET a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]; a digest
     /// reference is verified against the bytes.
     pub async fn manifest_get(
@@ -220,13 +251,44 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Manifest, RegistryError> {
         let step = format!("fetching manifest {repository}:{reference}");
+        self.fetch_manifest(repository, reference, media::MANIFEST_ACCEPT, false, &step)
+            .await?
+            .ok_or_else(|| self.protocol(&step, "the manifest is missing".into()))
+    }
+
+    /// Like [`RegistryClient::manifest_get`] with the given `Accept`, but a 404 is `None`:
+    /// for tags that may or may not exist (a referrers fallback tag, cosign's tags).
+    pub async fn manifest_find(
+        &self,
+        repository: &str,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let step = format!("fetching manifest {repository}:{reference}");
+        self.fetch_manifest(repository, reference, accept, true, &step)
+            .await
+    }
+
+    async fn fetch_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        accept: &str,
+        missing_ok: bool,
+        step: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let step = step.to_owned();
         let path = manifest_path(repository, reference);
         let resp = self
             .send(&step, Access::Pull(repository), |c, base| {
-                c.get(format!("{base}{path}"))
-                    .header(ACCEPT, media::MANIFEST_ACCEPT)
+                c.get(format!("{base}{path}")).header(ACCEPT, accept)
             })
             .await?;
+        if missing_ok && resp.status() == StatusCode::NOT_FOUND {
+            // Read the error body so the connection goes back to the pool.
+            self.read_capped(resp, MAX_ERROR_BYTES, &step).await?;
+            return Ok(None);
+        }
         let resp = self.expect(resp, &step, &[StatusCode::OK]).await?;
         let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
         let header_digest = header_str(resp.headers(), "docker-content-digest");
@@ -253,20 +315,22 @@ impl RegistryClient {
             }
         }
         let media_type = media::manifest_media_type(header_type.as_deref(), &bytes);
-        Ok(Manifest {
+        Ok(Some(Manifest {
             bytes,
             media_type,
             digest,
-        })
+        }))
     }
 
-    /// PUT a manifest's exact bytes under a tag or its digest.
+    /// PUT a manifest's exact bytes under a tag or its digest. Returns the registry's
+    /// `OCI-Subject` answer: a registry with the referrers API names the subject of a
+    /// manifest that has one, and then keeps its referrers list itself.
     pub async fn manifest_put(
         &self,
         repository: &str,
         reference: &str,
         manifest: &Manifest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<String>, RegistryError> {
         let step = format!("pushing manifest {repository}:{reference}");
         let path = manifest_path(repository, reference);
         let resp = self
@@ -276,9 +340,69 @@ impl RegistryClient {
                     .body(manifest.bytes.clone())
             })
             .await?;
-        self.expect(resp, &step, &[StatusCode::CREATED, StatusCode::OK])
+        let resp = self
+            .expect(resp, &step, &[StatusCode::CREATED, StatusCode::OK])
             .await?;
-        Ok(())
+        Ok(header_str(resp.headers(), "oci-subject"))
+    }
+
+    /// The referrers of `digest` from the OCI 1.1 referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`, following `Link` pages): each entry whole.
+    /// `None` when the registry does not serve the API: any answer but 200 with an OCI
+    /// index (distribution 2.8 answers a plain-text 404). Server errors and rate limits
+    /// stay errors, so the caller's retry can tell a busy registry from one without the API.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, RegistryError> {
+        let step = format!("listing referrers of {repository}@{digest}");
+        let base = reqwest::Url::parse(self.base(&step).await?)
+            .map_err(|e| self.protocol(&step, e.to_string()))?;
+        let mut next = Some(format!("/v2/{repository}/referrers/{digest}"));
+        let mut entries = Vec::new();
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Err(self.protocol(
+                    &step,
+                    format!("more than {MAX_TAG_PAGES} pages of referrers"),
+                ));
+            }
+            let url = base
+                .join(&path)
+                .map_err(|e| self.protocol(&step, e.to_string()))?;
+            if url.origin() != base.origin() {
+                return Err(
+                    self.protocol(&step, "referrers pagination leads to another host".into())
+                );
+            }
+            let resp = self
+                .send(&step, Access::Pull(repository), |c, _| {
+                    c.get(url.as_str()).header(ACCEPT, media::OCI_INDEX_ACCEPT)
+                })
+                .await?;
+            let status = resp.status();
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                return Err(self.status_error(resp, &step).await);
+            }
+            let is_index = header_str(resp.headers(), CONTENT_TYPE.as_str()).is_some_and(|t| {
+                t.split(';').next().unwrap_or("").trim() == media::OCI_INDEX_ACCEPT
+            });
+            if status != StatusCode::OK || !is_index {
+                // Read (what a registry without the API says) so the connection is reused.
+                let _ = self.read_capped(resp, MAX_ERROR_BYTES, &step).await;
+                return Ok(None);
+            }
+            next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
+            let body = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
+            match media::index_entries(&body) {
+                Some(page) => entries.extend(page),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(entries))
     }
 
     /// Every tag of `repository`, following `Link: <...>; rel="next"` pagination.
@@ -534,7 +658,8 @@ impl RegistryClient {
         F: Fn(&reqwest::Client, &str) -> RequestBuilder,
     {
         let base = self.base(step).await?;
-        let mut refreshed = false;
+        // One retry to answer a challenge, one more after asking the login's source again.
+        let (mut challenged, mut refreshed) = (false, false);
         loop {
             let (request, used) = self
                 .authorize(build(&self.http, base), access, step)
@@ -544,19 +669,80 @@ impl RegistryClient {
                 .send()
                 .await
                 .map_err(|e| self.network_error(step, &e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || refreshed {
+            // Docker Hub announces its pull quota on GET and HEAD answers alike; any
+            // registry that sends these headers is held to them.
+            let headers = resp.headers();
+            if let Some(quota) = Quota::from_headers(
+                header_str(headers, "ratelimit-limit").as_deref(),
+                header_str(headers, "ratelimit-remaining").as_deref(),
+            ) {
+                self.limiter.record_quota(quota);
+            }
+            let status = resp.status();
+            // ECR refuses an expired login with 403 and says so in the body; other 403s
+            // are plain "no permission" and go back to the caller unchanged.
+            let (resp, expired) = if status == StatusCode::FORBIDDEN {
+                self.peek_expired(resp, step).await?
+            } else {
+                (resp, false)
+            };
+            if status != StatusCode::UNAUTHORIZED && !expired {
                 return Ok(resp);
             }
-            refreshed = true;
             // Judge by the challenge this request was sent under: a concurrent request
             // may have learnt the registry's challenge in the meantime.
             let learnt = self.learn_challenge(resp.headers()).await;
-            let basic_refused = used == Challenge::Basic && learnt == Challenge::Basic;
-            if learnt == Challenge::None || basic_refused {
+            if !expired && learnt == Challenge::None {
                 return Ok(resp);
             }
+            let refused_login = expired || (used == Challenge::Basic && learnt == Challenge::Basic);
+            if !refused_login {
+                // A first challenge, or a bearer token that ran out: fetch a fresh token
+                // (the realm says whether the login itself still holds).
+                if challenged {
+                    return Ok(resp);
+                }
+                challenged = true;
+                if matches!(used, Challenge::Bearer { .. }) {
+                    tracing::info!(
+                        registry = self.registry(),
+                        "registry refused the access token (expired); fetching a new one"
+                    );
+                }
+                self.tokens.forget(&access.key()).await;
+                continue;
+            }
+            if refreshed || !self.endpoint.credentials.refreshable() {
+                return Ok(resp);
+            }
+            refreshed = true;
             self.tokens.forget(&access.key()).await;
+            // The login itself was refused: ask its source again, once.
+            tracing::info!(
+                registry = self.registry(),
+                source = %self.endpoint.credentials.describe(),
+                status = status.as_u16(),
+                "registry refused the login; asking its source again"
+            );
+            self.endpoint.credentials.invalidate().await;
         }
+    }
+
+    /// Reads a 403's body to see whether it says the token expired, and gives back an
+    /// equivalent answer for the caller.
+    async fn peek_expired(
+        &self,
+        resp: Response,
+        step: &str,
+    ) -> Result<(Response, bool), RegistryError> {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = self.read_capped(resp, MAX_ERROR_BYTES, step).await?;
+        let expired = says_token_expired(&body);
+        let mut rebuilt = http::Response::new(body);
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        Ok((Response::from(rebuilt), expired))
     }
 
     /// Records the challenge of an answer, if it carries one; returns the current one.
@@ -581,36 +767,75 @@ impl RegistryClient {
         let challenge = self.challenge.read().await.clone();
         let request = match &challenge {
             Challenge::None => request,
-            Challenge::Basic => match &self.endpoint.credentials {
-                Some(c) => request.basic_auth(&c.username, Some(c.password.expose())),
-                None => request,
+            Challenge::Basic => match self.login(step).await? {
+                Login::Basic { username, password } => {
+                    request.basic_auth(username, Some(password.expose()))
+                }
+                Login::RegistryToken(t) => {
+                    request.header(AUTHORIZATION, format!("Bearer {}", t.expose()))
+                }
+                Login::Anonymous | Login::IdentityToken(_) => request,
             },
             Challenge::Bearer { realm, service } => {
                 let scope = access.key();
                 let token = match self.tokens.get(&scope).await {
-                    Some(t) => t,
-                    None => {
-                        let t = self
-                            .fetch_token(realm, service.as_deref(), &access, step)
-                            .await?;
-                        self.tokens.put(&scope, t.clone()).await;
-                        t
-                    }
+                    Some(t) => t.value,
+                    None => match self
+                        .bearer_token(realm, service.as_deref(), &access, step)
+                        .await?
+                    {
+                        Some(t) => {
+                            self.tokens.put(&scope, t.clone()).await;
+                            t.value
+                        }
+                        None => return Ok((request, challenge)),
+                    },
                 };
-                request.header(AUTHORIZATION, format!("Bearer {}", token.value.expose()))
+                request.header(AUTHORIZATION, format!("Bearer {}", token.expose()))
             }
         };
         Ok((request, challenge))
     }
 
-    /// Asks the token realm for a bearer token covering `access`.
-    async fn fetch_token(
+    /// A bearer token for `access`: a registry token as it is, else one from the realm.
+    /// When the realm refuses a login that came from a helper or a file, the source is
+    /// asked again once. `None` for a registry token (sent as is, never cached here).
+    async fn bearer_token(
         &self,
         realm: &str,
         service: Option<&str>,
         access: &Access<'_>,
         step: &str,
-    ) -> Result<super::auth::Token, RegistryError> {
+    ) -> Result<Option<super::auth::Token>, RegistryError> {
+        let mut asked_again = false;
+        loop {
+            let login = self.login(step).await?;
+            if let Login::RegistryToken(t) = &login {
+                return Ok(Some(super::auth::Token::fixed(t.clone())));
+            }
+            match self.fetch_token(realm, service, access, &login, step).await {
+                Err(RealmError::Refused(_))
+                    if !asked_again && self.endpoint.credentials.refreshable() =>
+                {
+                    asked_again = true;
+                    self.endpoint.credentials.invalidate().await;
+                }
+                Err(RealmError::Refused(e) | RealmError::Other(e)) => return Err(e),
+                Ok(token) => return Ok(Some(token)),
+            }
+        }
+    }
+
+    /// Asks the token realm for a bearer token covering `access` with `login`: a GET with
+    /// Basic for a user and password, an OAuth2 refresh-token POST for an identity token.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        access: &Access<'_>,
+        login: &Login,
+        step: &str,
+    ) -> Result<super::auth::Token, RealmError> {
         let auth_error = |cause: String| RegistryError::Auth {
             registry: self.registry().to_owned(),
             step: step.to_owned(),
@@ -619,20 +844,36 @@ impl RegistryClient {
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| auth_error(format!("token realm {realm:?} is not a URL: {e}")))?;
         if let Err(why) = self.check_realm(&realm_url) {
-            return Err(auth_error(format!("token realm {realm:?} refused: {why}")));
+            return Err(auth_error(format!("token realm {realm:?} refused: {why}")).into());
         }
-        let mut query: Vec<(&str, String)> =
-            access.scopes().into_iter().map(|s| ("scope", s)).collect();
-        if let Some(service) = service {
-            query.push(("service", service.to_owned()));
-        }
-        if let Some(c) = &self.endpoint.credentials {
-            query.push(("account", c.username.clone()));
-        }
-        let mut request = self.http.get(realm_url).query(&query);
-        if let Some(c) = &self.endpoint.credentials {
-            request = request.basic_auth(&c.username, Some(c.password.expose()));
-        }
+        let request = match login {
+            Login::IdentityToken(refresh) => {
+                // Docker's OAuth2 flow (distribution docs/spec/auth/oauth.md).
+                let mut form: Vec<(&str, String)> = vec![
+                    ("grant_type", "refresh_token".into()),
+                    ("refresh_token", refresh.expose().to_owned()),
+                    ("client_id", CLIENT_ID.into()),
+                    ("scope", access.scopes().join(" ")),
+                ];
+                if let Some(service) = service {
+                    form.push(("service", service.to_owned()));
+                }
+                self.http.post(realm_url).form(&form)
+            }
+            _ => {
+                let mut query: Vec<(&str, String)> =
+                    access.scopes().into_iter().map(|s| ("scope", s)).collect();
+                if let Some(service) = service {
+                    query.push(("service", service.to_owned()));
+                }
+                let mut request = self.http.get(realm_url);
+                if let Login::Basic { username, password } = login {
+                    query.push(("account", username.clone()));
+                    request = request.basic_auth(username, Some(password.expose()));
+                }
+                request.query(&query)
+            }
+        };
         let resp = request.send().await.map_err(|e| {
             auth_error(format!(
                 "token request failed: {}",
@@ -643,15 +884,22 @@ impl RegistryClient {
         let body = self.read_capped(resp, MAX_TOKEN_BYTES, step).await?;
         if !status.is_success() {
             let detail = media::error_detail(&body);
-            return Err(auth_error(format!(
+            let error = auth_error(format!(
                 "token endpoint answered HTTP {}{detail}",
                 status.as_u16()
-            )));
+            ));
+            return Err(
+                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    RealmError::Refused(error)
+                } else {
+                    RealmError::Other(error)
+                },
+            );
         }
         serde_json::from_slice::<TokenAnswer>(&body)
             .ok()
             .and_then(TokenAnswer::into_token)
-            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()))
+            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()).into())
     }
 
     /// A token realm is a URL the registry chooses; credentials go there only when it is
@@ -664,7 +912,7 @@ impl RegistryClient {
         );
         match realm.scheme() {
             "https" => {}
-            "http" if clear_text_registry || self.endpoint.credentials.is_none() => {}
+            "http" if clear_text_registry || self.endpoint.credentials.is_anonymous() => {}
             "http" => return Err("it is plain http while the registry uses https".into()),
             other => return Err(format!("scheme {other} is not http(s)")),
         }
@@ -767,6 +1015,19 @@ impl RegistryClient {
             step: step.to_owned(),
             cause: describe_transport_error(err),
         }
+    }
+}
+
+/// Why a token request failed: the realm refused the login (worth asking its source
+/// again), or anything else.
+enum RealmError {
+    Refused(RegistryError),
+    Other(RegistryError),
+}
+
+impl From<RegistryError> for RealmError {
+    fn from(e: RegistryError) -> Self {
+        RealmError::Other(e)
     }
 }
 
@@ -920,12 +1181,20 @@ mod tests {
             RegistryClient::new(
                 Endpoint {
                     registry: registry.into(),
-                    credentials: creds.then(|| Credentials {
-                        username: "u".into(),
-                        password: crate::secret::Secret::new("p"),
+                    credentials: Arc::new(if creds {
+                        CredentialProvider::fixed(
+                            Login::Basic {
+                                username: "u".into(),
+                                password: crate::secret::Secret::new("p"),
+                            },
+                            "test",
+                        )
+                    } else {
+                        CredentialProvider::anonymous()
                     }),
                     transport,
                     timeouts: Timeouts::default(),
+                    pull_floor: 0,
                 },
                 Arc::default(),
             )

@@ -3,6 +3,7 @@
 
 mod auth;
 mod client;
+pub mod credentials;
 pub mod digest;
 mod error;
 mod limiter;
@@ -11,7 +12,6 @@ mod pool;
 pub mod reference;
 mod watchdog;
 
-pub use auth::Credentials;
 pub(crate) use client::is_internal;
 pub use client::{Endpoint, Manifest, RegistryClient, Timeouts, Transport, MAX_MANIFEST_BYTES};
 pub(crate) use error::describe_transport_error;

@@ -264,6 +264,15 @@ pub enum Action {
     LocationTo(String),
     /// Forward, then replace the `realm` of the answer's `WWW-Authenticate`.
     RealmTo(String),
+    /// Forward, then add these headers to the answer (e.g. Docker Hub's `ratelimit-*`).
+    AddHeaders(Vec<(String, String)>),
+    /// Serve the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`), which
+    /// distribution 2.8 lacks, from what the upstream holds: the index at the subject's
+    /// `sha256-<hex>` tag, or an empty index when there is none.
+    ReferrersApi,
+    /// Forward a manifest PUT and, when the manifest has a `subject`, answer with
+    /// `OCI-Subject: <its digest>` as a registry with the referrers API does.
+    OciSubject,
 }
 
 /// A rule: which requests (method, path regex, which matches) and what to do.
@@ -349,9 +358,28 @@ impl Rule {
         self.action(Action::LocationTo(base.to_owned()))
     }
 
+    /// Serve the referrers API from the upstream's fallback tags (see [`Action::ReferrersApi`]).
+    pub fn referrers_api(self) -> Rule {
+        self.action(Action::ReferrersApi)
+    }
+
+    /// Answer manifest PUTs with `OCI-Subject` (see [`Action::OciSubject`]).
+    pub fn oci_subject(self) -> Rule {
+        self.action(Action::OciSubject)
+    }
+
     /// Replace the `WWW-Authenticate` realm with `realm`.
     pub fn realm_to(self, realm: &str) -> Rule {
         self.action(Action::RealmTo(realm.to_owned()))
+    }
+
+    /// Add `headers` to the forwarded answer.
+    pub fn add_headers(self, headers: &[(&str, &str)]) -> Rule {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.action(Action::AddHeaders(headers))
     }
 
     /// Sets the action.
@@ -562,7 +590,24 @@ async fn handle(
         return Ok(canned(reply, &record));
     }
 
-    let upstream = match forward(&shared, req, &record).await {
+    if let Some(Action::ReferrersApi) = action {
+        return Ok(referrers_api(&shared, req, &record).await);
+    }
+    let mut subject = None;
+    let req = if let Some(Action::OciSubject) = action {
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        record
+            .request_bytes
+            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        subject = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|m| m["subject"]["digest"].as_str().map(str::to_owned));
+        forward_bytes(&shared, parts, bytes).await
+    } else {
+        forward(&shared, req, &record).await
+    };
+    let upstream = match req {
         Ok(resp) => resp,
         Err(e) => {
             let msg = format!("fault proxy: upstream {} failed: {e}", shared.upstream);
@@ -606,6 +651,23 @@ async fn handle(
             }
         }
         Some(Action::RealmTo(realm)) => rewrite_realm(&mut parts.headers, &realm),
+        Some(Action::AddHeaders(headers)) => {
+            for (name, value) in headers {
+                parts.headers.insert(
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                    HeaderValue::from_str(&value).expect("header value"),
+                );
+            }
+        }
+        Some(Action::ReferrersApi) => {}
+        Some(Action::OciSubject) => {
+            if let (Some(subject), true) = (subject, parts.status.is_success()) {
+                parts.headers.insert(
+                    "oci-subject",
+                    HeaderValue::from_str(&subject).expect("OCI-Subject"),
+                );
+            }
+        }
     }
     *record.status.lock().unwrap() = Some(parts.status.as_u16());
     Ok(Response::from_parts(parts, counted(stream, &record)))
@@ -644,6 +706,76 @@ async fn forward(
         .client
         .request(Request::from_parts(parts, body))
         .await?)
+}
+
+/// Sends a request whose body was already read upstream.
+async fn forward_bytes(
+    shared: &Shared,
+    mut parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Incoming>, BoxError> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("http://{}{path}", shared.upstream).parse()?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(HOST, HeaderValue::from_str(&shared.upstream)?);
+    let body = http_body_util::Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok(shared
+        .client
+        .request(Request::from_parts(parts, body))
+        .await?)
+}
+
+/// Answers `GET /v2/<name>/referrers/<digest>` from the upstream's `sha256-<hex>` tag.
+async fn referrers_api(
+    shared: &Shared,
+    req: Request<Incoming>,
+    record: &Arc<Record>,
+) -> Response<ProxyBody> {
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let re = Regex::new(r"^/v2/(.+)/referrers/([a-z0-9]+):([0-9a-f]+)").expect("regex");
+    let Some(caps) = re.captures(&record.path) else {
+        *record.status.lock().unwrap() = Some(400);
+        return canned(
+            Reply::json_error(400, "DIGEST_INVALID", "bad digest"),
+            record,
+        );
+    };
+    let url = format!(
+        "http://{}/v2/{}/manifests/{}-{}",
+        shared.upstream, &caps[1], &caps[2], &caps[3]
+    );
+    let mut upstream = Request::get(url).header(hyper::header::ACCEPT, INDEX);
+    if let Some(auth) = req.headers().get(hyper::header::AUTHORIZATION) {
+        upstream = upstream.header(hyper::header::AUTHORIZATION, auth.clone());
+    }
+    let empty = http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let answer = match shared.client.request(upstream.body(empty).unwrap()).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            match (status, body) {
+                (StatusCode::OK, Ok(body)) => Reply::status(200).body(body),
+                (StatusCode::NOT_FOUND, _) => Reply::status(200).body(format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[]}}"#
+                )),
+                (status, _) => Reply::status(status.as_u16()),
+            }
+        }
+        Err(e) => Reply::status(502).body(format!("fault proxy: {e}")),
+    }
+    .header("content-type", INDEX);
+    *record.status.lock().unwrap() = Some(answer.status);
+    canned(answer, record)
 }
 
 /// The response for a canned reply.

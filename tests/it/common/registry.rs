@@ -117,6 +117,15 @@ impl Registry {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Replaces the htpasswd user of an htpasswd registry (a password rotation); the
+    /// registry reloads the file when it changes.
+    pub fn rotate_htpasswd(&mut self, creds: Creds) {
+        let path = self.dir.path().join("htpasswd");
+        assert!(path.exists(), "rotate_htpasswd: not an htpasswd registry");
+        write_htpasswd(&path, &creds);
+        self.creds = Some(creds);
+    }
+
     /// Path of the registry's log file.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("registry.log")

@@ -151,6 +151,8 @@ pub struct Service {
     dir: TempDir,
     client: Client,
     args: Vec<String>,
+    /// Environment variables set for the service process only (e.g. `PATH`).
+    env: Vec<(String, String)>,
 }
 
 /// How long start-up may take until `GET /check` answers 200.
@@ -167,7 +169,7 @@ impl Service {
     pub async fn start_with_args(config: &ServiceConfig, args: &[&str]) -> Service {
         // It holds passwords: owner-only, as an operator would keep it.
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        Self::start_with(|logfile| config.to_yaml(logfile), 0o600, args).await
+        Self::start_with(|logfile| config.to_yaml(logfile), 0o600, args, Vec::new()).await
     }
 
     /// Like [`Service::start`] with a hand-written config: `rsyncserver_yaml` is the body
@@ -180,7 +182,23 @@ impl Service {
                 logfile.display()
             )
         };
-        Self::start_with(text, mode, Vec::new()).await
+        Self::start_with(text, mode, Vec::new(), Vec::new()).await
+    }
+
+    /// [`Service::start_raw`] with extra environment variables for the service process
+    /// only (the test process's own environment is left alone).
+    pub async fn start_raw_env(rsyncserver_yaml: &str, env: &[(&str, String)]) -> Service {
+        let text = |logfile: &Path| {
+            format!(
+                "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+                logfile.display()
+            )
+        };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Self::start_with(text, 0o600, Vec::new(), env).await
     }
 
     /// Writes the config made by `config_text(logfile)` with file mode `mode` and starts
@@ -189,6 +207,7 @@ impl Service {
         config_text: impl Fn(&Path) -> String,
         mode: u32,
         args: Vec<String>,
+        env: Vec<(String, String)>,
     ) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("imagersync-service-")
@@ -206,13 +225,14 @@ impl Service {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("http client");
-        let (process, port) = launch(dir.path(), &client, &args).await;
+        let (process, port) = launch(dir.path(), &client, &args, &env).await;
         Service {
             process,
             port,
             dir,
             client,
             args,
+            env,
         }
     }
 
@@ -221,7 +241,23 @@ impl Service {
     /// job database and analysis log, on a new port.
     pub async fn crash_and_restart(&mut self) {
         self.process.kill();
-        let (process, port) = launch(self.dir.path(), &self.client, &self.args).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
+        self.process = process;
+        self.port = port;
+    }
+
+    /// Stops the service (SIGKILL), replaces the body of its `rsyncserver:` section (as
+    /// [`Service::start_raw`] takes it) and starts it again in the same working directory,
+    /// so with the same job database, on a new port.
+    pub async fn restart_raw(&mut self, rsyncserver_yaml: &str) {
+        self.process.kill();
+        let logfile = self.logfile();
+        let text = format!(
+            "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+            logfile.display()
+        );
+        std::fs::write(self.dir.path().join("config.yaml"), text).expect("rewrite config");
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
         self.process = process;
         self.port = port;
     }
@@ -234,7 +270,7 @@ impl Service {
             status.is_some(),
             "start_again: the service is still running"
         );
-        let (process, port) = launch(self.dir.path(), &self.client, &self.args).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
         self.process = process;
         self.port = port;
     }
@@ -392,7 +428,12 @@ pub async fn json_of(resp: Response) -> (StatusCode, Value) {
 
 /// Starts the binary with `dir/config.yaml` in `dir` on a free port (trying other ports
 /// if one is taken meanwhile); returns once `GET /check` is 200.
-async fn launch(dir: &Path, client: &Client, args: &[String]) -> (Owned, u16) {
+async fn launch(
+    dir: &Path,
+    client: &Client,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Owned, u16) {
     let config_path = dir.join("config.yaml");
     let mut failures = String::new();
     for _ in 0..5 {
@@ -403,7 +444,8 @@ async fn launch(dir: &Path, client: &Client, args: &[String]) -> (Owned, u16) {
             .arg("--configFile")
             .arg(&config_path)
             .args(args)
-            .current_dir(dir);
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
         let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
         match wait_ready(client, &mut process, port).await {
