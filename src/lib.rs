@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod jobs;
+pub mod listener_tls;
 pub mod metrics;
 pub mod mirrors;
 pub mod registry;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 
 use crate::access::default_passwords::{is_loopback, DefaultPasswords};
@@ -49,6 +50,9 @@ pub enum ServeError {
     /// A service user has a guessable password and the address is not loopback.
     #[error("config key rsyncserver.auth: {0}")]
     DefaultPassword(String),
+    /// A file of `rsyncserver.tls` cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::listener_tls::TlsError),
     /// Accepting or serving connections failed.
     #[error("server error: {0}")]
     Serve(#[source] io::Error),
@@ -61,7 +65,8 @@ impl ServeError {
             Self::AnalysisLog { .. }
             | Self::Bind { .. }
             | Self::JobStore(_)
-            | Self::DefaultPassword(_) => 2,
+            | Self::DefaultPassword(_)
+            | Self::Tls(_) => 2,
             Self::Serve(_) => 1,
         }
     }
@@ -71,6 +76,10 @@ impl ServeError {
 /// Ctrl-C, then drains as [`serve_listener`] does.
 pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError> {
     refuse_default_passwords(&config, address)?;
+    let tls = match config.rsyncserver.tls.clone() {
+        Some(tls) => Some(crate::listener_tls::start(tls).await?),
+        None => None,
+    };
     let state = app_state(&config)?;
     start_jobs(&state, &config).await;
     let listener = TcpListener::bind(address)
@@ -84,12 +93,14 @@ pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError
         registries = config.rsyncserver.rsyncconfig.auth.len(),
         analysis_log = %state.analysis_log().path().display(),
         jobs_database = %config.rsyncserver.jobs.database.display(),
+        scheme = if tls.is_some() { "https" } else { "http" },
         "imagersync listening"
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = serve_listener(
+    let server = serve_listener_with(
         listener,
         state,
+        tls,
         async {
             let _ = stop_rx.await;
         },
@@ -177,16 +188,43 @@ pub async fn serve_listener(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> io::Result<()> {
+    serve_listener_with(listener, state, None, shutdown, grace).await
+}
+
+/// [`serve_listener`], over TLS when `tls` is given (axum-server's rustls acceptor:
+/// handshakes run in each connection's task, so a slow client does not stall accepts).
+pub async fn serve_listener_with(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<RustlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> io::Result<()> {
     let syncs = state.syncs().clone();
     let jobs = state.jobs().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The peer address goes into every request: failed-login damping counts per address
     // (without it, damping would be off).
     // The graceful stop stops accepting and waits for open connections, without a time
-    // limit: run it as a task so the wait below can bound it.
-    let mut server = tokio::spawn(serve_http1(listener, router(state), async {
-        let _ = stop_rx.await;
-    }));
+    // limit: run it as a task so the wait below can bound it. Plain HTTP goes through our
+    // own HTTP/1 loop (half-closed connections are answered); HTTPS through axum-server.
+    let mut server = match tls {
+        None => tokio::spawn(serve_http1(listener, router(state), async {
+            let _ = stop_rx.await;
+        })),
+        Some(tls) => {
+            let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                let _ = stop_rx.await;
+                // Like axum's: stop accepting, let open connections finish.
+                stopper.graceful_shutdown(None);
+            });
+            let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle);
+            tokio::spawn(server.serve(app))
+        }
+    };
     tokio::select! {
         result = &mut server => return flatten(result),
         () = shutdown => {}

@@ -72,6 +72,24 @@ pub struct ServerConfig {
     /// Repositories kept in step with another, on a schedule and by hand.
     #[serde(default)]
     pub mirrors: Vec<MirrorConfig>,
+    /// Serve HTTPS instead of plain HTTP; absent means plain HTTP (behind a proxy).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `rsyncserver.tls` section: PEM files for HTTPS on the listener.
+///
+/// The files are read at start-up, again when they change (polled) and on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf certificate, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates, PEM: when set, clients must present a certificate they issued.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
@@ -117,6 +135,7 @@ impl Default for ServerConfig {
             rsyncconfig: RsyncConfig::default(),
             jobs: JobsConfig::default(),
             admins: Vec::new(),
+            tls: None,
             mirrors: Vec::new(),
         }
     }

@@ -16,6 +16,7 @@ mod engine;
 mod faults;
 mod faults_more;
 mod jobs;
+mod listener_tls;
 mod load_script;
 mod memory;
 mod metrics;
