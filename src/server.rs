@@ -293,26 +293,74 @@ async fn serve_http1(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(request.map(axum::body::Body::new))
-            },
-        );
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .half_close(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let half_close = asks_to_close(&stream).await;
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .half_close(half_close)
+                .serve_connection(TokioIo::new(stream), service);
             // A client that vanishes mid-request is not the server's error.
-            let _ = connection.await;
+            let _ = watcher.watch(connection).await;
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Whether the connection's first request says it is the last (HTTP/1.0, or
+/// `Connection: close`). Such clients (HTTP/1.0 tools, `nc -N`) may half-close after
+/// sending, so their connection is served with half-close allowed and still gets its
+/// answer. Every other connection keeps hang-up detection: there the end of the client's
+/// stream means the caller is gone, which cancels its queued or running synchronous sync.
+/// TCP cannot tell the two apart, so the request itself decides. The head is only peeked
+/// at (hyper reads it again); a head that is not complete within 5 s or 8 KiB counts as
+/// keep-alive.
+async fn asks_to_close(stream: &tokio::net::TcpStream) -> bool {
+    let mut head = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = 0;
+    loop {
+        let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.peek(&mut head)).await else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        if let Some(end) = head[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            return last_request(&head[..end]);
+        }
+        if n == head.len() {
+            return false;
+        }
+        if n == seen {
+            // Nothing new since the last look: wait a little for the rest of the head.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen = n;
+    }
+}
+
+/// Whether a request head (without its blank line) is HTTP/1.0 without keep-alive, or
+/// carries `Connection: close`.
+fn last_request(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let mut lines = text.split("\r\n");
+    let http10 = lines.next().is_some_and(|l| l.ends_with(" http/1.0"));
+    let connection = lines
+        .filter_map(|l| l.strip_prefix("connection:"))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    connection.contains(&"close") || (http10 && !connection.contains(&"keep-alive"))
 }
 
 fn flatten(result: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
@@ -348,6 +396,29 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_close_is_allowed_only_for_a_last_request() {
+        let cases: [(&[u8], bool); 6] = [
+            (b"GET /check HTTP/1.0\r\nHost: x", true),
+            (b"GET /check HTTP/1.0\r\nConnection: keep-alive", false),
+            (b"POST /v1/image/rsync HTTP/1.1\r\nConnection: close", true),
+            (
+                b"POST /v1/image/rsync HTTP/1.1\r\nconnection: Keep-Alive, Close",
+                true,
+            ),
+            (b"POST /v1/image/rsync HTTP/1.1\r\nHost: x", false),
+            (b"garbage", false),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                last_request(head),
+                want,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
 
     fn state(dir: &std::path::Path) -> AppState {
         let yaml = format!(

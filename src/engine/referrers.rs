@@ -328,6 +328,12 @@ impl CopyJob<'_> {
             .clone()
             .unwrap_or_else(|| manifest.digest.clone());
         let dst_repo = &self.target.repository;
+        // Images of one request run at once, and tags sharing a digest share referrers:
+        // one copies a referrer while the others wait, then find it there.
+        let _turn = self
+            .subject_locks
+            .lock(format!("{}/{dst_repo}:{reference}", self.dst.registry()))
+            .await;
         let at_target = self
             .retry
             .run(self.log, "checking a referrer at the target", || {

@@ -286,7 +286,7 @@ async fn a_sync_crosses_token_expiry_and_ecrs_expired_answer() {
     slow_src.add(
         Rule::on("GET", "/blobs/sha256:")
             .label("slow source blob")
-            .trickle(Duration::from_millis(250), 4 * KIB),
+            .trickle(Duration::from_millis(250), 2 * KIB),
     );
     let expired = front.add(
         Rule::on("PUT", "/manifests/")
@@ -300,9 +300,10 @@ async fn a_sync_crosses_token_expiry_and_ecrs_expired_answer() {
     );
     let helper = CredHelper::install("itecr");
     helper.answer("AWS", "ecr-Pw-76");
-    // Two layers of 16 KiB at 16 KiB/s: the sync runs for about two seconds per layer,
-    // while each token really expires two seconds after issue.
-    let image = Image::random(Format::Oci, &[16 * KIB, 16 * KIB]);
+    // Three layers of 16 KiB at 8 KiB/s, one at a time: the third layer's upload starts
+    // at least four seconds after the first token was issued, and each token really
+    // expires two seconds after issue, however slow the machine.
+    let image = Image::random(Format::Oci, &[16 * KIB, 16 * KIB, 16 * KIB]);
     let pushed = src.push_image("team/app", "v1", &image).await;
     issuer.expire_early(2);
     let yaml = format!(
