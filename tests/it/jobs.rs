@@ -125,6 +125,19 @@ async fn submit(service: &Service, creds: &Creds, body: &Value) -> Value {
     job
 }
 
+/// Waits until jenkins' job `id` holds a sync slot (state `running`).
+async fn wait_running(service: &Service, id: i64) -> Value {
+    wait_for(
+        service,
+        &jenkins(),
+        id,
+        Duration::from_secs(60),
+        "running",
+        |job| job["state"] == json!("running"),
+    )
+    .await
+}
+
 /// Polls job `id` until `done(job)` holds; panics after `limit`.
 async fn wait_for(
     service: &Service,
@@ -463,15 +476,7 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         third["id"].as_i64().unwrap(),
     );
     // Wait on the event the checks need: the first job holds the only slot.
-    wait_for(
-        &s.service,
-        &jenkins(),
-        first,
-        Duration::from_secs(60),
-        "running",
-        |job| job["state"] == json!("running"),
-    )
-    .await;
+    wait_running(&s.service, first).await;
     let (_, waiting) = get(&s.service, &jenkins(), &format!("{JOBS}/{second}")).await;
     assert_eq!(
         waiting["state"],
@@ -803,15 +808,7 @@ async fn a_full_queue_answers_503_and_names_jobs_max_queued() {
     .await;
     // ~6 s in the only slot: the queue checks below happen while it is taken.
     let (slow, first) = s.submit_slowed("v1", &[512 * KIB], 8 * KIB).await;
-    wait_for(
-        &s.service,
-        &jenkins(),
-        first,
-        Duration::from_secs(60),
-        "running",
-        |job| job["state"] == json!("running"),
-    )
-    .await;
+    wait_running(&s.service, first).await;
     let quick = s
         .src
         .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
@@ -998,15 +995,7 @@ async fn queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restar
     })
     .await;
     let (slow, first) = s.submit_slowed("v1", &[512 * KIB], 8 * KIB).await;
-    wait_for(
-        &s.service,
-        &jenkins(),
-        first,
-        Duration::from_secs(60),
-        "running",
-        |job| job["state"] == json!("running"),
-    )
-    .await;
+    wait_running(&s.service, first).await;
     let quick = s
         .src
         .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
