@@ -82,17 +82,18 @@ async fn three_replicas_run_thirty_async_jobs_each_exactly_once_and_share_the_wo
         Service::start(&config)
     );
     let replicas = [a, b, c];
-    let pushed = src
-        .push_image(
-            "team/app",
-            "v1",
-            &Image::random(Format::Oci, &[32 * KIB, 8 * KIB]),
-        )
-        .await;
-    let source = format!("{}/team/app:v1", src.host());
+    // One image per job: the same manifest pushed by two replicas at once into one
+    // repository can fail on distribution 2.8 (DIGEST_INVALID), a registry race this
+    // test is not about (no cross-replica single-flight yet; see doc/design.md).
+    let mut pushed = Vec::new();
+    for n in 0..30 {
+        let image = Image::random(Format::Oci, &[8 * KIB]);
+        pushed.push(src.push_image("team/app", &format!("t{n}"), &image).await);
+    }
     let mut ids = Vec::new();
     for n in 0..30 {
         let replica = &replicas[n % 3];
+        let source = format!("{}/team/app:t{n}", src.host());
         let target = format!("{}/prod/app:t{n}", dst.host());
         ids.push((submit(replica, &source, &target).await, n));
     }
@@ -102,7 +103,7 @@ async fn three_replicas_run_thirty_async_jobs_each_exactly_once_and_share_the_wo
         assert_eq!(job["state"], json!("succeeded"), "t{n}: {job}");
     }
     for n in [0, 13, 29] {
-        skopeo::assert_landed(&dst, &format!("prod/app:t{n}"), &pushed).await;
+        skopeo::assert_landed(&dst, &format!("prod/app:t{n}"), &pushed[n]).await;
     }
 
     // The job rows: every job ended once, by its first attempt, held by one replica.
@@ -132,12 +133,17 @@ async fn three_replicas_run_thirty_async_jobs_each_exactly_once_and_share_the_wo
     assert_eq!(runs.len(), 30, "{runs:?}");
     assert!(runs.values().all(|&n| n == 1), "a job ran twice: {runs:?}");
 
-    // The target registry agrees: one manifest PUT per tag.
-    let put = Regex::new(r#""PUT /v2/prod/app/manifests/(t\d+) "#).unwrap();
+    // The target registry agrees: one manifest PUT per tag (its "response completed"
+    // line per request; the rig's registries log no separate access log).
+    let put = Regex::new(r#"http\.request\.uri="?/v2/prod/app/manifests/(t\d+)[" ]"#).unwrap();
     let log = dst.log();
     let mut puts: BTreeMap<String, usize> = BTreeMap::new();
-    for found in put.captures_iter(&log) {
-        *puts.entry(found[1].to_owned()).or_default() += 1;
+    for line in log.lines().filter(|l| {
+        l.contains("msg=\"response completed\"") && l.contains("http.request.method=PUT")
+    }) {
+        if let Some(found) = put.captures(line) {
+            *puts.entry(found[1].to_owned()).or_default() += 1;
+        }
     }
     assert_eq!(puts.len(), 30, "manifest PUTs per tag: {puts:?}");
     assert!(
