@@ -166,7 +166,7 @@ async fn serve(config_file: &Path, address: SocketAddr, format: LogFormat) -> Ex
     let Some(config) = load_config(config_file) else {
         return ExitCode::from(EXIT_USAGE);
     };
-    match server::serve(config, address).await {
+    match server::serve(config, config_file, address).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("imagersync: {e}");

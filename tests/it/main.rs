@@ -26,6 +26,7 @@ mod packaging;
 mod posture;
 mod referrers;
 mod registry_tls;
+mod reload;
 mod rig;
 mod security;
 mod service_faults;
