@@ -31,4 +31,5 @@ mod rig;
 mod security;
 mod service_faults;
 mod service_more;
+mod soak_script;
 mod sync;
