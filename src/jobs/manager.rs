@@ -276,11 +276,32 @@ impl JobManager {
 
     /// Jobs matching `filter`, newest first, with live progress for unfinished ones.
     pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let wanted = filter.clone();
         let mut jobs = self.blocking(move |store| store.list(&filter)).await?;
         for job in &mut jobs {
             if let Some(live) = self.live(job.id) {
                 *job = live.snapshot();
             }
+        }
+        // A live job's state may differ from the stored one (a running job waiting for a
+        // registry's quota shows as queued without a save): filter by what is shown.
+        if let Some(state) = wanted.state {
+            jobs.retain(|job| job.state == state);
+            let live: Vec<JobRecord> = {
+                let live = self.inner.live.lock().expect("live jobs lock");
+                live.values().map(|job| job.snapshot()).collect()
+            };
+            for job in live {
+                let matches = job.state == state
+                    && wanted.user.as_ref().is_none_or(|u| *u == job.user)
+                    && wanted.since.is_none_or(|t| job.created_at >= t)
+                    && wanted.before_id.is_none_or(|id| job.id < id);
+                if matches && !jobs.iter().any(|j| j.id == job.id) {
+                    jobs.push(job);
+                }
+            }
+            jobs.sort_by(|a, b| b.id.cmp(&a.id));
+            jobs.truncate(wanted.limit);
         }
         Ok(jobs)
     }
