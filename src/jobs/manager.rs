@@ -300,7 +300,7 @@ impl JobManager {
                     jobs.push(job);
                 }
             }
-            jobs.sort_by(|a, b| b.id.cmp(&a.id));
+            jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
             jobs.truncate(wanted.limit);
         }
         Ok(jobs)

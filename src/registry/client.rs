@@ -66,6 +66,10 @@ impl Access<'_> {
     }
 }
 
+/// Told of a pull's quota waits: `Some((wait, why))` before each, `None` once after the
+/// last (see [`RegistryClient::wait_for_pull_quota`]).
+pub type QuotaReport<'a> = dyn Fn(Option<(Duration, &str)>) + Sync + 'a;
+
 /// How to reach a registry.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -263,7 +267,7 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
         max_wait: Option<Duration>,
-        report: &(dyn Fn(Option<(Duration, &str)>) + Sync),
+        report: &QuotaReport<'_>,
     ) -> Result<(), RegistryError> {
         let mut waited = false;
         let outcome = async {
