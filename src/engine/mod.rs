@@ -61,6 +61,10 @@ pub struct SyncContext {
     /// target repositories may hold blobs without a tag, so every blob is checked
     /// before it is sent, new repository or not.
     pub resumed: bool,
+    /// The longest the sync may wait for a registry's rate limit, because its caller waits
+    /// for the answer: a longer wait fails at once as `rate_limited`. `None` (an
+    /// asynchronous job): waits as long as the quota asks (and up to 30 s for a 429).
+    pub max_wait: Option<Duration>,
 }
 
 impl Default for SyncContext {
@@ -69,6 +73,7 @@ impl Default for SyncContext {
             observer: Arc::new(Unobserved),
             cancel: CancellationToken::new(),
             resumed: false,
+            max_wait: None,
         }
     }
 }
@@ -107,6 +112,7 @@ struct RunOptions<'a> {
     referrer_tags: &'a ReferrerTags,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
+    max_wait: Option<Duration>,
 }
 
 /// Why a request could not be turned into image pairs.
@@ -143,7 +149,7 @@ impl Engine {
         let auth_file = config
             .auth_file
             .as_deref()
-            .map(crate::registry::credentials::AuthFile::load);
+            .map(crate::registry::credentials::WatchedAuthFile::open);
         let pool = ClientPool::new(
             &config.auth,
             Timeouts {
@@ -235,6 +241,7 @@ impl Engine {
                     referrer_tags: &referrer_tags,
                     observers: &observers,
                     cancel: &context.cancel,
+                    max_wait: context.max_wait,
                 };
                 let images = self.run(&pairs, &run, &log).await;
                 (images, None)
@@ -263,9 +270,13 @@ impl Engine {
                 Some(FailureKind::NotAllowed),
                 Some(e.to_string()),
             ),
-            Some(e @ PlanError::Registry(_)) => (
+            Some(PlanError::Registry(e)) => (
                 SyncStatus::Failed,
-                Some(FailureKind::Registry),
+                Some(if e.is_rate_limited() {
+                    FailureKind::RateLimited
+                } else {
+                    FailureKind::Registry
+                }),
                 Some(e.to_string()),
             ),
             None if context.cancel.is_cancelled() && failed > 0 => (
@@ -276,12 +287,19 @@ impl Engine {
                     images.len()
                 )),
             ),
-            None => match images.iter().find(|i| i.status == ImageStatus::Failed) {
-                Some(first) => (
-                    SyncStatus::Failed,
-                    Some(FailureKind::Registry),
-                    first.error.clone(),
-                ),
+            // A rate limit is what the caller can act on (wait, or go asynchronous), so
+            // it names the failure even when another image failed first.
+            None => match images
+                .iter()
+                .find(|i| i.status == ImageStatus::Failed && i.rate_limited)
+                .map(|i| (i, FailureKind::RateLimited))
+                .or_else(|| {
+                    images
+                        .iter()
+                        .find(|i| i.status == ImageStatus::Failed)
+                        .map(|i| (i, FailureKind::Registry))
+                }) {
+                Some((first, kind)) => (SyncStatus::Failed, Some(kind), first.error.clone()),
                 None => (SyncStatus::Successfully, None, None),
             },
         };
@@ -462,6 +480,7 @@ impl Engine {
                     retry: RetryPolicy {
                         retries: self.task.retries,
                         observers: options.observers.clone(),
+                        max_wait: options.max_wait,
                     },
                     transfers: &self.transfers,
                     force: options.force,
