@@ -277,7 +277,26 @@ impl SyncObserver for CliProgress {
                     self.line(&format!("retrying at {registry} ({cause})"));
                 }
             }
-            SyncEvent::ReferrerCopied { .. } => {}
+            SyncEvent::RateLimitWait {
+                image,
+                registry,
+                wait,
+                reason,
+                ..
+            } => {
+                let text = format!(
+                    "waiting {} s for {registry}'s rate limit ({reason})",
+                    wait.as_secs()
+                );
+                match image
+                    .and_then(|i| images.get(i))
+                    .and_then(|i| i.bar.as_ref())
+                {
+                    Some(bar) => bar.set_message(text),
+                    None => self.line(&text),
+                }
+            }
+            SyncEvent::RateLimitOver { .. } | SyncEvent::ReferrerCopied { .. } => {}
         }
     }
 }

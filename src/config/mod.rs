@@ -113,6 +113,12 @@ pub struct JobsConfig {
     /// address is refused unless listed here.
     #[serde(default)]
     pub callback_allowed_hosts: Vec<String>,
+    /// The longest a synchronous request waits for a registry's rate limit (Docker Hub's
+    /// pull quota under `task.dockerhub_min_remaining`, a 429's `Retry-After`); a longer
+    /// wait answers 429 `rate_limited` at once. A caller may send `Prefer: wait=N`
+    /// instead. Asynchronous jobs wait as long as the quota asks.
+    #[serde(default = "default_sync_wait")]
+    pub sync_wait_seconds: u64,
 }
 
 impl Default for JobsConfig {
@@ -122,6 +128,7 @@ impl Default for JobsConfig {
             max_queued: default_max_queued(),
             history_days: default_history_days(),
             callback_allowed_hosts: Vec::new(),
+            sync_wait_seconds: default_sync_wait(),
         }
     }
 }
@@ -374,6 +381,10 @@ fn default_max_transfers() -> usize {
 fn default_dockerhub_min_remaining() -> u64 {
     5
 }
+fn default_sync_wait() -> u64 {
+    60
+}
+
 fn default_helper_timeout() -> u64 {
     20
 }

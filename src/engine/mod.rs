@@ -35,7 +35,7 @@ use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
 use crate::config::{RsyncConfig, TaskConfig};
-use crate::registry::credentials::AuthFile;
+use crate::registry::credentials::{AuthFile, WatchedAuthFile};
 use crate::registry::reference::ImageRef;
 use crate::registry::{ClientPool, Resolved, Timeouts};
 
@@ -65,11 +65,7 @@ struct Registries {
 impl Registries {
     /// Built from `config` (its `auth`, `auth_file`, `certs_d`, `allowed_registries`);
     /// timeouts and limits from `task`, the engine's start-up settings.
-    fn build(
-        config: &RsyncConfig,
-        task: &TaskConfig,
-        auth_file: Option<Result<AuthFile, String>>,
-    ) -> Self {
+    fn build(config: &RsyncConfig, task: &TaskConfig, auth_file: Option<WatchedAuthFile>) -> Self {
         for (name, credential) in &config.auth {
             if let Some(why) = crate::registry::transport_of(credential).warning() {
                 tracing::warn!(
@@ -110,6 +106,10 @@ pub struct SyncContext {
     /// target repositories may hold blobs without a tag, so every blob is checked
     /// before it is sent, new repository or not.
     pub resumed: bool,
+    /// The longest the sync may wait for a registry's rate limit, because its caller waits
+    /// for the answer: a longer wait fails at once as `rate_limited`. `None` (an
+    /// asynchronous job): waits as long as the quota asks (and up to 30 s for a 429).
+    pub max_wait: Option<Duration>,
 }
 
 impl Default for SyncContext {
@@ -118,6 +118,7 @@ impl Default for SyncContext {
             observer: Arc::new(Unobserved),
             cancel: CancellationToken::new(),
             resumed: false,
+            max_wait: None,
         }
     }
 }
@@ -157,6 +158,7 @@ struct RunOptions<'a> {
     referrer_tags: &'a ReferrerTags,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
+    max_wait: Option<Duration>,
 }
 
 /// Why a request could not be turned into image pairs.
@@ -182,7 +184,7 @@ impl Engine {
                 tracing::error!("ignoring task.os/task.arch: {e}");
                 None
             });
-        let auth_file = config.auth_file.as_deref().map(AuthFile::load);
+        let auth_file = config.auth_file.as_deref().map(WatchedAuthFile::open);
         Self {
             registries: ArcSwap::from_pointee(Registries::build(config, &config.task, auth_file)),
             task: config.task.clone(),
@@ -199,7 +201,11 @@ impl Engine {
     /// (connections, tokens) start afresh; rate-limit pauses carry over.
     pub fn reload_registries(&self, config: &RsyncConfig, auth_file: Option<AuthFile>) {
         let old = self.registries.load();
-        let mut next = Registries::build(config, &self.task, auth_file.map(Ok));
+        let auth_file = auth_file.map(|file| {
+            let path = file.path().to_owned();
+            WatchedAuthFile::from_loaded(&path, Ok(file))
+        });
+        let mut next = Registries::build(config, &self.task, auth_file);
         next.pool = next.pool.with_limiters_of(&old.pool);
         self.registries.store(Arc::new(next));
     }
@@ -271,6 +277,7 @@ impl Engine {
                     referrer_tags: &referrer_tags,
                     observers: &observers,
                     cancel: &context.cancel,
+                    max_wait: context.max_wait,
                 };
                 let images = self.run(&pairs, &run, &log).await;
                 (images, None)
@@ -299,9 +306,13 @@ impl Engine {
                 Some(FailureKind::NotAllowed),
                 Some(e.to_string()),
             ),
-            Some(e @ PlanError::Registry(_)) => (
+            Some(PlanError::Registry(e)) => (
                 SyncStatus::Failed,
-                Some(FailureKind::Registry),
+                Some(if e.is_rate_limited() {
+                    FailureKind::RateLimited
+                } else {
+                    FailureKind::Registry
+                }),
                 Some(e.to_string()),
             ),
             None if context.cancel.is_cancelled() && failed > 0 => (
@@ -312,12 +323,19 @@ impl Engine {
                     images.len()
                 )),
             ),
-            None => match images.iter().find(|i| i.status == ImageStatus::Failed) {
-                Some(first) => (
-                    SyncStatus::Failed,
-                    Some(FailureKind::Registry),
-                    first.error.clone(),
-                ),
+            // A rate limit is what the caller can act on (wait, or go asynchronous), so
+            // it names the failure even when another image failed first.
+            None => match images
+                .iter()
+                .find(|i| i.status == ImageStatus::Failed && i.rate_limited)
+                .map(|i| (i, FailureKind::RateLimited))
+                .or_else(|| {
+                    images
+                        .iter()
+                        .find(|i| i.status == ImageStatus::Failed)
+                        .map(|i| (i, FailureKind::Registry))
+                }) {
+                Some((first, kind)) => (SyncStatus::Failed, Some(kind), first.error.clone()),
                 None => (SyncStatus::Successfully, None, None),
             },
         };
@@ -501,6 +519,7 @@ impl Engine {
                     retry: RetryPolicy {
                         retries: self.task.retries,
                         observers: options.observers.clone(),
+                        max_wait: options.max_wait,
                     },
                     transfers: &self.transfers,
                     force: options.force,

@@ -105,6 +105,7 @@ impl AppState {
                 // A hand-built config may say 0; one slot at least keeps the service usable.
                 max_running: server.max_concurrent_syncs.max(1),
                 max_queued: server.jobs.max_queued,
+                sync_wait: std::time::Duration::from_secs(server.jobs.sync_wait_seconds),
             },
         );
         let mirrors = Mirrors::new(&server.mirrors, jobs.clone());

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::FutureExt as _;
@@ -94,6 +95,9 @@ pub struct JobLimits {
     pub max_running: usize,
     /// Jobs waiting for a slot at once (synchronous and asynchronous alike).
     pub max_queued: usize,
+    /// The longest a synchronous job waits for a registry's rate limit when its caller
+    /// names no other (`rsyncserver.jobs.sync_wait_seconds`); a longer wait fails at once.
+    pub sync_wait: Duration,
 }
 
 /// Runs and keeps jobs; cheap to clone.
@@ -217,6 +221,10 @@ impl JobManager {
                 return Err(SubmitError::QueueFull);
             }
         }
+        // Only a caller who waits for the answer bounds the rate-limit wait; an
+        // asynchronous job waits for the quota as long as it takes.
+        let max_wait =
+            (!new.asynchronous).then(|| new.max_wait.unwrap_or(self.inner.limits.sync_wait));
         let record = new.into_record(Utc::now());
         let stored = self.blocking(move |store| store.create(record)).await;
         let job = match stored {
@@ -229,7 +237,7 @@ impl JobManager {
             }
         };
         let (done_tx, done) = oneshot::channel();
-        self.spawn(job.clone(), permit, Some(done_tx));
+        self.spawn(job.clone(), permit, Some(done_tx), max_wait);
         Ok(Submitted { job, done })
     }
 
@@ -246,7 +254,8 @@ impl JobManager {
             let saved = job.clone();
             self.blocking(move |store| store.save(&saved)).await?;
             self.inner.queued.fetch_add(1, Ordering::SeqCst);
-            self.spawn(job, None, None);
+            // Nobody waits for a resumed job's answer: no bound on its waits.
+            self.spawn(job, None, None, None);
         }
         Ok(count)
     }
@@ -267,11 +276,32 @@ impl JobManager {
 
     /// Jobs matching `filter`, newest first, with live progress for unfinished ones.
     pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let wanted = filter.clone();
         let mut jobs = self.blocking(move |store| store.list(&filter)).await?;
         for job in &mut jobs {
             if let Some(live) = self.live(job.id) {
                 *job = live.snapshot();
             }
+        }
+        // A live job's state may differ from the stored one (a running job waiting for a
+        // registry's quota shows as queued without a save): filter by what is shown.
+        if let Some(state) = wanted.state {
+            jobs.retain(|job| job.state == state);
+            let live: Vec<JobRecord> = {
+                let live = self.inner.live.lock().expect("live jobs lock");
+                live.values().map(|job| job.snapshot()).collect()
+            };
+            for job in live {
+                let matches = job.state == state
+                    && wanted.user.as_ref().is_none_or(|u| *u == job.user)
+                    && wanted.since.is_none_or(|t| job.created_at >= t)
+                    && wanted.before_id.is_none_or(|id| job.id < id);
+                if matches && !jobs.iter().any(|j| j.id == job.id) {
+                    jobs.push(job);
+                }
+            }
+            jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
+            jobs.truncate(wanted.limit);
         }
         Ok(jobs)
     }
@@ -356,6 +386,7 @@ impl JobManager {
         job: JobRecord,
         permit: Option<OwnedSemaphorePermit>,
         done: Option<oneshot::Sender<JobRecord>>,
+        max_wait: Option<Duration>,
     ) {
         let live = LiveJob::new(job);
         self.inner
@@ -373,7 +404,7 @@ impl JobManager {
         // Its own task: a caller hanging up must not cancel the copy half-way.
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let finished = manager.run(&live, permit).await;
+                let finished = manager.run(&live, permit, max_wait).await;
                 if let Some(job) = finished {
                     if let Some(done) = done {
                         let _ = done.send(job.clone());
@@ -390,6 +421,7 @@ impl JobManager {
         &self,
         live: &Arc<LiveJob>,
         permit: Option<OwnedSemaphorePermit>,
+        max_wait: Option<Duration>,
     ) -> Option<JobRecord> {
         let permit = match permit {
             Some(permit) => permit,
@@ -449,6 +481,7 @@ impl JobManager {
             observer: live.clone(),
             cancel: live.cancel.clone(),
             resumed: job.resumed > 0,
+            max_wait,
         };
         let sync = self.inner.engine.run_request_with(&job.request, &context);
         // A panic in the engine ends this one job as an internal error.
@@ -485,6 +518,8 @@ impl JobManager {
         let result = self.inner.hooks.finished(&live.snapshot(), end);
         live.update(|job| {
             job.state = state;
+            // A wait cut short by a cancel never said it was over.
+            job.waiting = None;
             job.finished_at = Some(Utc::now());
             job.result = Some(result.body);
             job.http_status = Some(result.http_status);

@@ -356,6 +356,7 @@ impl Mirrors {
             }),
             asynchronous: true,
             callback_url: None,
+            max_wait: None,
         };
         let submitted = self
             .inner
