@@ -7,7 +7,10 @@ use axum::Json;
 use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
+use super::events_api::EventsError;
 use crate::engine::{FailureKind, ImageResult, SyncReport, SyncStatus};
+use crate::jobs::SubmitError;
+use crate::mirrors::{EventOutcome, RunError};
 
 /// What a sync-route response reports, reduced to what decides its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,57 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
         Outcome::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Outcome::Unauthenticated => StatusCode::UNAUTHORIZED,
         Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The status of a mirror run that did not start (`POST /v1/mirrors/{name}/run`, and
+/// push events).
+pub fn mirror_run_status(error: &RunError) -> StatusCode {
+    match error {
+        RunError::NotFound(_) => StatusCode::NOT_FOUND,
+        RunError::Running { .. } => StatusCode::CONFLICT,
+        RunError::NoTags(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RunError::Tags { .. } => StatusCode::BAD_GATEWAY,
+        RunError::Submit {
+            source: SubmitError::Store(_),
+            ..
+        } => StatusCode::INTERNAL_SERVER_ERROR,
+        RunError::Submit { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The status of a refused push-event post. A 4xx tells the registry the envelope will
+/// never be taken; a 5xx makes it send the envelope again.
+pub fn events_status(error: &EventsError) -> StatusCode {
+    match error {
+        EventsError::NotListed(_) => StatusCode::FORBIDDEN,
+        EventsError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        EventsError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        EventsError::Body(_) | EventsError::Envelope(_) => StatusCode::BAD_REQUEST,
+        EventsError::Run(run) => mirror_run_status(run),
+    }
+}
+
+/// The answer to an accepted event post: what became of each event.
+#[derive(Debug, Serialize)]
+pub struct EventsAnswer {
+    /// New jobs queued.
+    pub queued: usize,
+    /// Events that joined a job still queued for their tag.
+    pub joined: usize,
+    /// One entry per event and mirror concerned, in envelope order.
+    pub events: Vec<EventOutcome>,
+}
+
+impl EventsAnswer {
+    /// Counts the outcomes.
+    pub fn new(events: Vec<EventOutcome>) -> Self {
+        let count = |r: &str| events.iter().filter(|e| e.result == r).count();
+        Self {
+            queued: count("queued"),
+            joined: count("joined"),
+            events,
+        }
     }
 }
 

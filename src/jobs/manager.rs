@@ -87,6 +87,19 @@ pub struct Submitted {
     pub done: oneshot::Receiver<JobRecord>,
 }
 
+/// What a job waits for before it asks for a sync slot (see [`JobManager::submit_held`]).
+pub type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// How a job gets its sync slot.
+enum Start {
+    /// It has one already (a synchronous caller who found a free slot).
+    Now(OwnedSemaphorePermit),
+    /// It waits in the queue.
+    Queue,
+    /// It waits for the hold, then in the queue.
+    Held(Hold),
+}
+
 /// Limits of the manager, from `rsyncserver`.
 #[derive(Debug, Clone, Copy)]
 pub struct JobLimits {
@@ -193,6 +206,18 @@ impl JobManager {
     /// for the answer (`asynchronous: false`) or not. A synchronous caller that goes away
     /// while its job waits calls [`Self::abandon`].
     pub async fn submit(&self, new: NewJob) -> Result<Submitted, SubmitError> {
+        self.submit_held(new, None).await
+    }
+
+    /// [`Self::submit`] for a job that, before it asks for a sync slot, waits for `hold`
+    /// (it stays `queued` meanwhile, and a cancel or shutdown still ends the wait). A
+    /// mirror's push job waits so for more pushes of its tag and for the mirror's
+    /// previous run to end. After a restart a resumed job no longer waits.
+    pub async fn submit_held(
+        &self,
+        new: NewJob,
+        hold: Option<Hold>,
+    ) -> Result<Submitted, SubmitError> {
         if self.inner.stopping.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -229,6 +254,10 @@ impl JobManager {
             }
         };
         let (done_tx, done) = oneshot::channel();
+        let permit = match hold {
+            Some(hold) => Start::Held(hold),
+            None => permit.map_or(Start::Queue, Start::Now),
+        };
         self.spawn(job.clone(), permit, Some(done_tx));
         Ok(Submitted { job, done })
     }
@@ -246,7 +275,7 @@ impl JobManager {
             let saved = job.clone();
             self.blocking(move |store| store.save(&saved)).await?;
             self.inner.queued.fetch_add(1, Ordering::SeqCst);
-            self.spawn(job, None, None);
+            self.spawn(job, Start::Queue, None);
         }
         Ok(count)
     }
@@ -351,12 +380,7 @@ impl JobManager {
             })?
     }
 
-    fn spawn(
-        &self,
-        job: JobRecord,
-        permit: Option<OwnedSemaphorePermit>,
-        done: Option<oneshot::Sender<JobRecord>>,
-    ) {
+    fn spawn(&self, job: JobRecord, permit: Start, done: Option<oneshot::Sender<JobRecord>>) {
         let live = LiveJob::new(job);
         self.inner
             .live
@@ -386,19 +410,26 @@ impl JobManager {
     }
 
     /// Runs one job to its end; `None` when shutdown came first and it stays queued.
-    async fn run(
-        &self,
-        live: &Arc<LiveJob>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Option<JobRecord> {
-        let permit = match permit {
-            Some(permit) => permit,
-            None => {
+    async fn run(&self, live: &Arc<LiveJob>, start: Start) -> Option<JobRecord> {
+        let permit = match start {
+            Start::Now(permit) => permit,
+            Start::Queue | Start::Held(_) => {
+                let hold = match start {
+                    Start::Held(hold) => Some(hold),
+                    _ => None,
+                };
+                let slots = self.inner.slots.clone();
+                let acquire = async move {
+                    if let Some(hold) = hold {
+                        hold.await;
+                    }
+                    slots.acquire_owned().await
+                };
                 let waited = tokio::select! {
                     biased;
                     _ = live.cancel.cancelled() => Err(true),
                     _ = self.inner.stopping.cancelled() => Err(false),
-                    permit = self.inner.slots.clone().acquire_owned() => Ok(permit.expect("slots never close")),
+                    permit = acquire => Ok(permit.expect("slots never close")),
                 };
                 self.inner.queued.fetch_sub(1, Ordering::SeqCst);
                 match waited {
