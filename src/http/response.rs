@@ -1,5 +1,6 @@
-//! The JSON shapes the API answers with, and [`http_status`]: the one place where an
-//! outcome becomes an HTTP status code.
+//! The JSON shapes the API answers with, and the one place where an outcome or an error
+//! becomes an HTTP status code: [`http_status`] (syncs), [`mirror_run_status`] (mirror
+//! runs) and [`events_status`] (push events).
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
@@ -455,6 +456,48 @@ mod tests {
         for (outcome, code) in cases {
             assert_eq!(http_status(outcome).as_u16(), code, "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn mirror_and_event_errors_map_to_their_statuses() {
+        use crate::mirrors::events::EnvelopeError;
+        let run = |e: RunError| mirror_run_status(&e).as_u16();
+        assert_eq!(run(RunError::NotFound("m".into())), 404);
+        assert_eq!(
+            run(RunError::Running {
+                name: "m".into(),
+                job: 1,
+                state: "running"
+            }),
+            409
+        );
+        assert_eq!(run(RunError::NoTags("m".into())), 422);
+        let tags = || RunError::Tags {
+            name: "m".into(),
+            cause: "x".into(),
+        };
+        assert_eq!(run(tags()), 502);
+        let submit = |source| RunError::Submit {
+            name: "m".into(),
+            source,
+        };
+        assert_eq!(run(submit(SubmitError::QueueFull)), 503);
+        assert_eq!(run(submit(SubmitError::ShuttingDown)), 503);
+        let events = |e: EventsError| events_status(&e).as_u16();
+        assert_eq!(events(EventsError::NotListed("u".into())), 403);
+        assert_eq!(events(EventsError::TooLarge), 413);
+        assert_eq!(events(EventsError::ContentType("text/plain".into())), 415);
+        assert_eq!(events(EventsError::Body("cut".into())), 400);
+        let envelope = EnvelopeError::Shape {
+            format: "f",
+            reason: "r".into(),
+        };
+        assert_eq!(events(EventsError::Envelope(envelope)), 400);
+        assert_eq!(events(EventsError::Run(tags())), 502);
+        assert_eq!(
+            events(EventsError::Run(submit(SubmitError::QueueFull))),
+            503
+        );
     }
 
     #[test]
