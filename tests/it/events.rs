@@ -14,6 +14,7 @@ use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::common::fault_proxy::{FaultProxy, Rule};
 use crate::common::net::free_port;
 use crate::common::service::admin;
 use crate::common::{skopeo, Cases, Creds, Format, Image, Registry, Service};
@@ -28,9 +29,15 @@ fn events_user() -> Creds {
 /// The registry config that sends every event to the service on `port`, as
 /// `events_user`, retrying quickly.
 fn notifying(port: u16) -> String {
+    notifying_to(&format!("127.0.0.1:{port}"), "")
+}
+
+/// The registry config that sends its events to `host` (`host:port`) as `events_user`,
+/// retrying quickly; `extra` is more YAML for the endpoint (indented by six spaces).
+fn notifying_to(host: &str, extra: &str) -> String {
     let basic = base64::engine::general_purpose::STANDARD.encode("events:eventspw");
     format!(
-        "notifications:\n  endpoints:\n    - name: imagersync\n      url: http://127.0.0.1:{port}/v1/events/distribution\n      headers:\n        Authorization: [\"Basic {basic}\"]\n      timeout: 5s\n      threshold: 10\n      backoff: 1s\n"
+        "notifications:\n  endpoints:\n    - name: imagersync\n      url: http://{host}/v1/events/distribution\n      headers:\n        Authorization: [\"Basic {basic}\"]\n      timeout: 5s\n      threshold: 10\n      backoff: 1s\n{extra}"
     )
 }
 
@@ -307,6 +314,62 @@ async fn a_burst_gives_at_most_two_jobs_and_a_resent_envelope_adds_none() {
     assert_eq!(second["events"][0]["result"], "duplicate", "{second}");
     assert_eq!(second["queued"], 0);
     assert_eq!(mirror_jobs(&service, "app").await.len(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_resending_an_accepted_event_adds_no_job() {
+    // The registry's endpoint is a fault proxy in front of the service: the first
+    // delivery reaches the service (which stores the job and answers 200), and the proxy
+    // then closes the connection unanswered, as a lost answer would. The registry sends
+    // the same envelope again. Blob events are not sent (ignoredmediatypes), so the first
+    // delivery is the tagged manifest push.
+    let dst = Registry::start_anonymous().await;
+    let mut failures = String::new();
+    let mut started = None;
+    for _ in 0..5 {
+        let port = free_port();
+        let proxy = FaultProxy::start(&format!("127.0.0.1:{port}")).await;
+        let extra = "      ignoredmediatypes: [application/octet-stream]\n";
+        let src = Registry::start_configured(None, &notifying_to(&proxy.host(), extra)).await;
+        let mirrors = format!(
+            "    - {{name: app, source: {}/team/app, target: {}/team/app, on_push: true}}\n",
+            src.host(),
+            dst.host()
+        );
+        let yaml = config(&[src.host(), dst.host()], &mirrors);
+        match Service::try_start_raw_on(port, &yaml, &debug_env()).await {
+            Ok(service) => {
+                started = Some((proxy, src, service));
+                break;
+            }
+            Err(e) => failures.push_str(&e),
+        }
+    }
+    let Some((proxy, src, service)) = started else {
+        panic!("the service did not start on a port chosen in advance:\n{failures}");
+    };
+    let lost = proxy.add(
+        Rule::on("POST", "^/v1/events/distribution$")
+            .first(1)
+            .drop_response(),
+    );
+    let image = Image::random(Format::Oci, &[4 * KIB]);
+    src.push_image("team/app", "v1", &image).await;
+    wait_for("the resent envelope", Duration::from_secs(60), || async {
+        (log_lines(&service, &["already acted on (a resend)"]) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(lost.fired(), 1, "the first answer was lost");
+    let deliveries = proxy.requests_to("POST", "^/v1/events/distribution$");
+    assert!(deliveries.len() >= 2, "{deliveries:?}");
+    let jobs = settled_jobs(&service, "app", 1).await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "one job for one push, resent or not: {jobs:?}"
+    );
+    assert_eq!(jobs[0]["state"], "succeeded", "{}", jobs[0]);
+    skopeo::assert_digest(&dst, "team/app:v1", &image.digest).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
