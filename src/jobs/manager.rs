@@ -223,8 +223,9 @@ impl JobManager {
         }
         // A free slot is taken at once only by a caller who waits: an asynchronous job
         // always goes through the queue, as before. The semaphore hands freed permits to
-        // waiters first, so this never jumps ahead of a job already queued.
-        let permit = if new.asynchronous {
+        // waiters first, so this never jumps ahead of a job already queued. A held job
+        // always queues: it must not take a slot before its hold ends.
+        let permit = if new.asynchronous || hold.is_some() {
             None
         } else {
             self.inner.slots.clone().try_acquire_owned().ok()
@@ -254,11 +255,11 @@ impl JobManager {
             }
         };
         let (done_tx, done) = oneshot::channel();
-        let permit = match hold {
+        let start = match hold {
             Some(hold) => Start::Held(hold),
             None => permit.map_or(Start::Queue, Start::Now),
         };
-        self.spawn(job.clone(), permit, Some(done_tx));
+        self.spawn(job.clone(), start, Some(done_tx));
         Ok(Submitted { job, done })
     }
 
@@ -380,7 +381,7 @@ impl JobManager {
             })?
     }
 
-    fn spawn(&self, job: JobRecord, permit: Start, done: Option<oneshot::Sender<JobRecord>>) {
+    fn spawn(&self, job: JobRecord, start: Start, done: Option<oneshot::Sender<JobRecord>>) {
         let live = LiveJob::new(job);
         self.inner
             .live
@@ -397,7 +398,7 @@ impl JobManager {
         // Its own task: a caller hanging up must not cancel the copy half-way.
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let finished = manager.run(&live, permit).await;
+                let finished = manager.run(&live, start).await;
                 if let Some(job) = finished {
                     if let Some(done) = done {
                         let _ = done.send(job.clone());
