@@ -31,6 +31,7 @@ struct Inner {
     users: UserTable,
     scopes: Scopes,
     admins: BTreeSet<String>,
+    event_users: BTreeSet<String>,
     login_damping: LoginDamping,
     tools: BTreeMap<String, String>,
     recorder: Recorder,
@@ -84,7 +85,11 @@ impl AppState {
                 sync_wait: std::time::Duration::from_secs(server.jobs.sync_wait_seconds),
             },
         );
-        let mirrors = Mirrors::new(&server.mirrors, jobs.clone());
+        let mirrors = Mirrors::new(
+            &server.mirrors,
+            jobs.clone(),
+            server.events.settle_duration(),
+        );
         Self {
             inner: Arc::new(Inner {
                 mirrors,
@@ -92,6 +97,7 @@ impl AppState {
                 users: UserTable::new(&server.auth),
                 scopes: Scopes::new(&server.scopes),
                 admins: server.admins.iter().cloned().collect(),
+                event_users: server.events.users.iter().cloned().collect(),
                 login_damping: LoginDamping::new(&server.login_damping),
                 tools: config.config.tools.clone(),
                 recorder,
@@ -142,6 +148,11 @@ impl AppState {
     /// Whether `user` sees and cancels every user's jobs.
     pub fn is_admin(&self, user: &str) -> bool {
         self.inner.admins.contains(user)
+    }
+
+    /// Whether `user` may post push events (`rsyncserver.events.users`).
+    pub fn may_post_events(&self, user: &str) -> bool {
+        self.inner.event_users.contains(user)
     }
 
     /// Failed-login tallies per client address.
