@@ -70,6 +70,7 @@ impl ConfigChanges {
             ),
             ("rsyncserver.jobs", o.jobs != n.jobs),
             ("rsyncserver.mirrors", o.mirrors != n.mirrors),
+            ("rsyncserver.events", o.events != n.events),
             ("rsyncserver.tls", o.tls != n.tls),
             (
                 "rsyncserver.rsyncconfig.task",

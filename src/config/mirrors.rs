@@ -23,8 +23,8 @@ pub struct MirrorConfig {
     /// Run on this cron schedule (5 fields, or 6 with seconds first); excludes `every`.
     #[serde(default)]
     pub cron: Option<String>,
-    /// Run for pushes to the source announced at the events endpoints (accepted and
-    /// shown; push events are not received yet).
+    /// Run for pushes to the source announced at the events endpoints
+    /// (`POST /v1/events/distribution`, `POST /v1/events/harbor`): one job per pushed tag.
     #[serde(default)]
     pub on_push: bool,
     /// Which of the source's tags to copy.

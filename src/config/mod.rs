@@ -71,9 +71,12 @@ pub struct ServerConfig {
     /// see and start mirrors.
     #[serde(default)]
     pub admins: Vec<String>,
-    /// Repositories kept in step with another, on a schedule and by hand.
+    /// Repositories kept in step with another, on a schedule, by hand and on pushes.
     #[serde(default)]
     pub mirrors: Vec<MirrorConfig>,
+    /// Who may post push events (`POST /v1/events/...`) and how pushes are grouped.
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Serve HTTPS instead of plain HTTP; absent means plain HTTP (behind a proxy).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -92,6 +95,41 @@ pub struct TlsConfig {
     /// CA certificates, PEM: when set, clients must present a certificate they issued.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// The `rsyncserver.events` section: the push-event endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Service users (of `rsyncserver.auth`) a registry may post events as; any other
+    /// user gets 403. Empty: nobody may.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// How long a push job waits for more pushes of the same tag before it starts
+    /// (`2s`): a burst of pushes becomes one copy.
+    #[serde(default = "default_events_settle")]
+    pub settle: String,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            users: Vec::new(),
+            settle: default_events_settle(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The parsed `settle`; config loading checked it, so a bad value means a
+    /// hand-built config and falls back to the default.
+    pub fn settle_duration(&self) -> std::time::Duration {
+        humantime::parse_duration(self.settle.trim()).unwrap_or(std::time::Duration::from_secs(2))
+    }
+}
+
+fn default_events_settle() -> String {
+    "2s".into()
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
@@ -146,6 +184,7 @@ impl Default for ServerConfig {
             admins: Vec::new(),
             tls: None,
             mirrors: Vec::new(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -570,6 +609,32 @@ impl Config {
             ));
         }
         mirrors::check_mirrors(&server.mirrors)?;
+        for (i, user) in server.events.users.iter().enumerate() {
+            if !server.auth.contains_key(user) {
+                return Err((
+                    format!("rsyncserver.events.users[{i}]"),
+                    format!("{user:?} is not a user of rsyncserver.auth"),
+                ));
+            }
+        }
+        match humantime::parse_duration(server.events.settle.trim()) {
+            Ok(d) if d <= std::time::Duration::from_secs(600) => {}
+            Ok(_) => {
+                return Err((
+                    "rsyncserver.events.settle".into(),
+                    "longer than 10m: pushes would wait too long".into(),
+                ))
+            }
+            Err(e) => {
+                return Err((
+                    "rsyncserver.events.settle".into(),
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. 2s",
+                        server.events.settle
+                    ),
+                ))
+            }
+        }
         if server.logfile.as_os_str().is_empty() {
             return Err((
                 "rsyncserver.logfile".into(),
@@ -915,6 +980,18 @@ rsyncserver:
             (
                 "rsyncserver: {auth: {a: b}, admins: [root]}",
                 "rsyncserver.admins",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, events: {users: [a, registry]}}",
+                "rsyncserver.events.users[1]",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, events: {users: [a], settle: soon}}",
+                "rsyncserver.events.settle",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, events: {settle: 1h}}",
+                "rsyncserver.events.settle",
             ),
             (
                 "rsyncserver: {auth: {a: b}, jobs: {history_days: 0}}",

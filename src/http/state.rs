@@ -31,6 +31,8 @@ struct Inner {
     jobs: JobManager,
     /// Swapped whole on reload; a request loads it once.
     access: ArcSwap<ServiceAccess>,
+    /// `rsyncserver.events.users`: read at start-up only.
+    event_users: BTreeSet<String>,
     login_damping: LoginDamping,
     tools: BTreeMap<String, String>,
     recorder: Recorder,
@@ -108,12 +110,17 @@ impl AppState {
                 sync_wait: std::time::Duration::from_secs(server.jobs.sync_wait_seconds),
             },
         );
-        let mirrors = Mirrors::new(&server.mirrors, jobs.clone());
+        let mirrors = Mirrors::new(
+            &server.mirrors,
+            jobs.clone(),
+            server.events.settle_duration(),
+        );
         Self {
             inner: Arc::new(Inner {
                 mirrors,
                 jobs,
                 access: ArcSwap::from_pointee(ServiceAccess::new(config)),
+                event_users: server.events.users.iter().cloned().collect(),
                 login_damping: LoginDamping::new(&server.login_damping),
                 tools: config.config.tools.clone(),
                 recorder,
@@ -167,6 +174,11 @@ impl AppState {
     /// Whether `user` sees and cancels every user's jobs.
     pub fn is_admin(&self, user: &str) -> bool {
         self.inner.access.load().admins.contains(user)
+    }
+
+    /// Whether `user` may post push events (`rsyncserver.events.users`).
+    pub fn may_post_events(&self, user: &str) -> bool {
+        self.inner.event_users.contains(user)
     }
 
     /// Failed-login tallies per client address.

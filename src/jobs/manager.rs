@@ -88,6 +88,19 @@ pub struct Submitted {
     pub done: oneshot::Receiver<JobRecord>,
 }
 
+/// What a job waits for before it asks for a sync slot (see [`JobManager::submit_held`]).
+pub type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// How a job gets its sync slot.
+enum Start {
+    /// It has one already (a synchronous caller who found a free slot).
+    Now(OwnedSemaphorePermit),
+    /// It waits in the queue.
+    Queue,
+    /// It waits for the hold, then in the queue.
+    Held(Hold),
+}
+
 /// Limits of the manager, from `rsyncserver`.
 #[derive(Debug, Clone, Copy)]
 pub struct JobLimits {
@@ -197,13 +210,26 @@ impl JobManager {
     /// for the answer (`asynchronous: false`) or not. A synchronous caller that goes away
     /// while its job waits calls [`Self::abandon`].
     pub async fn submit(&self, new: NewJob) -> Result<Submitted, SubmitError> {
+        self.submit_held(new, None).await
+    }
+
+    /// [`Self::submit`] for a job that, before it asks for a sync slot, waits for `hold`
+    /// (it stays `queued` meanwhile, and a cancel or shutdown still ends the wait). A
+    /// mirror's push job waits so for more pushes of its tag and for the mirror's
+    /// previous run to end. After a restart a resumed job no longer waits.
+    pub async fn submit_held(
+        &self,
+        new: NewJob,
+        hold: Option<Hold>,
+    ) -> Result<Submitted, SubmitError> {
         if self.inner.stopping.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
         // A free slot is taken at once only by a caller who waits: an asynchronous job
         // always goes through the queue, as before. The semaphore hands freed permits to
-        // waiters first, so this never jumps ahead of a job already queued.
-        let permit = if new.asynchronous {
+        // waiters first, so this never jumps ahead of a job already queued. A held job
+        // always queues: it must not take a slot before its hold ends.
+        let permit = if new.asynchronous || hold.is_some() {
             None
         } else {
             self.inner.slots.clone().try_acquire_owned().ok()
@@ -237,7 +263,11 @@ impl JobManager {
             }
         };
         let (done_tx, done) = oneshot::channel();
-        self.spawn(job.clone(), permit, Some(done_tx), max_wait);
+        let start = match hold {
+            Some(hold) => Start::Held(hold),
+            None => permit.map_or(Start::Queue, Start::Now),
+        };
+        self.spawn(job.clone(), start, Some(done_tx), max_wait);
         Ok(Submitted { job, done })
     }
 
@@ -255,7 +285,7 @@ impl JobManager {
             self.blocking(move |store| store.save(&saved)).await?;
             self.inner.queued.fetch_add(1, Ordering::SeqCst);
             // Nobody waits for a resumed job's answer: no bound on its waits.
-            self.spawn(job, None, None, None);
+            self.spawn(job, Start::Queue, None, None);
         }
         Ok(count)
     }
@@ -384,7 +414,7 @@ impl JobManager {
     fn spawn(
         &self,
         job: JobRecord,
-        permit: Option<OwnedSemaphorePermit>,
+        start: Start,
         done: Option<oneshot::Sender<JobRecord>>,
         max_wait: Option<Duration>,
     ) {
@@ -404,7 +434,7 @@ impl JobManager {
         // Its own task: a caller hanging up must not cancel the copy half-way.
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let finished = manager.run(&live, permit, max_wait).await;
+                let finished = manager.run(&live, start, max_wait).await;
                 if let Some(job) = finished {
                     if let Some(done) = done {
                         let _ = done.send(job.clone());
@@ -420,17 +450,28 @@ impl JobManager {
     async fn run(
         &self,
         live: &Arc<LiveJob>,
-        permit: Option<OwnedSemaphorePermit>,
+        start: Start,
         max_wait: Option<Duration>,
     ) -> Option<JobRecord> {
-        let permit = match permit {
-            Some(permit) => permit,
-            None => {
+        let permit = match start {
+            Start::Now(permit) => permit,
+            Start::Queue | Start::Held(_) => {
+                let hold = match start {
+                    Start::Held(hold) => Some(hold),
+                    _ => None,
+                };
+                let slots = self.inner.slots.clone();
+                let acquire = async move {
+                    if let Some(hold) = hold {
+                        hold.await;
+                    }
+                    slots.acquire_owned().await
+                };
                 let waited = tokio::select! {
                     biased;
                     _ = live.cancel.cancelled() => Err(true),
                     _ = self.inner.stopping.cancelled() => Err(false),
-                    permit = self.inner.slots.clone().acquire_owned() => Ok(permit.expect("slots never close")),
+                    permit = acquire => Ok(permit.expect("slots never close")),
                 };
                 self.inner.queued.fetch_sub(1, Ordering::SeqCst);
                 match waited {

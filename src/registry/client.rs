@@ -1172,7 +1172,7 @@ fn http_client(
         .connect_timeout(endpoint.timeouts.connect)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")));
+        .user_agent(crate::registry::USER_AGENT);
     if let Some(limit) = read_timeout {
         builder = builder.read_timeout(limit);
     }

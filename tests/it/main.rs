@@ -13,6 +13,7 @@ mod cli;
 mod credentials;
 mod dashboard;
 mod engine;
+mod events;
 mod faults;
 mod faults_more;
 mod jobs;
