@@ -13,14 +13,16 @@ use crate::secret::Secret;
 
 pub mod cert_dir;
 pub mod checks;
+pub mod diff;
 pub mod mirrors;
 pub mod names;
 
 pub use cert_dir::{read_cert_dir, CertDir, ClientPair};
+pub use diff::ConfigChanges;
 pub use mirrors::{MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Site settings shown on `GET /`.
@@ -31,7 +33,7 @@ pub struct Config {
 }
 
 /// Settings shown on the home page.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// Named links (name → URL) listed on `GET /`.
@@ -40,7 +42,7 @@ pub struct SiteConfig {
 }
 
 /// The `rsyncserver` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Analysis log: one JSON line per sync is appended here.
@@ -83,7 +85,7 @@ pub struct ServerConfig {
 /// The `rsyncserver.tls` section: PEM files for HTTPS on the listener.
 ///
 /// The files are read at start-up, again when they change (polled) and on SIGHUP.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The server certificate chain, PEM, leaf first.
@@ -96,7 +98,7 @@ pub struct TlsConfig {
 }
 
 /// The `rsyncserver.events` section: the push-event endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// Service users (of `rsyncserver.auth`) a registry may post events as; any other
@@ -131,7 +133,7 @@ fn default_events_settle() -> String {
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     /// SQLite database file holding every job; relative to the working directory, its
@@ -189,7 +191,7 @@ impl Default for ServerConfig {
 
 /// One user's entry in `rsyncserver.scopes`: `registry[/repository path]` prefixes,
 /// matched on whole path components. A side that is left out is not restricted.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserScopeConfig {
     /// Prefixes the user may sync from; absent: any source.
@@ -201,7 +203,7 @@ pub struct UserScopeConfig {
 }
 
 /// The `rsyncserver.login_damping` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginDampingConfig {
     /// Failed logins from one client address within the window after which that address
@@ -223,7 +225,7 @@ impl Default for LoginDampingConfig {
 }
 
 /// The `rsyncserver.rsyncconfig` section: what the engine needs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RsyncConfig {
     /// Registry credentials; the key names are free, only their values matter.
@@ -251,7 +253,7 @@ pub struct RsyncConfig {
 }
 
 /// One registry credential, matched by the longest `registry` or `registry/namespace` prefix.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryCredential {
     /// `host[:port]` or `host[:port]/namespace` this entry applies to.
@@ -320,7 +322,7 @@ impl RegistryCredential {
 }
 
 /// The `task` settings of the engine.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     /// Blob transfers run at once within one sync.

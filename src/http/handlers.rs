@@ -74,7 +74,7 @@ pub async fn rsync(
         }
     };
     // Scopes before anything else: a refused request contacts no registry.
-    if let Err(message) = state.scopes().check(&username, &request.request) {
+    if let Err(message) = state.access().scopes.check(&username, &request.request) {
         tracing::warn!(user = %username, refusal = ?message, "sync refused by scope");
         let outcome = Outcome::Sync {
             status: SyncStatus::Unusual,

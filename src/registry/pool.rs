@@ -48,8 +48,9 @@ pub struct ClientPool {
     /// Docker `certs.d` folder: `<host[:port]>/` folders of certificates.
     certs_d: Option<std::path::PathBuf>,
     clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
-    /// One 429 pause per registry host, whatever the credential.
-    limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
+    /// One 429 pause per registry host, whatever the credential; shared with the pool
+    /// a reload replaces this one with, so a pause outlives the reload.
+    limiters: Arc<Mutex<HashMap<String, Arc<RateLimiter>>>>,
 }
 
 impl ClientPool {
@@ -74,8 +75,15 @@ impl ClientPool {
             timeouts,
             certs_d: None,
             clients: Mutex::new(HashMap::new()),
-            limiters: Mutex::new(HashMap::new()),
+            limiters: Arc::default(),
         }
+    }
+
+    /// Shares `other`'s rate-limit pauses (a 429's `Retry-After`, Docker Hub's pull
+    /// floor): a pool built on reload must not forget that a registry asked to wait.
+    pub fn with_limiters_of(mut self, other: &ClientPool) -> Self {
+        self.limiters = other.limiters.clone();
+        self
     }
 
     /// Uses `file` for registries no entry gives a login for.

@@ -318,6 +318,46 @@ impl Service {
         self.port = port;
     }
 
+    /// Rewrites the config file in place (as an operator edits it), the body of its
+    /// `rsyncserver:` section as [`Service::start_raw`] takes it; the running service
+    /// reads it on [`Service::hangup`].
+    pub fn rewrite_raw(&self, rsyncserver_yaml: &str) {
+        let text = format!(
+            "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+            self.logfile().display()
+        );
+        std::fs::write(self.dir.path().join("config.yaml"), text).expect("rewrite config");
+    }
+
+    /// Sends SIGHUP, as `systemctl reload` does: "re-read the config".
+    pub fn hangup(&self) {
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "kill -HUP: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits until stdout holds `count` lines containing `needle` (the event, not a
+    /// sleep); returns the last such line. Panics after `limit` with the output, or at
+    /// once if the process exited.
+    pub async fn wait_stdout(&mut self, needle: &str, count: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.stdout();
+            let lines: Vec<&str> = out.lines().filter(|l| l.contains(needle)).collect();
+            if lines.len() >= count {
+                return lines[count - 1].to_owned();
+            }
+            if let Some(status) = self.process.exited() {
+                panic!("service exited with {status} while waiting for {needle:?}:\n{out}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {count} lines with {needle:?} on stdout after {limit:?}:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts the service again after it exited on its own (a graceful stop), with the
     /// same config and working directory, on a new port.
     pub async fn start_again(&mut self) {
