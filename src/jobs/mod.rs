@@ -17,7 +17,7 @@ pub mod tracker;
 pub mod webhook;
 
 pub use manager::{
-    CancelError, JobEnd, JobHooks, JobLimits, JobManager, JobResult, SubmitError, Submitted,
+    CancelError, Hold, JobEnd, JobHooks, JobLimits, JobManager, JobResult, SubmitError, Submitted,
 };
 pub use model::{JobFilter, JobProgress, JobRecord, JobState, NewJob, Trigger};
 pub use postgres::PostgresStore;

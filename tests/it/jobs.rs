@@ -1078,6 +1078,7 @@ fn new_job(n: usize) -> imagersync::jobs::JobRecord {
         rsync_config: json!({"source": format!("r/a:v{n}"), "target": format!("r/b:v{n}")}),
         asynchronous: true,
         callback_url: None,
+        max_wait: None,
     }
     .into_record(chrono::Utc::now())
 }
