@@ -7,7 +7,7 @@
 #
 # Environment:
 #   RUNS              runs per tool and scenario (default 3; 1 with --quick)
-#   SCENARIOS         which scenarios to run (default "big many multi noop fanin huge")
+#   SCENARIOS         which scenarios to run (default "big many multi noop fanin huge mirror")
 #   PROC_NUM          the service's task.proc_num (default 6 = skopeo's parallel blob copies)
 #   IMAGERSYNC_BIN    use this service binary instead of building the release one
 #   CARGO_TARGET_DIR  where the release build goes (default target/)
@@ -26,7 +26,7 @@ quick_flag "$@"
 
 if $QUICK; then RUNS="${RUNS:-1}"; else RUNS="${RUNS:-3}"; fi
 PROC_NUM="${PROC_NUM:-6}"
-ALL_SCENARIOS="big many multi noop fanin huge"
+ALL_SCENARIOS="big many multi noop fanin huge mirror"
 SCENARIOS="${SCENARIOS:-$ALL_SCENARIOS}"
 for s in $SCENARIOS; do
     case " $ALL_SCENARIOS " in *" $s "*) ;; *)
@@ -47,13 +47,17 @@ if $QUICK; then
     MULTI_PLATFORMS=4 MULTI_LAYERS=3 MULTI_SIZE=$((256 * KIB))
     FANIN_IMAGES=8 FANIN_LAYERS=2 FANIN_SIZE=$((256 * KIB))
     HUGE_SIZE=$((8 * MIB))
+    MIRROR_TAGS=12
 else
     BIG_LAYERS=8 BIG_SIZE=$((128 * MIB))
     MANY_LAYERS=200 MANY_SIZE=$((256 * KIB))
     MULTI_PLATFORMS=4 MULTI_LAYERS=3 MULTI_SIZE=$((32 * MIB))
     FANIN_IMAGES=8 FANIN_LAYERS=2 FANIN_SIZE=$((32 * MIB))
     HUGE_SIZE=$((1024 * MIB))
+    MIRROR_TAGS=300
 fi
+# mirror: every tag shares one base layer and has its own small layer and config.
+MIRROR_BASE=$((1 * MIB)) MIRROR_OWN=$((16 * KIB))
 
 log() { printf '[%4ds] %s\n' "$SECONDS" "$*" >&2; }
 die() {
@@ -382,6 +386,63 @@ for name in "${IMAGES[@]}"; do
     BYTES[$name]="$(awk '{s += $2} END {print s}' "$WORK/images/$name.blobs")"
     NBLOBS[$name]="$(wc -l <"$WORK/images/$name.blobs")"
 done
+if wants mirror; then
+    log "pushing bench/mirror: $MIRROR_TAGS tags over the distribution API"
+    python3 - "$SRC_HOST" "$MIRROR_TAGS" "$MIRROR_BASE" "$MIRROR_OWN" >"$WORK/mirror.digests" <<'PY' ||
+# Pushes bench/mirror:t000.. to the source: deterministic tar layers (SHA-256 counter
+# bytes), a shared base layer, each tag its own layer and config. Prints "tag digest".
+import concurrent.futures, hashlib, io, json, sys, tarfile, urllib.request
+host, tags, base_size, own_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+repo = f"http://{host}/v2/bench/mirror"
+
+def layer(seed, size):
+    n = size - 1536
+    data = b"".join(hashlib.sha256(f"{seed}/{i}".encode()).digest() for i in range(n // 32 + 1))[:n]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        info = tarfile.TarInfo(seed + ".bin"); info.size, info.mtime = n, 0
+        t.addfile(info, io.BytesIO(data))
+    out = buf.getvalue()[:size]
+    return out + b"\0" * (size - len(out))
+
+def put_blob(data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    req = urllib.request.Request(f"{repo}/blobs/uploads/", method="POST", data=b"")
+    loc = urllib.request.urlopen(req).headers["Location"]
+    if loc.startswith("/"):
+        loc = f"http://{host}{loc}"
+    sep = "&" if "?" in loc else "?"
+    req = urllib.request.Request(f"{loc}{sep}digest={digest}", method="PUT", data=data,
+                                 headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(req).read()
+    return {"digest": digest, "size": len(data)}
+
+base = {"mediaType": "application/vnd.oci.image.layer.v1.tar", **put_blob(layer("mirror/base", base_size))}
+
+def push(i):
+    tag = f"t{i:03d}"
+    own = {"mediaType": "application/vnd.oci.image.layer.v1.tar", **put_blob(layer(f"mirror/{tag}", own_size))}
+    config = json.dumps({"architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+                         "config": {"Labels": {"org.imagersync.bench": tag}},
+                         "rootfs": {"type": "layers", "diff_ids": [base["digest"], own["digest"]]}},
+                        sort_keys=True, separators=(",", ":")).encode()
+    c = put_blob(config)
+    m = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **c},
+                    "layers": [base, own]}, separators=(",", ":")).encode()
+    req = urllib.request.Request(f"{repo}/manifests/{tag}", method="PUT", data=m,
+                                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    urllib.request.urlopen(req).read()
+    return tag, "sha256:" + hashlib.sha256(m).hexdigest()
+
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    for tag, digest in pool.map(push, range(tags)):
+        print(tag, digest)
+PY
+        die "pushing bench/mirror failed"
+    # Distinct blobs: the base layer, then per tag one layer and one config.
+    BYTES[mirror]=$((MIRROR_BASE + MIRROR_TAGS * MIRROR_OWN))
+fi
 echo "Image digests (identical on every run):"
 echo
 for name in "${IMAGES[@]}"; do
@@ -606,6 +667,55 @@ run_floor() {
         "" "" "" "$(ticks_s "$reg0" "$reg1")"
 }
 
+# check_mirror: every tag of bench/mirror is at the target with the source's digest.
+check_mirror() {
+    python3 - "$DST_HOST" "$WORK/mirror.digests" <<'PY' || die "bench/mirror did not land at the target correctly"
+import concurrent.futures, sys, urllib.request
+host, want = sys.argv[1], dict(l.split() for l in open(sys.argv[2]))
+def digest(tag):
+    req = urllib.request.Request(f"http://{host}/v2/bench/mirror/manifests/{tag}", method="HEAD",
+                                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    return tag, urllib.request.urlopen(req).headers["Docker-Content-Digest"]
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    bad = [t for t, d in pool.map(digest, want) if d != want[t]]
+sys.exit(f"wrong digests at the target: {bad[:5]}" if bad else 0)
+PY
+}
+
+# run_mirror_imagersync SCENARIO RUN EXPECTED_STATUS: one POST of the rule without a tag.
+run_mirror_imagersync() {
+    local scenario="$1" run="$2" expect="$3" out ticks0 ticks1 rss0 reg0 reg1
+    prepare_service
+    rss0="$(svc_rss)"
+    reg0="$(reg_ticks)"
+    ticks0="$(svc_ticks)"
+    out="$(curl -sS -o "$WORK/resp-mirror.json" -w '%{http_code} %{time_total}' --max-time 3600 \
+        -u "$SVC_USER:$SVC_PASS" -H 'Content-Type: application/json' \
+        -X POST "http://127.0.0.1:$SVC_PORT/v1/image/rsync" \
+        -d "{\"rsync_config\":{\"source\":\"$SRC_HOST/bench/mirror\",\"target\":\"$DST_HOST/bench/mirror\"}}")" ||
+        die "curl to the service failed for bench/mirror"
+    ticks1="$(svc_ticks)"
+    reg1="$(reg_ticks)"
+    check_response "$WORK/resp-mirror.json" "${out%% *}" "$expect"
+    check_mirror
+    record "$scenario" imagersync "$run" "${out##* }" "$(ticks_s "$ticks0" "$ticks1")" \
+        "$(svc_hwm)" "$rss0" "$(ticks_s "$reg0" "$reg1")"
+}
+
+# run_mirror_skopeo SCENARIO RUN: skopeo sync of the repository (every tag).
+run_mirror_skopeo() {
+    local reg0 reg1
+    reg0="$(reg_ticks)"
+    timed_skopeo "$WORK/skopeo-mirror" sync --src docker --dest docker --all --preserve-digests \
+        --src-tls-verify=false --dest-tls-verify=false \
+        "$SRC_HOST/bench/mirror" "$DST_HOST/bench" || die "skopeo sync failed"
+    reg1="$(reg_ticks)"
+    check_mirror
+    record "$1" skopeo "$2" "$(cut -d' ' -f1 "$WORK/skopeo-mirror")" \
+        "$(awk '{printf "%.2f", $2 + $3}' "$WORK/skopeo-mirror")" \
+        "$(awk '{print $4}' "$WORK/skopeo-mirror")" "" "$(ticks_s "$reg0" "$reg1")"
+}
+
 # ---------------------------------------------------------------------------------------
 # Scenarios
 declare -A DESC SCEN_BYTES
@@ -617,6 +727,10 @@ DESC[multi]="an OCI index of $MULTI_PLATFORMS platforms, $MULTI_LAYERS layers x 
 DESC[noop]="the big image again when the target already has it"
 DESC[fanin]="$FANIN_IMAGES different images of $FANIN_LAYERS layers x $(human "$FANIN_SIZE"), requested at once"
 DESC[huge]="one image with a single layer of $(human "$HUGE_SIZE")"
+DESC[mirror]="one repository of $MIRROR_TAGS tags (a $(human "$MIRROR_BASE") base layer shared by all, each its own $(human "$MIRROR_OWN") layer and config), a rule without a tag against skopeo sync"
+DESC[mirror-noop]="the mirror scenario again when the target already holds every tag"
+SCEN_BYTES[mirror]="${BYTES[mirror]:-0}"
+SCEN_BYTES[mirror-noop]=0
 SCEN_BYTES[big]="${BYTES[big]:-0}"
 SCEN_BYTES[many]="${BYTES[many]:-0}"
 SCEN_BYTES[multi]="${BYTES[multi]:-0}"
@@ -684,6 +798,26 @@ if wants multi; then copy_scenario multi yes multi; fi
 if wants noop; then noop_scenario; fi
 if wants fanin; then copy_scenario fanin no "${FANIN_NAMES[@]}"; fi
 if wants huge; then copy_scenario huge no huge; fi
+if wants mirror; then
+    log "scenario mirror: ${DESC[mirror]}; then mirror-noop"
+    for run in $(seq 1 "$RUNS"); do
+        if [ $((run % 2)) -eq 1 ]; then
+            reset_target; restart_service
+            run_mirror_imagersync mirror "$run" synced
+            run_mirror_imagersync mirror-noop "$run" already_synced
+            reset_target
+            run_mirror_skopeo mirror "$run"
+            run_mirror_skopeo mirror-noop "$run"
+        else
+            reset_target
+            run_mirror_skopeo mirror "$run"
+            run_mirror_skopeo mirror-noop "$run"
+            reset_target; restart_service
+            run_mirror_imagersync mirror "$run" synced
+            run_mirror_imagersync mirror-noop "$run" already_synced
+        fi
+    done
+fi
 
 # ---------------------------------------------------------------------------------------
 # Report
@@ -691,6 +825,9 @@ if wants huge; then copy_scenario huge no huge; fi
     for s in $ALL_SCENARIOS; do
         wants "$s" || continue
         printf '%s\t%s\t%s\n' "$s" "${SCEN_BYTES[$s]}" "${DESC[$s]}"
+        if [ "$s" = mirror ]; then
+            printf '%s\t%s\t%s\n' mirror-noop 0 "${DESC[mirror-noop]}"
+        fi
     done
 } >"$WORK/scenarios.tsv"
 echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -806,6 +943,10 @@ check("noop: wall / skopeo inspect --raw x2", ratio(get("noop", "imagersync", "w
 check("fanin: wall / skopeo", ratio(get("fanin", "imagersync", "wall"), get("fanin", "skopeo", "wall")), 0.8,
       pair=paired("fanin", "imagersync", "skopeo"))
 check("fanin: service peak RSS / sum of skopeo peaks", ratio(get("fanin", "imagersync", "rss"), get("fanin", "skopeo", "rss")), 0.25)
+check("mirror: wall / skopeo sync", ratio(get("mirror", "imagersync", "wall"), get("mirror", "skopeo", "wall")), 0.25,
+      pair=paired("mirror", "imagersync", "skopeo"))
+check("mirror-noop: wall / skopeo sync", ratio(get("mirror-noop", "imagersync", "wall"), get("mirror-noop", "skopeo", "wall")), 0.04,
+      pair=paired("mirror-noop", "imagersync", "skopeo"))
 check("big: service peak RSS", get("big", "imagersync", "rss"), 20, "MiB")
 check("huge: service peak RSS", get("huge", "imagersync", "rss"), 20, "MiB")
 print("Targets of the issue (\"this run\": ratio of the medians in the table, which decides;")

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Local;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use self::allow::AllowList;
@@ -316,7 +317,10 @@ impl Engine {
         Ok(pairs)
     }
 
-    /// Copies each planned pair in turn; a failed image does not stop the others, a
+    /// Copies the planned pairs, `task.proc_num` images at a time (image-syncer's meaning
+    /// of proc_num); the service-wide transfer cap still bounds the blob streams, and a
+    /// blob shared by several images goes once (the others wait for its turn, then find it
+    /// there). Results keep the plan's order. A failed image does not stop the others, a
     /// cancel stops them all.
     async fn run(
         &self,
@@ -324,61 +328,85 @@ impl Engine {
         options: &RunOptions<'_>,
         log: &SyncLog,
     ) -> Vec<ImageResult> {
-        let mut results = Vec::with_capacity(pairs.len());
-        for (index, (source, target)) in pairs.iter().enumerate() {
-            // An image that fails before its copy starts still gets its result and event.
-            let not_started = |error: String| {
-                let result = ImageResult {
-                    source: source.to_string(),
-                    target: target.to_string(),
-                    error: Some(error),
-                    ..ImageResult::default()
-                };
-                options.observers.emit(&SyncEvent::ImageFinished {
-                    image: index,
-                    result: &result,
-                });
-                result
+        // Futures are collected first: a closure inside the stream type trips the
+        // compiler's Send check for spawned tasks (rust-lang/rust#102211).
+        let copies: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(index, (source, target))| async move {
+                (
+                    index,
+                    self.run_one(index, source, target, options, log).await,
+                )
+            })
+            .collect();
+        // Unordered: with `buffered`, one slow image would hold back every later start.
+        let mut results: Vec<(usize, ImageResult)> = futures_util::stream::iter(copies)
+            .buffer_unordered(self.task.proc_num.max(1))
+            .collect()
+            .await;
+        results.sort_by_key(|(index, _)| *index);
+        results.into_iter().map(|(_, result)| result).collect()
+    }
+
+    /// Copies one planned pair; an image that fails before its copy starts still gets its
+    /// result and event.
+    async fn run_one(
+        &self,
+        index: usize,
+        source: &ImageRef,
+        target: &ImageRef,
+        options: &RunOptions<'_>,
+        log: &SyncLog,
+    ) -> ImageResult {
+        let not_started = |error: String| {
+            let result = ImageResult {
+                source: source.to_string(),
+                target: target.to_string(),
+                error: Some(error),
+                ..ImageResult::default()
             };
-            if options.cancel.is_cancelled() {
-                results.push(not_started("cancelled before this image started".into()));
-                continue;
-            }
-            let clients = self
-                .client(source, log)
-                .and_then(|src| Ok((src, self.client(target, log)?)));
-            let result = match clients {
-                Ok((src, dst)) => {
-                    CopyJob {
-                        source,
-                        target,
-                        src,
-                        dst,
-                        log,
-                        parallel: self.task.proc_num,
-                        retry: RetryPolicy {
-                            retries: self.task.retries,
-                            observers: options.observers.clone(),
-                        },
-                        transfers: &self.transfers,
-                        force: options.force,
-                        check_every_blob: options.check_every_blob,
-                        platforms: options.platforms,
-                        index,
-                        observers: options.observers,
-                        cancel: options.cancel,
-                    }
-                    .run()
-                    .await
-                }
-                Err(e) => {
-                    log.error(e.to_string());
-                    not_started(e.to_string())
-                }
-            };
-            results.push(result);
+            options.observers.emit(&SyncEvent::ImageFinished {
+                image: index,
+                result: &result,
+            });
+            result
+        };
+        if options.cancel.is_cancelled() {
+            return not_started("cancelled before this image started".into());
         }
-        results
+        let clients = self
+            .client(source, log)
+            .and_then(|src| Ok((src, self.client(target, log)?)));
+        match clients {
+            Ok((src, dst)) => {
+                CopyJob {
+                    source,
+                    target,
+                    src,
+                    dst,
+                    log,
+                    parallel: self.task.proc_num,
+                    retry: RetryPolicy {
+                        retries: self.task.retries,
+                        observers: options.observers.clone(),
+                    },
+                    transfers: &self.transfers,
+                    force: options.force,
+                    check_every_blob: options.check_every_blob,
+                    platforms: options.platforms,
+                    index,
+                    observers: options.observers,
+                    cancel: options.cancel,
+                }
+                .run()
+                .await
+            }
+            Err(e) => {
+                log.error(e.to_string());
+                not_started(e.to_string())
+            }
+        }
     }
 
     /// The pooled client for `image`'s repository; logs which credential applies.

@@ -5,7 +5,16 @@
 use std::path::Path;
 use std::process::Command;
 
-const SCENARIOS: [&str; 6] = ["big", "many", "multi", "noop", "fanin", "huge"];
+const SCENARIOS: [&str; 8] = [
+    "big",
+    "many",
+    "multi",
+    "noop",
+    "fanin",
+    "huge",
+    "mirror",
+    "mirror-noop",
+];
 
 #[test]
 fn quick_bench_reports_every_scenario_for_both_tools() {

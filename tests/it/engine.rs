@@ -771,3 +771,80 @@ async fn tag_lists_longer_than_one_page_are_followed_through_the_link_header() {
         "the second page is the registry's own"
     );
 }
+
+/// The images of one request go `proc_num` at a time and the report keeps the plan's order.
+/// A fault proxy (over a real registry: nothing here can make a registry slow) trickles the
+/// source manifests, so an image's copy lasts long enough for the others to start, and the
+/// first image's most, so that image finishes last.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_images_go_proc_num_at_a_time_and_keep_the_plan_order() {
+    use crate::common::fault_proxy::{FaultProxy, Rule, Seen};
+    use std::time::Duration;
+    let reg = Registry::start_anonymous().await;
+    let proxy = FaultProxy::start(&reg.host()).await;
+    let images: Vec<_> = (0..5)
+        .map(|_| Image::random(Format::Oci, &[16 * KIB]))
+        .collect();
+    for (i, image) in images.iter().enumerate() {
+        reg.push_image("many/app", &format!("t{i}"), image).await;
+    }
+    // Rules fire first-match: t0's manifest comes slowest, so that image finishes last.
+    proxy
+        .add(Rule::on("GET", "/v2/many/app/manifests/t0$").trickle(Duration::from_millis(300), 64));
+    proxy.add(Rule::on("GET", "/v2/many/app/manifests/t").trickle(Duration::from_millis(50), 64));
+    let task = TaskConfig {
+        proc_num: 4,
+        retries: 0,
+        ..TaskConfig::default()
+    };
+    let engine = crate::common::engine::engine_for([(proxy.host(), &reg)], task);
+    let report = engine
+        .sync(
+            &format!("{}/many/app:t0,t1,t2,t3,t4", proxy.host()),
+            &format!("{}/copy/app", proxy.host()),
+        )
+        .await;
+    assert_success(&report);
+
+    let targets: Vec<_> = report.images.iter().map(|i| i.target.clone()).collect();
+    let planned: Vec<_> = (0..5)
+        .map(|i| format!("{}/copy/app:t{i}", proxy.host()))
+        .collect();
+    assert_eq!(targets, planned, "the report keeps the plan's order");
+    for (i, image) in images.iter().enumerate() {
+        skopeo::assert_digest(&reg, &format!("copy/app:t{i}"), &image.digest).await;
+    }
+
+    // Order of arrival at the proxy: the first four source manifests are asked for before
+    // any image is tagged (they overlap); the fifth only once one of them is done.
+    let seen = proxy.requests();
+    let arrival = |pred: &dyn Fn(&Seen) -> bool| {
+        seen.iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("request not seen:\n{}", proxy.summary()))
+    };
+    let first_tag = arrival(&|s| s.is("PUT", "^/v2/copy/app/manifests/t"));
+    for i in 0..4 {
+        let get = arrival(&|s| s.is("GET", &format!("^/v2/many/app/manifests/t{i}$")));
+        assert!(
+            get < first_tag,
+            "image {i} started only after another was tagged: not concurrent\n{}",
+            proxy.summary()
+        );
+    }
+    let fifth = arrival(&|s| s.is("GET", "^/v2/many/app/manifests/t4$"));
+    assert!(
+        fifth > first_tag,
+        "a fifth image started while four were running (proc_num 4)\n{}",
+        proxy.summary()
+    );
+    let last_tag = seen
+        .iter()
+        .rposition(|s| s.is("PUT", "^/v2/copy/app/manifests/t"))
+        .unwrap();
+    assert!(
+        seen[last_tag].path.ends_with("/t0"),
+        "the slowed first image is tagged last\n{}",
+        proxy.summary()
+    );
+}
