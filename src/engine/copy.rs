@@ -690,13 +690,7 @@ impl CopyJob<'_> {
         });
         let upload = self
             .dst
-            .upload_put(
-                dst_repo,
-                &location,
-                digest,
-                blob.size,
-                Rechunk::new(stream),
-            )
+            .upload_put(dst_repo, &location, digest, blob.size, Rechunk::new(stream))
             .await;
         let source_err = source_failure.lock().expect("source failure lock").take();
         if source_err.is_some() || upload.is_err() {
