@@ -454,7 +454,8 @@ impl CopyJob<'_> {
             .max(self.parallel);
         let large = tokio::sync::Semaphore::new(self.parallel);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let checks = async {
+        // `move`: the sender must go when the checks are done, or the copies wait forever.
+        let checks = async move {
             let checks: Vec<_> = blobs
                 .iter()
                 .map(|b| async move { (b, self.check_ahead(b, fresh).await) })
