@@ -1,6 +1,6 @@
 # Shared helpers of the cmd/ scripts; source it, do not run it.
-#   ensure_tools  installs docker-registry, skopeo, htpasswd, wrk, unshare, ip and curl
-#                 (Debian) when missing
+#   ensure_tools  installs docker-registry, skopeo, htpasswd, wrk, unshare, ip, curl,
+#                 openssl and systemd-analyze (Debian) when missing
 #   ensure_browser installs chromium and chromedriver (Debian) when missing: tests only
 #   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
 #   free_port     prints a TCP port that is free on 127.0.0.1 right now
@@ -20,8 +20,10 @@ as_root() {
     fi
 }
 
-# The test rig needs the reference registry, skopeo and htpasswd, and cmd/load.sh (run by
-# the suite in its quick form) needs wrk; install what is missing.
+# The test rig needs the reference registry, skopeo and htpasswd, cmd/load.sh (run by
+# the suite in its quick form) needs wrk, and tests/it/packaging.rs checks the systemd unit
+# with systemd-analyze (package systemd; it needs no running systemd); install what is
+# missing.
 ensure_tools() {
     local missing=()
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
@@ -33,9 +35,12 @@ ensure_tools() {
     command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # tests/it/registry_tls.rs makes certificates with it, as Docker's docs do.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd), wrk, util-linux, iproute2 and curl yourself" >&2
+        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd), wrk, util-linux, iproute2, curl, openssl and systemd yourself" >&2
         return 1
     fi
     echo "installing ${missing[*]} (apt-get)" >&2

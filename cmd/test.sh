@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test (unit and integration) against real registries.
-# Installs docker-registry, skopeo, htpasswd, chromium and chromedriver first when they
-# are missing (Debian).
+# Installs docker-registry, skopeo, htpasswd, wrk, systemd-analyze, chromium and
+# chromedriver first when they are missing (Debian).
 # Extra arguments go to `cargo test`, e.g.  cmd/test.sh --test it sync:: -- --nocapture
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -36,9 +36,30 @@ pub struct Cli {
     )]
     pub config_file: PathBuf,
 
+    /// Log line format: `text` for people, `json` (one object per line, with the
+    /// request id, user and job id as fields where they apply) for log collectors
+    #[arg(
+        long = "log-format",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
     /// What to do; without one, serve the HTTP API.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message`, the event's fields,
+    /// and `spans` (the request's `request_id`, `user`, `job`; a job's `job`, `user`).
+    Json,
 }
 
 /// Subcommands.
@@ -73,6 +94,10 @@ pub struct SyncArgs {
     /// index digest)
     #[arg(long = "platform", value_name = "OS/ARCH")]
     pub platforms: Vec<String>,
+    /// Leave each image's signatures, attestations and SBOMs (OCI referrers) behind;
+    /// without it the config's task.referrers decides (default: copy them)
+    #[arg(long)]
+    pub no_referrers: bool,
     /// Print the API's JSON response on stdout instead of the sync log
     #[arg(long, conflicts_with = "images")]
     pub json: bool,
@@ -131,13 +156,13 @@ pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     match cli.command {
-        None => serve(&cli.config_file, cli.address).await,
-        Some(Command::Sync(args)) => sync(&cli.config_file, args).await,
+        None => serve(&cli.config_file, cli.address, cli.log_format).await,
+        Some(Command::Sync(args)) => sync(&cli.config_file, args, cli.log_format).await,
     }
 }
 
-async fn serve(config_file: &Path, address: SocketAddr) -> ExitCode {
-    init_tracing(Output::Stdout, "info");
+async fn serve(config_file: &Path, address: SocketAddr, format: LogFormat) -> ExitCode {
+    init_tracing(Output::Stdout, "info", format);
     let Some(config) = load_config(config_file) else {
         return ExitCode::from(EXIT_USAGE);
     };
@@ -150,9 +175,9 @@ async fn serve(config_file: &Path, address: SocketAddr) -> ExitCode {
     }
 }
 
-async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
+async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode {
     // stdout carries the sync log (or JSON) only; diagnostics go to stderr.
-    init_tracing(Output::Stderr, "warn");
+    init_tracing(Output::Stderr, "warn", format);
     if let Some(images) = &args.images {
         return sync_batch(config_file, images, args.auth.as_deref(), &args).await;
     }
@@ -162,12 +187,15 @@ async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
     let Some(source) = args.source else {
         return ExitCode::from(EXIT_USAGE);
     };
-    let engine = Engine::new(&config.rsyncserver.rsyncconfig);
+    let mut rsync = config.rsyncserver.rsyncconfig;
+    use_default_auth_file(&mut rsync);
+    let engine = Engine::new(&rsync);
     let request = SyncRequest {
         source,
         targets: args.target,
         force: args.force,
         platforms: args.platforms,
+        referrers: args.no_referrers.then_some(false),
     };
     let report = engine.run_request(&request).await;
     let code = match (report.status, report.failure) {
@@ -181,6 +209,7 @@ async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
             mut targets,
             force,
             platforms,
+            referrers,
         } = request;
         let target = if targets.len() == 1 {
             TargetEcho::One(targets.remove(0))
@@ -192,6 +221,7 @@ async fn sync(config_file: &Path, args: SyncArgs) -> ExitCode {
             target,
             force,
             platforms,
+            referrers,
         };
         let response = SyncResponse::from_report("cli".to_owned(), echo, report);
         match serde_json::to_string_pretty(&response) {
@@ -232,11 +262,14 @@ async fn sync_batch(
         RsyncConfig::default()
     };
     rsync.auth.extend(batch.credentials);
+    use_default_auth_file(&mut rsync);
     let engine = Engine::new(&rsync);
     let (mut failed, mut unusable) = (0, 0);
     for mut request in batch.requests {
         request.force = args.force;
         request.platforms = args.platforms.clone();
+        // Batch files have no per-entry switch: the config decides, unless told not to.
+        request.referrers = args.no_referrers.then_some(false);
         let report = engine.run_request(&request).await;
         print!("{}", report.log);
         match report.status {
@@ -253,6 +286,21 @@ async fn sync_batch(
     } else {
         eprintln!("imagersync: {failed} entries failed, {unusable} entries unusable");
         ExitCode::from(1)
+    }
+}
+
+/// When the config names no `auth_file`, the CLI (not the service) reads the one skopeo and
+/// docker would, and says which in one line on stderr.
+fn use_default_auth_file(rsync: &mut RsyncConfig) {
+    if rsync.auth_file.is_some() {
+        return;
+    }
+    if let Some(path) = crate::registry::credentials::discover_auth_file() {
+        eprintln!(
+            "imagersync: registry logins not in the config are read from {}",
+            path.display()
+        );
+        rsync.auth_file = Some(path);
     }
 }
 
@@ -290,13 +338,14 @@ fn warn_if_readable_by_others(path: &Path) {
     let _ = path;
 }
 
+#[derive(Clone, Copy)]
 enum Output {
     Stdout,
     Stderr,
 }
 
 /// `RUST_LOG` wins; otherwise `default` (e.g. `info`).
-fn init_tracing(output: Output, default: &str) {
+fn init_tracing(output: Output, default: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour codes only for a person at a terminal; journald and log files get plain text.
     let ansi = std::env::var_os("NO_COLOR").is_none()
@@ -304,13 +353,26 @@ fn init_tracing(output: Output, default: &str) {
             Output::Stdout => std::io::stdout().is_terminal(),
             Output::Stderr => std::io::stderr().is_terminal(),
         };
+    let writer = move || -> Box<dyn std::io::Write> {
+        match output {
+            Output::Stdout => Box::new(std::io::stdout()),
+            Output::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi);
+        .with_writer(writer);
     // try_init: a second call (tests driving `run` twice) keeps the first subscriber.
-    let _ = match output {
-        Output::Stdout => builder.with_writer(std::io::stdout).try_init(),
-        Output::Stderr => builder.with_writer(std::io::stderr).try_init(),
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        // Fields at the top level (`flatten_event`), the spans' fields in `spans`, so a
+        // collector reads `request_id`, `user` and `job` without parsing the message.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
     };
 }
 

@@ -1,14 +1,16 @@
 //! Binds the listener, serves the router, and shuts down gracefully on SIGTERM / Ctrl-C.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 
+use crate::access::default_passwords::{is_loopback, DefaultPasswords};
 use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -45,6 +47,12 @@ pub enum ServeError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A service user has a guessable password and the address is not loopback.
+    #[error("config key rsyncserver.auth: {0}")]
+    DefaultPassword(String),
+    /// A file of `rsyncserver.tls` cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::listener_tls::TlsError),
     /// Accepting or serving connections failed.
     #[error("server error: {0}")]
     Serve(#[source] io::Error),
@@ -54,7 +62,11 @@ impl ServeError {
     /// Process exit code: 2 for what the operator must fix in the config or flags, 1 else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::AnalysisLog { .. } | Self::Bind { .. } | Self::JobStore(_) => 2,
+            Self::AnalysisLog { .. }
+            | Self::Bind { .. }
+            | Self::JobStore(_)
+            | Self::DefaultPassword(_)
+            | Self::Tls(_) => 2,
             Self::Serve(_) => 1,
         }
     }
@@ -63,6 +75,11 @@ impl ServeError {
 /// Builds the state from `config`, listens on `address`, and serves until SIGTERM or
 /// Ctrl-C, then drains as [`serve_listener`] does.
 pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError> {
+    refuse_default_passwords(&config, address)?;
+    let tls = match config.rsyncserver.tls.clone() {
+        Some(tls) => Some(crate::listener_tls::start(tls).await?),
+        None => None,
+    };
     let state = app_state(&config)?;
     start_jobs(&state, &config).await;
     let listener = TcpListener::bind(address)
@@ -76,12 +93,14 @@ pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError
         registries = config.rsyncserver.rsyncconfig.auth.len(),
         analysis_log = %state.analysis_log().path().display(),
         jobs_database = %config.rsyncserver.jobs.database.display(),
+        scheme = if tls.is_some() { "https" } else { "http" },
         "imagersync listening"
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = serve_listener(
+    let server = serve_listener_with(
         listener,
         state,
+        tls,
         async {
             let _ = stop_rx.await;
         },
@@ -101,6 +120,22 @@ pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError
             Ok(())
         }
     }
+}
+
+/// Stops start-up when a service user's password is guessable and other hosts can reach
+/// `address`; on loopback only warns (names, never passwords).
+pub fn refuse_default_passwords(config: &Config, address: SocketAddr) -> Result<(), ServeError> {
+    let Some(found) = DefaultPasswords::find(&config.rsyncserver.auth) else {
+        return Ok(());
+    };
+    if is_loopback(address) {
+        tracing::warn!(
+            users = %found.users.join(","),
+            "service user(s) with a default password; accepted on loopback only: set a password before listening on another address"
+        );
+        return Ok(());
+    }
+    Err(ServeError::DefaultPassword(found.message(address)))
 }
 
 /// The router state for `config`: engine, users, the opened analysis log and job store.
@@ -129,6 +164,8 @@ pub async fn start_jobs(state: &AppState, config: &Config) {
         Ok(n) => tracing::info!(jobs = n, "unfinished jobs from the last run resumed"),
         Err(e) => tracing::error!(error = %e, "cannot resume unfinished jobs"),
     }
+    // After the resume: a mirror run left unfinished by the last process counts as running.
+    state.mirrors().start().await;
     tokio::spawn(async move {
         let mut daily = tokio::time::interval(Duration::from_secs(24 * 60 * 60));
         daily.tick().await;
@@ -151,21 +188,43 @@ pub async fn serve_listener(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> io::Result<()> {
+    serve_listener_with(listener, state, None, shutdown, grace).await
+}
+
+/// [`serve_listener`], over TLS when `tls` is given (axum-server's rustls acceptor:
+/// handshakes run in each connection's task, so a slow client does not stall accepts).
+pub async fn serve_listener_with(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<RustlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> io::Result<()> {
     let syncs = state.syncs().clone();
     let jobs = state.jobs().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The peer address goes into every request: failed-login damping counts per address
     // (without it, damping would be off).
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // axum's graceful shutdown stops accepting and waits for open connections, without
-    // a time limit: run it as a task so the wait below can bound it.
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
+    // The graceful stop stops accepting and waits for open connections, without a time
+    // limit: run it as a task so the wait below can bound it. Plain HTTP goes through our
+    // own HTTP/1 loop (half-closed connections are answered); HTTPS through axum-server.
+    let mut server = match tls {
+        None => tokio::spawn(serve_http1(listener, router(state), async {
+            let _ = stop_rx.await;
+        })),
+        Some(tls) => {
+            let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
                 let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+                // Like axum's: stop accepting, let open connections finish.
+                stopper.graceful_shutdown(None);
+            });
+            let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle);
+            tokio::spawn(server.serve(app))
+        }
+    };
     tokio::select! {
         result = &mut server => return flatten(result),
         () = shutdown => {}
@@ -197,6 +256,111 @@ pub async fn serve_listener(
             Ok(())
         }
     }
+}
+
+/// Serves `app` over HTTP/1.1 on `listener` until `stop` resolves, then waits for the open
+/// connections to finish their requests.
+///
+/// Our own accept loop rather than `axum::serve`, whose connection settings are fixed:
+/// it does not allow half-closed connections, so a caller that shuts down its sending
+/// side after the request (HTTP/1.0 tools, `nc -N`, some proxies) had its connection
+/// dropped and its sync's answer lost. Everything else is as `axum::serve` does it: the
+/// peer address in each request (`ConnectInfo`, for failed-login damping), hyper's 30 s
+/// limit on reading request headers, and the graceful stop.
+async fn serve_http1(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let half_close = asks_to_close(&stream).await;
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .half_close(half_close)
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that vanishes mid-request is not the server's error.
+            let _ = watcher.watch(connection).await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Whether the connection's first request says it is the last (HTTP/1.0, or
+/// `Connection: close`). Such clients (HTTP/1.0 tools, `nc -N`) may half-close after
+/// sending, so their connection is served with half-close allowed and still gets its
+/// answer. Every other connection keeps hang-up detection: there the end of the client's
+/// stream means the caller is gone, which cancels its queued or running synchronous sync.
+/// TCP cannot tell the two apart, so the request itself decides. The head is only peeked
+/// at (hyper reads it again); a head that is not complete within 5 s or 8 KiB counts as
+/// keep-alive.
+async fn asks_to_close(stream: &tokio::net::TcpStream) -> bool {
+    let mut head = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = 0;
+    loop {
+        let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.peek(&mut head)).await else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        if let Some(end) = head[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            return last_request(&head[..end]);
+        }
+        if n == head.len() {
+            return false;
+        }
+        if n == seen {
+            // Nothing new since the last look: wait a little for the rest of the head.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen = n;
+    }
+}
+
+/// Whether a request head (without its blank line) is HTTP/1.0 without keep-alive, or
+/// carries `Connection: close`.
+fn last_request(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let mut lines = text.split("\r\n");
+    let http10 = lines.next().is_some_and(|l| l.ends_with(" http/1.0"));
+    let connection = lines
+        .filter_map(|l| l.strip_prefix("connection:"))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    connection.contains(&"close") || (http10 && !connection.contains(&"keep-alive"))
 }
 
 fn flatten(result: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
@@ -232,6 +396,29 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_close_is_allowed_only_for_a_last_request() {
+        let cases: [(&[u8], bool); 6] = [
+            (b"GET /check HTTP/1.0\r\nHost: x", true),
+            (b"GET /check HTTP/1.0\r\nConnection: keep-alive", false),
+            (b"POST /v1/image/rsync HTTP/1.1\r\nConnection: close", true),
+            (
+                b"POST /v1/image/rsync HTTP/1.1\r\nconnection: Keep-Alive, Close",
+                true,
+            ),
+            (b"POST /v1/image/rsync HTTP/1.1\r\nHost: x", false),
+            (b"garbage", false),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                last_request(head),
+                want,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
 
     fn state(dir: &std::path::Path) -> AppState {
         let yaml = format!(

@@ -34,6 +34,24 @@ pub fn check_password_entry(password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A credential helper suffix: `docker-credential-NAME` must be a plain file name, so
+/// no path, no shell characters.
+pub fn check_helper_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a helper name: give the part after docker-credential- (letters, digits, '-', '_', '.'), e.g. ecr-login"
+        ))
+    }
+}
+
 /// Turns a configured prefix into the form names are compared in; the error says what
 /// is wrong with it (config validation names the key).
 pub fn normalise_prefix(raw: &str) -> Result<String, String> {
@@ -133,4 +151,89 @@ pub fn task_platform_patterns(os: &[String], arch: &[String]) -> Vec<String> {
     os.iter()
         .flat_map(|o| arch.iter().map(move |a| format!("{o}/{a}")))
         .collect()
+}
+
+/// One entry of `rsyncserver.jobs.callback_allowed_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHost {
+    /// A host name or address, any port (lower case; an IPv6 address without brackets).
+    Host(String),
+    /// A host name or address at one port.
+    HostPort(String, u16),
+    /// Every address of a network.
+    Network(std::net::IpAddr, u8),
+}
+
+impl AllowedHost {
+    /// Whether a callback to `host` (lower case, no brackets) at `port`, resolved to
+    /// `ip`, is covered by this entry.
+    pub fn covers(&self, host: &str, port: u16, ip: std::net::IpAddr) -> bool {
+        match self {
+            AllowedHost::Host(h) => h == host || h.parse() == Ok(ip),
+            AllowedHost::HostPort(h, p) => *p == port && (h == host || h.parse() == Ok(ip)),
+            AllowedHost::Network(net, bits) => in_network(ip, *net, *bits),
+        }
+    }
+}
+
+fn in_network(ip: std::net::IpAddr, net: std::net::IpAddr, bits: u8) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (ip, net) {
+        (V4(ip), V4(net)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (V6(ip), V6(net)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        (V6(ip), V4(_)) => ip
+            .to_ipv4_mapped()
+            .is_some_and(|v4| in_network(v4.into(), net, bits)),
+        (V4(_), V6(_)) => false,
+    }
+}
+
+/// Parses a `callback_allowed_hosts` entry: `name`, `name:port`, `10.0.0.0/8`,
+/// `[fd00::1]:8080`, `fd00::/8`.
+pub fn parse_allowed_host(raw: &str) -> Result<AllowedHost, String> {
+    let entry = raw.trim().to_ascii_lowercase();
+    if entry.is_empty() {
+        return Err("empty entry: give a host name, host:port or a CIDR range".into());
+    }
+    if let Some((net, bits)) = entry.split_once('/') {
+        let net: std::net::IpAddr = net
+            .parse()
+            .map_err(|_| format!("{raw:?}: {net:?} before the '/' is not an IP address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits: u8 = bits
+            .parse()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| format!("{raw:?}: the prefix length must be 0 to {max}"))?;
+        return Ok(AllowedHost::Network(net, bits));
+    }
+    if entry.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(AllowedHost::Host(entry));
+    }
+    let (host, port) = super::names::split_host_port(&entry);
+    let valid_host = host.parse::<std::net::IpAddr>().is_ok()
+        || (!host.is_empty()
+            && host.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    if !valid_host {
+        return Err(format!(
+            "{raw:?} is not a host name, host:port or CIDR range"
+        ));
+    }
+    match port {
+        None => Ok(AllowedHost::Host(host.to_owned())),
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| AllowedHost::HostPort(host.to_owned(), p))
+            .ok_or_else(|| format!("{raw:?}: port {p:?} is not a number from 1 to 65535")),
+    }
 }

@@ -11,8 +11,13 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+pub mod cert_dir;
 pub mod checks;
+pub mod mirrors;
 pub mod names;
+
+pub use cert_dir::{read_cert_dir, CertDir, ClientPair};
+pub use mirrors::{MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,9 +65,31 @@ pub struct ServerConfig {
     /// Where jobs are kept and how many may wait.
     #[serde(default)]
     pub jobs: JobsConfig,
-    /// Users who see and cancel every user's jobs (others see only their own).
+    /// Users who see and cancel every user's jobs (others see only their own), and
+    /// see and start mirrors.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Repositories kept in step with another, on a schedule and by hand.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorConfig>,
+    /// Serve HTTPS instead of plain HTTP; absent means plain HTTP (behind a proxy).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `rsyncserver.tls` section: PEM files for HTTPS on the listener.
+///
+/// The files are read at start-up, again when they change (polled) and on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf certificate, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates, PEM: when set, clients must present a certificate they issued.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The `rsyncserver.jobs` section: the job store and queue.
@@ -73,12 +100,17 @@ pub struct JobsConfig {
     /// folder created if missing. History and queued jobs survive restarts through it.
     #[serde(default = "default_jobs_database")]
     pub database: PathBuf,
-    /// Asynchronous jobs allowed to wait for a sync slot; one more gets 503.
+    /// Jobs (synchronous or asynchronous) allowed to wait for a sync slot; one more gets 503.
     #[serde(default = "default_max_queued")]
     pub max_queued: usize,
     /// Finished jobs older than this many days are deleted at start-up and daily.
     #[serde(default = "default_history_days")]
     pub history_days: u32,
+    /// Internal webhook receivers allowed as `callback_url`: host names, `host:port`, or
+    /// CIDR ranges. A callback whose host resolves to a loopback, link-local or private
+    /// address is refused unless listed here.
+    #[serde(default)]
+    pub callback_allowed_hosts: Vec<String>,
 }
 
 impl Default for JobsConfig {
@@ -87,6 +119,7 @@ impl Default for JobsConfig {
             database: default_jobs_database(),
             max_queued: default_max_queued(),
             history_days: default_history_days(),
+            callback_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -102,6 +135,8 @@ impl Default for ServerConfig {
             rsyncconfig: RsyncConfig::default(),
             jobs: JobsConfig::default(),
             admins: Vec::new(),
+            tls: None,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -156,6 +191,17 @@ pub struct RsyncConfig {
     /// (loopback, private, link-local, `localhost`) must always be listed here or in `auth`.
     #[serde(default)]
     pub allowed_registries: Vec<String>,
+    /// A Docker `config.json` or containers `auth.json` (`auths`, `credHelpers`,
+    /// `credsStore`), used for registries no `auth` entry matches and for entries that give
+    /// no credentials of their own. Absent: the service reads none (the CLI `sync` looks
+    /// where skopeo and docker look).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// A Docker `certs.d` folder (`/etc/docker/certs.d`, `/etc/containers/certs.d`): its
+    /// `<host[:port]>/` folders hold `*.crt` trust anchors and `*.cert` + `*.key` client
+    /// pairs for that registry, with or without an `auth` entry. Default: none.
+    #[serde(default)]
+    pub certs_d: Option<PathBuf>,
 }
 
 /// One registry credential, matched by the longest `registry` or `registry/namespace` prefix.
@@ -179,9 +225,52 @@ pub struct RegistryCredential {
     /// HTTPS without verifying the certificate (anyone on the path can read and alter).
     #[serde(default)]
     pub tls_skip_verify: bool,
-    /// PEM file with extra CA certificates to trust for this registry.
+    /// PEM file with extra trust anchors for this registry: CA certificates, or the
+    /// registry's own (self-signed) certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Suffix of a Docker credential helper: `docker-credential-NAME get` is asked for
+    /// this registry's login (ecr-login, gcr, acr-env, ...).
+    #[serde(default)]
+    pub credential_helper: Option<String>,
+    /// File holding the password (or token) for `username`, re-read when it changes.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An OAuth2 refresh token (Docker's `identitytoken`), exchanged at the token realm.
+    #[serde(default)]
+    pub identity_token: Option<Secret>,
+    /// A bearer token sent as it is (Docker's `registrytoken`).
+    #[serde(default)]
+    pub registry_token: Option<Secret>,
+    /// A folder as skopeo's `--cert-dir` reads it: `*.crt` trust anchors, `*.cert` +
+    /// `*.key` client certificate pairs.
+    #[serde(default)]
+    pub cert_dir: Option<PathBuf>,
+    /// Client certificate (PEM, then any intermediates) for registries that require one.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl RegistryCredential {
+    /// Whether the entry names credentials of its own; one that does not (only TLS or
+    /// `insecure` options) takes its login from `auth_file`.
+    pub fn has_credentials(&self) -> bool {
+        self.username.is_some()
+            || self.credential_helper.is_some()
+            || self.identity_token.is_some()
+            || self.registry_token.is_some()
+    }
+
+    /// The client certificate pair of `client_cert_file` / `client_key_file`, if given.
+    pub fn client_pair(&self) -> Option<ClientPair> {
+        Some(ClientPair {
+            cert: self.client_cert_file.clone()?,
+            key: self.client_key_file.clone()?,
+        })
+    }
 }
 
 /// The `task` settings of the engine.
@@ -212,6 +301,17 @@ pub struct TaskConfig {
     /// Copy only index entries of these architectures, `arch` or `arch/variant` (empty: all).
     #[serde(default)]
     pub arch: Vec<String>,
+    /// When Docker Hub says fewer pulls than this remain (`ratelimit-remaining`), new
+    /// pulls from it wait instead of running into its 429.
+    #[serde(default = "default_dockerhub_min_remaining")]
+    pub dockerhub_min_remaining: u64,
+    /// Longest a credential helper may take to answer, in seconds; then it is stopped.
+    #[serde(default = "default_helper_timeout")]
+    pub credential_helper_timeout_seconds: u64,
+    /// Copy each image's referrers (signatures, attestations, SBOMs: OCI 1.1 referrers,
+    /// the referrers tag schema and cosign's tags) with it; a request may override it.
+    #[serde(default = "default_referrers")]
+    pub referrers: bool,
 }
 
 impl Default for TaskConfig {
@@ -224,6 +324,9 @@ impl Default for TaskConfig {
             idle_timeout_seconds: default_idle_timeout(),
             os: Vec::new(),
             arch: Vec::new(),
+            dockerhub_min_remaining: default_dockerhub_min_remaining(),
+            credential_helper_timeout_seconds: default_helper_timeout(),
+            referrers: default_referrers(),
         }
     }
 }
@@ -261,8 +364,17 @@ fn default_connect_timeout() -> u64 {
 fn default_idle_timeout() -> u64 {
     60
 }
+fn default_referrers() -> bool {
+    true
+}
 fn default_max_transfers() -> usize {
     16
+}
+fn default_dockerhub_min_remaining() -> u64 {
+    5
+}
+fn default_helper_timeout() -> u64 {
+    20
 }
 
 /// A config that cannot be used; the message names the file and the key.
@@ -434,12 +546,18 @@ impl Config {
                 "must be at least 1 day".into(),
             ));
         }
+        for (i, entry) in server.jobs.callback_allowed_hosts.iter().enumerate() {
+            if let Err(e) = checks::parse_allowed_host(entry) {
+                return Err((format!("rsyncserver.jobs.callback_allowed_hosts[{i}]"), e));
+            }
+        }
         if let Some(unknown) = server.admins.iter().find(|a| !server.auth.contains_key(*a)) {
             return Err((
                 "rsyncserver.admins".into(),
                 format!("{unknown:?} is not a user of rsyncserver.auth"),
             ));
         }
+        mirrors::check_mirrors(&server.mirrors)?;
         if server.logfile.as_os_str().is_empty() {
             return Err((
                 "rsyncserver.logfile".into(),
@@ -466,17 +584,108 @@ impl Config {
                     ));
                 }
             }
-            if cred.plain_http && cred.ca_file.is_some() {
+            if let Some(dir) = &cred.cert_dir {
+                if let Err(e) = read_cert_dir(dir) {
+                    return Err((format!("{key}.cert_dir"), e));
+                }
+            }
+            match (&cred.client_cert_file, &cred.client_key_file) {
+                (Some(_), None) => {
+                    return Err((
+                        format!("{key}.client_key_file"),
+                        "missing: client_cert_file is given without its key; give both or neither".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err((
+                        format!("{key}.client_cert_file"),
+                        "missing: client_key_file is given without its certificate; give both or neither".into(),
+                    ))
+                }
+                _ => {}
+            }
+            for (field, file) in [
+                ("client_cert_file", &cred.client_cert_file),
+                ("client_key_file", &cred.client_key_file),
+            ] {
+                if let Some(file) = file {
+                    if let Err(e) = std::fs::metadata(file) {
+                        return Err((
+                            format!("{key}.{field}"),
+                            format!("cannot read {}: {e}", file.display()),
+                        ));
+                    }
+                }
+            }
+            let tls_keys = [
+                ("ca_file", cred.ca_file.is_some()),
+                ("cert_dir", cred.cert_dir.is_some()),
+                ("client_cert_file", cred.client_cert_file.is_some()),
+            ];
+            if let Some((field, _)) = tls_keys.iter().find(|(_, set)| *set && cred.plain_http) {
                 return Err((
                     key,
-                    "plain_http and ca_file contradict each other: choose one".into(),
+                    format!("plain_http and {field} contradict each other: choose one"),
                 ));
             }
-            if cred.username.is_some() != cred.password.is_some() {
+            if cred.password.is_some() && cred.password_file.is_some() {
                 return Err((
                     key,
-                    "username and password go together: give both or neither".into(),
+                    "password and password_file contradict each other: choose one".into(),
                 ));
+            }
+            let has_password = cred.password.is_some() || cred.password_file.is_some();
+            if cred.username.is_some() != has_password {
+                return Err((
+                    key,
+                    "username and password (or password_file) go together: give both or neither"
+                        .into(),
+                ));
+            }
+            let sources = [
+                cred.username.is_some(),
+                cred.credential_helper.is_some(),
+                cred.identity_token.is_some(),
+                cred.registry_token.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err((
+                    key,
+                    "give one of username/password, credential_helper, identity_token or registry_token".into(),
+                ));
+            }
+            if let Some(helper) = &cred.credential_helper {
+                if let Err(e) = checks::check_helper_name(helper) {
+                    return Err((format!("{key}.credential_helper"), e));
+                }
+            }
+            if let Some(file) = &cred.password_file {
+                if let Err(e) = std::fs::metadata(file) {
+                    return Err((
+                        format!("{key}.password_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(file) = &server.rsyncconfig.auth_file {
+            let key = "rsyncserver.rsyncconfig.auth_file".to_owned();
+            let text = std::fs::read(file)
+                .map_err(|e| (key.clone(), format!("cannot read {}: {e}", file.display())))?;
+            // The registry layer reads the keys; here only "is it a JSON object at all".
+            if !serde_json::from_slice::<serde_json::Value>(&text).is_ok_and(|v| v.is_object()) {
+                return Err((
+                    key,
+                    format!(
+                        "{} is not a JSON object (a Docker config.json or containers auth.json)",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        if let Some(certs_d) = &server.rsyncconfig.certs_d {
+            if let Err(e) = cert_dir::check_certs_d(certs_d) {
+                return Err(("rsyncserver.rsyncconfig.certs_d".into(), e));
             }
         }
         let task = &server.rsyncconfig.task;
@@ -489,6 +698,10 @@ impl Config {
         for (key, value) in [
             ("connect_timeout_seconds", task.connect_timeout_seconds),
             ("idle_timeout_seconds", task.idle_timeout_seconds),
+            (
+                "credential_helper_timeout_seconds",
+                task.credential_helper_timeout_seconds,
+            ),
         ] {
             if value == 0 || value > 3600 {
                 return Err((
@@ -717,5 +930,62 @@ rsyncserver:
             assert!(err.contains("c.yaml"), "{yaml}: {err}");
             assert!(err.contains(needle), "{yaml}: expected {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("c.pem"), "x").unwrap();
+        let half = dir.path().join("half");
+        std::fs::create_dir_all(half.join("reg:5000")).unwrap();
+        std::fs::write(half.join("reg:5000/client.cert"), "x").unwrap();
+        let entry = |keys: &str| {
+            format!("rsyncserver: {{auth: {{a: b}}, rsyncconfig: {{auth: {{x: {{registry: reg, {keys}}}}}}}}}")
+        };
+        let cases = [
+            (
+                entry(&format!("client_cert_file: '{d}/c.pem'")),
+                "auth.x.client_key_file",
+            ),
+            (
+                entry(&format!("client_key_file: '{d}/c.pem'")),
+                "auth.x.client_cert_file",
+            ),
+            (
+                entry(&format!(
+                    "client_cert_file: '{d}/c.pem', client_key_file: '{d}/gone.key'"
+                )),
+                "auth.x.client_key_file",
+            ),
+            (
+                entry(&format!("cert_dir: '{d}/half/reg:5000'")),
+                "has no key client.key",
+            ),
+            (
+                entry(&format!("cert_dir: '{d}/nowhere'")),
+                "auth.x.cert_dir",
+            ),
+            (
+                entry(&format!("plain_http: true, cert_dir: '{d}'")),
+                "plain_http and cert_dir",
+            ),
+            (
+                format!("rsyncserver: {{auth: {{a: b}}, rsyncconfig: {{certs_d: '{d}/half'}}}}"),
+                "key rsyncserver.rsyncconfig.certs_d",
+            ),
+        ];
+        for (yaml, needle) in &cases {
+            let err = Config::from_yaml(yaml, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{yaml}: expected {needle} in {err}");
+        }
+        let good = entry(&format!(
+            "ca_file: '{d}/c.pem', client_cert_file: '{d}/c.pem', client_key_file: '{d}/c.pem'"
+        ));
+        let c = Config::from_yaml(&good, Path::new("c.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let pair = c.rsyncserver.rsyncconfig.auth["x"].client_pair().unwrap();
+        assert_eq!(pair.key, dir.path().join("c.pem"));
     }
 }

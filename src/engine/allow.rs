@@ -34,7 +34,7 @@ impl AllowList {
         if self.listed.iter().any(|l| l == registry) {
             return Ok(());
         }
-        let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+        let (host, _) = crate::registry::reference::split_host_port(registry);
         let internal = host == "localhost"
             || host.ends_with(".localhost")
             || host
@@ -86,6 +86,8 @@ mod tests {
             "10.0.0.5",
             "localhost:5000",
             "192.168.1.1:443",
+            "[::1]:5000",
+            "[fe80::1]",
         ] {
             let err = open.check(refused).unwrap_err();
             assert!(

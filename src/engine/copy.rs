@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::platforms::PlatformFilter;
 use super::progress::{BlobKind, Observers, Step, SyncEvent};
 use super::rechunk::Rechunk;
+use super::referrers::{ReferrerTags, SubjectLocks, Walk};
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
 use super::synclog::SyncLog;
@@ -20,7 +21,7 @@ use super::verify::VerifyingStream;
 use crate::registry::digest::digest_of;
 use crate::registry::media::{parse_manifest, Descriptor, ManifestKind};
 use crate::registry::reference::ImageRef;
-use crate::registry::{Manifest, RegistryClient, RegistryError};
+use crate::registry::{BlobCheck, Manifest, RegistryClient, RegistryError};
 
 /// Nesting allowed for indexes inside indexes; real images use one level.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -72,6 +73,12 @@ pub(crate) struct CopyJob<'a> {
     pub observers: &'a Observers,
     /// Stops the copy before the tag is written; see [`CopyJob::run`].
     pub cancel: &'a CancellationToken,
+    /// Copy the referrers (signatures, attestations, SBOMs) of every manifest copied.
+    pub referrers: bool,
+    /// Service-wide: one update at a time of a target's referrers index per subject.
+    pub subject_locks: &'a SubjectLocks,
+    /// This sync's: the referrer tags of each source repository, listed once.
+    pub referrer_tags: &'a ReferrerTags,
 }
 
 /// Why an image copy failed.
@@ -93,6 +100,18 @@ pub(crate) enum CopyError {
     /// Source and target disagree on what the request asked for.
     #[error("{0}")]
     Mismatch(String),
+    /// A referrer of the image could not be copied; the image's tag was not written.
+    #[error("referrer {referrer} ({kind}) of {subject}: {cause}")]
+    Referrer {
+        /// Digest (or tag) of the referrer.
+        referrer: String,
+        /// Its artifact type or media type.
+        kind: String,
+        /// The manifest it refers to.
+        subject: String,
+        /// Why it failed.
+        cause: String,
+    },
     /// The sync was cancelled before the tag was written.
     #[error("cancelled before the target was tagged; blobs already sent stay, untagged")]
     Cancelled,
@@ -137,11 +156,11 @@ enum SkipHead {
 }
 
 /// Source content gathered before anything is written.
-struct Plan {
+pub(super) struct Plan {
     /// Child manifests in push order (deepest first).
-    children: Vec<Manifest>,
+    pub children: Vec<Manifest>,
     /// Distinct blobs to bring over.
-    blobs: Vec<Descriptor>,
+    pub blobs: Vec<Descriptor>,
 }
 
 impl CopyJob<'_> {
@@ -193,6 +212,16 @@ impl CopyJob<'_> {
     async fn prepare(&self, result: &mut ImageResult) -> Result<Prepared, CopyError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let source_ref = self.source.reference().expect("source has a tag or digest");
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let report = |why: &str| {
+            if !waited.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                self.observers.step(self.index, Step::RateLimited);
+            }
+            self.log.info(why);
+        };
+        self.src
+            .wait_for_pull_quota(src_repo, source_ref, &report)
+            .await?;
         self.observers.step(self.index, Step::ReadingManifest);
         let top = self
             .retry
@@ -204,6 +233,17 @@ impl CopyJob<'_> {
             "Get manifest from {} ({}, {})",
             self.source, top.media_type, top.digest
         ));
+        if self.source == self.target {
+            // The seed's own example syncs an image onto itself. The source was read (so
+            // it exists); writing it back, forced or platform-filtered, could only
+            // change or damage the one image, so nothing is written.
+            result.digest = Some(top.digest.clone());
+            self.log.info(format!(
+                "Skip synchronization because source and target are the same image ({}, {}); nothing is written",
+                self.target, top.digest
+            ));
+            return Ok(Prepared::AlreadySynced);
+        }
         let top = self.filter_platforms(top)?;
         result.digest = Some(top.digest.clone());
         if let Some(wanted) = &self.target.digest {
@@ -237,6 +277,12 @@ impl CopyJob<'_> {
                 "Skip synchronization because destination {} already has {}",
                 self.target, top.digest
             ));
+            // Signatures are often added after the image was pushed: look for new ones.
+            let subjects = std::iter::once(top.digest.clone())
+                .chain(index_entries_of(&top))
+                .collect();
+            let mut walk = Walk::new((0, 0));
+            self.copy_referrers(subjects, &mut walk, result).await?;
             return Ok(Prepared::AlreadySynced);
         }
 
@@ -257,6 +303,16 @@ impl CopyJob<'_> {
             self.put_manifest(&child.digest, child).await?;
             result.manifests_pushed += 1;
         }
+        // Referrers before the tag: a policy engine never sees the tag unsigned.
+        let subjects = std::iter::once(top.digest.clone())
+            .chain(plan.children.iter().map(|c| c.digest.clone()))
+            .collect();
+        let planned = (
+            plan.blobs.len() as u64,
+            plan.blobs.iter().map(|b| b.size).sum(),
+        );
+        self.copy_referrers(subjects, &mut Walk::new(planned), result)
+            .await?;
         Ok(Prepared::Ready {
             top,
             reference: target_ref,
@@ -313,7 +369,7 @@ impl CopyJob<'_> {
 
     /// Reads every child manifest of an index (all before any write, so a missing child
     /// fails the copy with nothing written) and lists the distinct blobs.
-    async fn gather(&self, top: &Manifest) -> Result<Plan, CopyError> {
+    pub(super) async fn gather(&self, top: &Manifest) -> Result<Plan, CopyError> {
         let mut plan = Plan {
             children: Vec::new(),
             blobs: Vec::new(),
@@ -443,7 +499,7 @@ impl CopyJob<'_> {
     /// their checks answer. Large blobs are copied `parallel` at a time; small ones (up
     /// to [`SMALL_BLOB`]) up to [`SMALL_PER_LARGE`] times as many, never more than the
     /// service-wide cap of streams, which bounds every stream in any case.
-    async fn copy_blobs(
+    pub(super) async fn copy_blobs(
         &self,
         blobs: &[Descriptor],
         fresh: bool,
@@ -453,6 +509,9 @@ impl CopyJob<'_> {
             .min(self.transfers.max_streams())
             .max(self.parallel);
         let large = tokio::sync::Semaphore::new(self.parallel);
+        // One log line per target repository when its registry refuses blob HEADs.
+        let head_refused = AtomicBool::new(false);
+        let head_refused = &head_refused;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         // `move`: the sender must go when the checks are done, or the copies wait forever.
         let checks = async move {
@@ -477,7 +536,7 @@ impl CopyJob<'_> {
                 tokio::select! {
                     item = rx.recv(), if open && running.len() < in_flight => match item {
                         Some((blob, checked)) => {
-                            running.push(self.copy_checked(blob, fresh, checked, &large));
+                            running.push(self.copy_checked(blob, fresh, checked, &large, head_refused));
                         }
                         None => open = false,
                     },
@@ -505,14 +564,15 @@ impl CopyJob<'_> {
         fresh: bool,
         checked: Checked,
         large: &tokio::sync::Semaphore,
+        head_refused: &AtomicBool,
     ) -> (u64, Result<BlobOutcome, RegistryError>) {
         let outcome = if checked == Checked::Present {
             Ok(BlobOutcome::Skipped)
         } else if blob.size > SMALL_BLOB {
             let _large = large.acquire().await.expect("never closed");
-            self.copy_blob(blob, fresh, checked).await
+            self.copy_blob(blob, fresh, checked, head_refused).await
         } else {
-            self.copy_blob(blob, fresh, checked).await
+            self.copy_blob(blob, fresh, checked, head_refused).await
         };
         (blob.size, outcome)
     }
@@ -550,8 +610,8 @@ impl CopyJob<'_> {
             return Checked::No;
         }
         let (dst_repo, digest) = (&self.target.repository, &blob.digest);
-        match self.dst.blob_size(dst_repo, digest).await {
-            Ok(Some(_)) => {
+        match self.dst.blob_check(dst_repo, digest).await {
+            Ok(BlobCheck::Present(_)) => {
                 self.transfers
                     .remember(self.dst.registry(), digest, dst_repo);
                 self.log.info(format!(
@@ -561,8 +621,9 @@ impl CopyJob<'_> {
                 ));
                 Checked::Present
             }
-            Ok(None) => Checked::Absent,
-            Err(_) => Checked::No,
+            Ok(BlobCheck::Absent) => Checked::Absent,
+            // A refused HEAD is logged once by the copy, which checks again.
+            Ok(BlobCheck::Refused(_)) | Err(_) => Checked::No,
         }
     }
 
@@ -571,6 +632,7 @@ impl CopyJob<'_> {
         blob: &Descriptor,
         fresh: bool,
         checked: Checked,
+        head_refused: &AtomicBool,
     ) -> Result<BlobOutcome, RegistryError> {
         let what = format!("transferring blob {}", blob.digest);
         // Only a first attempt may go without the HEAD check: a retry must find out
@@ -585,7 +647,7 @@ impl CopyJob<'_> {
                     _ if fresh => SkipHead::IfSmall,
                     _ => SkipHead::Never,
                 };
-                self.copy_blob_once(blob, skip)
+                self.copy_blob_once(blob, skip, head_refused)
             })
             .await
     }
@@ -594,6 +656,7 @@ impl CopyJob<'_> {
         &self,
         blob: &Descriptor,
         skip: SkipHead,
+        head_refused: &AtomicBool,
     ) -> Result<BlobOutcome, RegistryError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let (digest, dst_registry) = (&blob.digest, self.dst.registry());
@@ -613,7 +676,27 @@ impl CopyJob<'_> {
                 Some(repo) => repo != dst_repo,
                 None => skip == SkipHead::CheckedAbsent || blob.size <= SMALL_BLOB,
             };
-        if !skip_head && self.dst.blob_size(dst_repo, digest).await?.is_some() {
+        let present = if skip_head {
+            false
+        } else {
+            match self.dst.blob_check(dst_repo, digest).await? {
+                BlobCheck::Present(_) => true,
+                BlobCheck::Absent => false,
+                BlobCheck::Refused(status) => {
+                    // Harbor robot accounts, Artifact Registry and ECR refuse a HEAD in a
+                    // repository they do not have yet (skopeo#2484): "unknown", so upload;
+                    // a refused upload is still an error of its own.
+                    if !head_refused.swap(true, Ordering::Relaxed) {
+                        self.log.warn(format!(
+                            "Destination {} answered HTTP {status} to a blob check (usual for a repository that does not exist yet); uploading its blobs without checking",
+                            self.target.name()
+                        ));
+                    }
+                    false
+                }
+            }
+        };
+        if present {
             self.transfers.remember(dst_registry, digest, dst_repo);
             self.log.info(format!(
                 "Blob {digest}({}) has been pushed to {}, will not be pulled",
@@ -710,13 +793,15 @@ impl CopyJob<'_> {
         Ok(blob.size)
     }
 
-    async fn put_manifest(
+    /// PUTs a manifest; returns the target's `OCI-Subject` answer.
+    pub(super) async fn put_manifest(
         &self,
         reference: &str,
         manifest: &Manifest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<String>, RegistryError> {
         let repo = &self.target.repository;
-        self.retry
+        let subject = self
+            .retry
             .run(self.log, "pushing a manifest", || {
                 self.dst.manifest_put(repo, reference, manifest)
             })
@@ -726,6 +811,14 @@ impl CopyJob<'_> {
             self.target.name(),
             manifest.digest
         ));
-        Ok(())
+        Ok(subject)
+    }
+}
+
+/// Digests an index lists (none for an image manifest).
+fn index_entries_of(manifest: &Manifest) -> Vec<String> {
+    match parse_manifest(&manifest.media_type, &manifest.bytes) {
+        Ok(ManifestKind::Index(entries)) => entries.into_iter().map(|e| e.digest).collect(),
+        _ => Vec::new(),
     }
 }

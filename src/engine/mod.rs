@@ -6,6 +6,7 @@ mod copy;
 pub mod platforms;
 pub mod progress;
 mod rechunk;
+mod referrers;
 mod report;
 mod retry;
 pub mod rules;
@@ -28,6 +29,7 @@ use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
 use self::progress::Observers;
+use self::referrers::{ReferrerTags, SubjectLocks};
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
@@ -42,6 +44,7 @@ pub struct Engine {
     /// Platform filter of the config (`task.os` / `task.arch`); a request may override it.
     platforms: Option<PlatformFilter>,
     transfers: Transfers,
+    subject_locks: SubjectLocks,
     allowed: AllowList,
     /// Told of every sync's events (the service's metrics).
     observer: Arc<dyn SyncObserver>,
@@ -84,13 +87,24 @@ pub struct SyncRequest {
     /// changes); empty means the config's `task.os` / `task.arch`, which default to all.
     #[serde(default)]
     pub platforms: Vec<String>,
+    /// Copy each image's referrers (signatures, attestations, SBOMs); `None` means the
+    /// config's `task.referrers`, which defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<bool>,
 }
+
+/// Why the tags of a source rule could not be listed; says what failed and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TagListError(String);
 
 /// How every image of one request is copied.
 struct RunOptions<'a> {
     force: bool,
     check_every_blob: bool,
     platforms: Option<&'a PlatformFilter>,
+    referrers: bool,
+    referrer_tags: &'a ReferrerTags,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
 }
@@ -126,17 +140,32 @@ impl Engine {
                 tracing::error!("ignoring task.os/task.arch: {e}");
                 None
             });
+        let auth_file = config
+            .auth_file
+            .as_deref()
+            .map(crate::registry::credentials::AuthFile::load);
+        let pool = ClientPool::new(
+            &config.auth,
+            Timeouts {
+                connect: Duration::from_secs(config.task.connect_timeout_seconds),
+                idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
+            },
+        )
+        .with_auth_file(auth_file)
+        .with_helper_timeout(Duration::from_secs(
+            config.task.credential_helper_timeout_seconds,
+        ))
+        .with_pull_floor(config.task.dockerhub_min_remaining)
+        .with_certs_d(config.certs_d.clone());
+        for line in pool.describe_sources() {
+            tracing::info!("registry credentials: {line}");
+        }
         Self {
-            pool: ClientPool::new(
-                &config.auth,
-                Timeouts {
-                    connect: Duration::from_secs(config.task.connect_timeout_seconds),
-                    idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
-                },
-            ),
+            pool,
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),
+            subject_locks: SubjectLocks::default(),
             allowed: AllowList::new(config),
             observer: Arc::new(Unobserved),
         }
@@ -180,10 +209,13 @@ impl Engine {
         let start_time = Local::now();
         let observers = Observers::new(self.observer.clone(), context.observer.clone());
         let log = SyncLog::default();
+        let referrer_tags = ReferrerTags::default();
         let planned = match PlatformFilter::from_patterns(&request.platforms) {
             Ok(filter) => {
                 let targets: Vec<&str> = request.targets.iter().map(String::as_str).collect();
-                let pairs = self.plan(&request.source, &targets, &log).await;
+                let pairs = self
+                    .plan(&request.source, &targets, &log, &referrer_tags)
+                    .await;
                 pairs.map(|p| (p, filter.or_else(|| self.platforms.clone())))
             }
             Err(e) => Err(PlanError::BadInput(format!("platforms: {e}"))),
@@ -199,6 +231,8 @@ impl Engine {
                     force: request.force,
                     check_every_blob: context.resumed,
                     platforms: filter.as_ref(),
+                    referrers: request.referrers.unwrap_or(self.task.referrers),
+                    referrer_tags: &referrer_tags,
                     observers: &observers,
                     cancel: &context.cancel,
                 };
@@ -262,6 +296,34 @@ impl Engine {
         }
     }
 
+    /// The tags the source rule `source` selects right now: the registry's listing for a
+    /// rule without a tag or with a regex, the given tags for a list; `None` for a digest.
+    /// Mirrors filter these further before they hand a tag list to [`Engine::run_request`].
+    pub async fn source_tags(&self, source: &str) -> Result<Option<Vec<String>>, TagListError> {
+        let log = SyncLog::default();
+        let src = RuleSide::parse(source).map_err(|e| TagListError(format!("source: {e}")))?;
+        self.allowed
+            .check(&src.image.registry)
+            .map_err(TagListError)?;
+        let listing = match &src.selector {
+            Selector::Digest(_) => return Ok(None),
+            Selector::Tags(tags) => return Ok(Some(tags.clone())),
+            Selector::All | Selector::Regex(_) => {
+                let client = self
+                    .client(&src.image, &log)
+                    .map_err(|e| TagListError(e.to_string()))?;
+                client
+                    .tags(&src.image.repository)
+                    .await
+                    .map_err(|e| TagListError(e.to_string()))?
+            }
+        };
+        Ok(Some(match &src.selector {
+            Selector::Regex(re) => listing.into_iter().filter(|t| re.is_match(t)).collect(),
+            _ => listing,
+        }))
+    }
+
     /// Turns the rule into (source, target) pairs. Everything that can be checked without
     /// the network is checked first; only "every tag" and regex rules list the source's tags.
     async fn plan(
@@ -269,6 +331,7 @@ impl Engine {
         source: &str,
         targets: &[&str],
         log: &SyncLog,
+        referrer_tags: &ReferrerTags,
     ) -> Result<Vec<(ImageRef, ImageRef)>, PlanError> {
         let bad =
             |side: &str, e: &dyn std::fmt::Display| PlanError::BadInput(format!("{side}: {e}"));
@@ -296,8 +359,21 @@ impl Engine {
         }
         let tags = if needs_listing {
             let client = self.client(&src.image, log)?;
-            let tags = client.tags(&src.image.repository).await?;
+            let mut tags = client.tags(&src.image.repository).await?;
             log.info(format!("Found {} tags in {}", tags.len(), src.image.name()));
+            // The copies will look for referrer tags here: they need not list again.
+            referrer_tags.remember(src.image.name(), &tags);
+            // Signature, attestation and referrers-index tags are not images: they
+            // travel with their subject (when referrers are copied), never on their own.
+            let before = tags.len();
+            tags.retain(|t| !crate::registry::media::is_referrer_tag(t));
+            if tags.len() < before {
+                log.info(format!(
+                    "Leave out {} referrer tags (sha256-...) of {}: they travel with their subject",
+                    before - tags.len(),
+                    src.image.name()
+                ));
+            }
             Some(tags)
         } else {
             None
@@ -305,14 +381,10 @@ impl Engine {
         let mut pairs = Vec::new();
         for dst in &dsts {
             let more = rules::pair(&src, dst, tags.as_deref()).map_err(|e| bad("source", &e))?;
-            for (s, d) in more {
-                if s == d {
-                    return Err(PlanError::BadInput(format!(
-                        "source and target are the same image ({s}); nothing to copy"
-                    )));
-                }
-                pairs.push((s, d));
-            }
+            // A pair whose source is its target stays: the seed answered it 200
+            // (`already_synced`), and callers' scripts rely on that; the copy reads the
+            // source and writes nothing (see `CopyJob::prepare`).
+            pairs.extend(more);
         }
         Ok(pairs)
     }
@@ -398,6 +470,9 @@ impl Engine {
                     index,
                     observers: options.observers,
                     cancel: options.cancel,
+                    referrers: options.referrers,
+                    subject_locks: &self.subject_locks,
+                    referrer_tags: options.referrer_tags,
                 }
                 .run()
                 .await
@@ -416,15 +491,10 @@ impl Engine {
         log: &SyncLog,
     ) -> Result<std::sync::Arc<crate::registry::RegistryClient>, crate::registry::RegistryError>
     {
-        let Resolved { client, entry } = self.pool.resolve(&image.registry, &image.repository)?;
-        match (client.username(), entry) {
-            (Some(user), _) => log.info(format!(
-                "Find auth information for {image}, username: {user}"
-            )),
-            (None, Some(entry)) => log.info(format!(
-                "Find auth information for {image} (entry {entry}), access will be anonymous"
-            )),
-            (None, None) => log.info(format!(
+        let Resolved { client, source } = self.pool.resolve(&image.registry, &image.repository)?;
+        match source {
+            Some(source) => log.info(format!("Find auth information for {image}: {source}")),
+            None => log.info(format!(
                 "Cannot find auth information for {image}, access will be anonymous"
             )),
         }
@@ -450,8 +520,6 @@ mod tests {
             .contains("10.0.0.1:5000 is not allowed"));
         let d = format!("sha256:{}", "a".repeat(64));
         for (s, t) in [
-            ("127.0.0.1:9/a:v1", "127.0.0.1:9/a:v1"),
-            ("127.0.0.1:9/a:v1", "127.0.0.1:9/a"),
             ("127.0.0.1:9/a:v1", &format!("127.0.0.1:9/b@{d}") as &str),
             ("127.0.0.1:9/Upper:v1", "127.0.0.1:9/a"),
             ("127.0.0.1:9/a:v1", ""),

@@ -37,6 +37,8 @@ pub enum Step {
     /// Planned, not started.
     #[default]
     Waiting,
+    /// Waiting because the source announced too few remaining pulls (Docker Hub).
+    RateLimited,
     /// Reading the source's top manifest.
     ReadingManifest,
     /// Asking the target whether it already holds the image.
@@ -94,6 +96,13 @@ pub enum SyncEvent<'a> {
         kind: BlobKind,
         /// Its size.
         bytes: u64,
+    },
+    /// A referrer of an image (signature, attestation, SBOM...) was written to the target.
+    ReferrerCopied {
+        /// Image position.
+        image: usize,
+        /// Target registry host[:port].
+        registry: &'a str,
     },
     /// A registry step failed and is tried again.
     Retry {

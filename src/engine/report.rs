@@ -54,8 +54,12 @@ pub struct ImageResult {
     pub blobs_skipped: u64,
     /// Bytes streamed from source to target.
     pub bytes_copied: u64,
-    /// Manifests written to the target (index, children, tags).
+    /// Manifests written to the target (index, children, tags, referrers and their
+    /// fallback indexes).
     pub manifests_pushed: u64,
+    /// Referrers (signatures, attestations, SBOMs, and their own referrers) written to
+    /// the target; those it already held are not counted.
+    pub referrers_copied: u64,
     /// What failed, where, and what to do; absent on success.
     pub error: Option<String>,
 }

@@ -396,6 +396,8 @@ pub async fn require_basic_auth(
     };
     match checked {
         Ok(user) => {
+            // The request's span (access_log) carries the user into every line it logs.
+            tracing::Span::current().record("user", user.0.as_str());
             request.extensions_mut().insert(user.clone());
             let mut response = next.run(request).await;
             response.extensions_mut().insert(user);

@@ -9,10 +9,16 @@
 //! the last can never disagree about what was asked.
 //!
 //! Beyond the seed: `target` may be a list (one sync, several targets, as image-syncer
-//! allowed), and `rsync_config.force` / `rsync_config.platforms` are optional. Next to
+//! allowed), and `rsync_config.force` / `rsync_config.platforms` /
+//! `rsync_config.referrers` are optional. Next to
 //! `rsync_config`, `"async": true` asks for a job answered with 202 at once, and
 //! `callback_url` for a webhook when the job ends.
 
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use futures_util::StreamExt;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -22,6 +28,76 @@ use crate::engine::SyncRequest;
 
 /// Largest accepted body; a valid request is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A body over [`MAX_BODY_BYTES`] is read and thrown away up to this many bytes before
+/// the 413 goes out, so the client, still sending, reads the answer instead of a broken
+/// pipe (reqwest, curl and Python requests all write the whole body before they read).
+pub const MAX_DRAIN_BYTES: u64 = 64 << 20;
+
+/// ... and for at most this long; past either bound the connection is closed unread.
+pub const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Why a request body could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// Larger than [`MAX_BODY_BYTES`]; `drained` says whether the rest was read (then the
+    /// client will read the 413) or left on the wire (beyond the drain bounds).
+    TooLarge {
+        /// The whole body was read and discarded.
+        drained: bool,
+    },
+    /// The connection broke while the body was read.
+    Broken,
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`]. A larger one is read on and
+/// discarded within [`MAX_DRAIN_BYTES`] and [`MAX_DRAIN_TIME`] (never buffered); one that
+/// announces more than the drain bound is refused at once, unread.
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ReadError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_DRAIN_BYTES) {
+        return Err(ReadError::TooLarge { drained: false });
+    }
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0u64;
+    let deadline = tokio::time::Instant::now() + MAX_DRAIN_TIME;
+    loop {
+        let next = if total > MAX_BODY_BYTES as u64 {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => return Err(ReadError::TooLarge { drained: false }),
+            }
+        } else {
+            stream.next().await
+        };
+        match next {
+            None if total > MAX_BODY_BYTES as u64 => {
+                return Err(ReadError::TooLarge { drained: true })
+            }
+            None => return Ok(Bytes::from(kept)),
+            Some(Err(_)) if total > MAX_BODY_BYTES as u64 => {
+                return Err(ReadError::TooLarge { drained: false })
+            }
+            Some(Err(_)) => return Err(ReadError::Broken),
+            Some(Ok(chunk)) => {
+                total += chunk.len() as u64;
+                if total > MAX_DRAIN_BYTES {
+                    return Err(ReadError::TooLarge { drained: false });
+                }
+                if total <= MAX_BODY_BYTES as u64 {
+                    kept.extend_from_slice(&chunk);
+                } else {
+                    // Over the cap: from here on bytes are only counted.
+                    kept = Vec::new();
+                }
+            }
+        }
+    }
+}
 
 /// The example shown in error messages.
 const EXAMPLE: &str = r#"{"rsync_config":{"source":"reg-a.example.com/team/app:v1","target":"reg-b.example.com/team/app:v1"}}"#;
@@ -79,6 +155,8 @@ struct DuplicateCheckInner {
     _force: Option<IgnoredAny>,
     #[serde(rename = "platforms")]
     _platforms: Option<IgnoredAny>,
+    #[serde(rename = "referrers")]
+    _referrers: Option<IgnoredAny>,
 }
 
 /// Parses and checks a request body.
@@ -129,6 +207,7 @@ pub fn parse_sync_request(body: &[u8]) -> Result<ParsedRequest, BodyError> {
     let target = target.map_err(fail)?;
     let force = force_field(config).map_err(fail)?;
     let platforms = platforms_field(config).map_err(fail)?;
+    let referrers = referrers_field(config).map_err(fail)?;
     let asynchronous = async_field(&top).map_err(fail)?;
     let callback_url = callback_field(&top).map_err(fail)?;
     if let Err(e) = serde_json::from_str::<DuplicateCheck>(text) {
@@ -145,12 +224,14 @@ pub fn parse_sync_request(body: &[u8]) -> Result<ParsedRequest, BodyError> {
             targets,
             force,
             platforms: platforms.clone(),
+            referrers,
         },
         echo: RsyncConfigEcho {
             source,
             target,
             force,
             platforms,
+            referrers,
         },
         asynchronous,
         callback_url,
@@ -241,6 +322,19 @@ fn force_field(config: &Map<String, Value>) -> Result<bool, String> {
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(format!(
             "rsync_config.force must be true or false, not {}",
+            kind(other)
+        )),
+    }
+}
+
+/// `rsync_config.referrers`: optional boolean, copy signatures, attestations and SBOMs
+/// with each image; absent means the config's `task.referrers`.
+fn referrers_field(config: &Map<String, Value>) -> Result<Option<bool>, String> {
+    match config.get("referrers") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(format!(
+            "rsync_config.referrers must be true or false, not {}",
             kind(other)
         )),
     }
@@ -351,6 +445,11 @@ mod tests {
                 Err("rsync_config.force must be true or false, not a string"),
             ),
             (
+                "referrers not bool",
+                br#"{"rsync_config":{"source":"a","target":"b","referrers":"no"}}"#,
+                Err("rsync_config.referrers must be true or false, not a string"),
+            ),
+            (
                 "platforms not list",
                 br#"{"rsync_config":{"source":"a","target":"b","platforms":"linux/amd64"}}"#,
                 Err("rsync_config.platforms must be a list"),
@@ -383,17 +482,19 @@ mod tests {
     #[test]
     fn options_reach_the_engine_and_the_echo() {
         let parsed = parse_sync_request(
-            br#"{"rsync_config":{"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]}}"#,
+            br#"{"rsync_config":{"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"],"referrers":false}}"#,
         )
         .unwrap();
         assert!(parsed.request.force);
         assert_eq!(parsed.request.platforms, ["linux/arm64"]);
+        assert_eq!(parsed.request.referrers, Some(false));
         let echo = serde_json::to_value(&parsed.echo).unwrap();
         assert_eq!(
             echo,
-            serde_json::json!({"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"]})
+            serde_json::json!({"source":"a","target":["b"],"force":true,"platforms":["linux/arm64"],"referrers":false})
         );
         let plain = parse_sync_request(br#"{"rsync_config":{"source":"a","target":"b"}}"#).unwrap();
+        assert_eq!(plain.request.referrers, None, "absent: the config decides");
         assert_eq!(
             serde_json::to_value(&plain.echo).unwrap(),
             serde_json::json!({"source":"a","target":"b"}),

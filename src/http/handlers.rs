@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +10,7 @@ use axum::{Extension, Json};
 use chrono::Local;
 
 use super::auth::AuthUser;
-use super::body::{parse_sync_request, ParsedRequest, MAX_BODY_BYTES};
+use super::body::{parse_sync_request, read_body, ParsedRequest, ReadError, MAX_BODY_BYTES};
 use super::jobs_api::{job_path, JobView};
 use super::response::{
     close_connection, error_response, set_retry_after, Health, Outcome, RsyncConfigEcho,
@@ -19,7 +18,7 @@ use super::response::{
 };
 use super::state::AppState;
 use crate::engine::{FailureKind, SyncStatus};
-use crate::jobs::{NewJob, SubmitError};
+use crate::jobs::{JobManager, NewJob, SubmitError};
 
 /// `Retry-After` of a 503 when every sync slot is taken. Syncs take seconds to minutes;
 /// a CI job retrying after this long rarely finds the service still full.
@@ -55,7 +54,7 @@ pub async fn rsync(
     Extension(AuthUser(username)): Extension<AuthUser>,
     version: Version,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let start = Local::now();
     let refuse = |username: String, echo, outcome, message: String| {
@@ -63,12 +62,12 @@ pub async fn rsync(
         state.recorder().record(&answer);
         answer.into_response()
     };
-    let request = match read_request(body) {
+    let request = match read_request(&headers, body).await {
         Ok(request) => request,
         Err((outcome, message, echo)) => {
             let mut response = refuse(username, echo, outcome, message);
             if outcome == Outcome::BodyTooLarge {
-                // Reading stopped at the cap; the rest of the body is still on the wire.
+                // Drained or not, a caller who sent that much is not kept: one answer, close.
                 close_connection(&mut response, version);
             }
             return response;
@@ -83,35 +82,42 @@ pub async fn rsync(
         };
         return refuse(username, request.echo, outcome, message);
     }
+    if let Some(url) = &request.callback_url {
+        let checked = match reqwest::Url::parse(url) {
+            Ok(url) => state.jobs().check_callback(&url).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(message) = checked {
+            let outcome = Outcome::Sync {
+                status: SyncStatus::Unusual,
+                failure: Some(FailureKind::BadInput),
+            };
+            return refuse(username, request.echo, outcome, message);
+        }
+    }
     let asynchronous = request.asynchronous || prefers_async(&headers);
     let echo = request.echo.clone();
     let new = NewJob {
         user: username.clone(),
+        trigger: crate::jobs::model::Trigger::Request,
         request: request.request,
         rsync_config: serde_json::to_value(&request.echo).unwrap_or_default(),
         asynchronous,
         callback_url: request.callback_url,
     };
-    // A job that waits takes a slot now or never: a full service answers at once instead
-    // of holding callers without bound. Asynchronous jobs queue (up to jobs.max_queued).
+    // Every job takes a free slot or waits in the one FIFO queue (up to jobs.max_queued);
+    // a synchronous caller keeps its connection open meanwhile.
     let submitted = match state.jobs().submit(new).await {
         Ok(submitted) => submitted,
         Err(e) => {
             let (outcome, message) = match e {
-                SubmitError::Busy => (
-                    Outcome::Busy,
-                    format!(
-                        "the service is busy: it already runs its maximum of {} syncs at once \
-                         (rsyncserver.max_concurrent_syncs); retry in {BUSY_RETRY_AFTER_SECONDS} s, \
-                         or send \"async\": true to queue the job",
-                        state.max_concurrent_syncs()
-                    ),
-                ),
                 SubmitError::QueueFull => (
                     Outcome::Busy,
                     format!(
-                        "the job queue is full ({} jobs wait for a slot, rsyncserver.jobs.max_queued); \
+                        "the service is busy: all {} sync slots are taken (rsyncserver.max_concurrent_syncs) \
+                         and the job queue is full ({} jobs wait for a slot, rsyncserver.jobs.max_queued); \
                          retry in {BUSY_RETRY_AFTER_SECONDS} s",
+                        state.max_concurrent_syncs(),
                         state.jobs().limits().max_queued
                     ),
                 ),
@@ -128,6 +134,7 @@ pub async fn rsync(
             return response;
         }
     };
+    tracing::Span::current().record("job", submitted.job.id);
     let location = job_path(submitted.job.id);
     if asynchronous {
         let mut response =
@@ -135,7 +142,15 @@ pub async fn rsync(
         set_header(&mut response, header::LOCATION, &location);
         return response;
     }
-    let mut response = match submitted.done.await {
+    // Dropped with this handler when the caller hangs up: a job still waiting in the
+    // queue is then cancelled and never runs; a running one finishes (see `abandon`).
+    let mut waiting = AbandonOnDrop {
+        jobs: state.jobs().clone(),
+        id: Some(submitted.job.id),
+    };
+    let done = submitted.done.await;
+    waiting.id = None;
+    let mut response = match done {
         Ok(job) => {
             let status = job
                 .http_status
@@ -155,6 +170,22 @@ pub async fn rsync(
     };
     set_header(&mut response, header::CONTENT_LOCATION, &location);
     response
+}
+
+/// Cancels a synchronous job that still waits for a slot when its caller's request is
+/// dropped (the connection closed); disarmed once the job has ended.
+struct AbandonOnDrop {
+    jobs: JobManager,
+    id: Option<i64>,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.jobs
+                .abandon(id, "its caller, who hung up while it was queued");
+        }
+    }
 }
 
 /// Whether the caller sent `Prefer: respond-async` (RFC 7240).
@@ -191,18 +222,18 @@ pub async fn not_found() -> Response {
 
 type Rejection = (Outcome, String, RsyncConfigEcho);
 
-fn read_request(body: Result<Bytes, BytesRejection>) -> Result<ParsedRequest, Rejection> {
+async fn read_request(headers: &HeaderMap, body: Body) -> Result<ParsedRequest, Rejection> {
     let bad_input = Outcome::Sync {
         status: SyncStatus::Unusual,
         failure: Some(FailureKind::BadInput),
     };
-    let bytes = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => (
+    let bytes = read_body(headers, body).await.map_err(|e| match e {
+        ReadError::TooLarge { .. } => (
             Outcome::BodyTooLarge,
             format!("request body is larger than {MAX_BODY_BYTES} bytes: send only rsync_config with source and target"),
             RsyncConfigEcho::default(),
         ),
-        _ => (
+        ReadError::Broken => (
             bad_input,
             "request body could not be read (connection broken?)".to_owned(),
             RsyncConfigEcho::default(),

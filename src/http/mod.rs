@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod handlers;
 pub mod home;
 pub mod jobs_api;
+pub mod mirrors_api;
 pub mod openapi;
 pub mod recorder;
 pub mod request_metrics;

@@ -76,6 +76,10 @@ impl Recorder {
 }
 
 impl JobHooks for Recorder {
+    fn started(&self, _job: &JobRecord, queued_seconds: f64) {
+        self.metrics.record_queue_wait(queued_seconds);
+    }
+
     fn finished(&self, job: &JobRecord, end: JobEnd) -> JobResult {
         let echo: RsyncConfigEcho =
             serde_json::from_value(job.rsync_config.clone()).unwrap_or_default();

@@ -94,6 +94,9 @@ pub struct RsyncConfigEcho {
     /// Echoed only when the caller gave a platform filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<String>,
+    /// Echoed only when the caller gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<bool>,
 }
 
 /// `rsync_config.target`: one reference (the seed's form) or a list of them.

@@ -1,16 +1,15 @@
 //! The route table (design.md section 2) and the layers around it.
 
-use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, MethodRouter};
 use axum::Router;
 
 use super::access_log::log_request;
 use super::auth::require_basic_auth;
-use super::body::MAX_BODY_BYTES;
 use super::dashboard;
 use super::handlers;
 use super::jobs_api;
+use super::mirrors_api::{self, MIRRORS_PATH};
 use super::openapi;
 use super::request_metrics::observe_request;
 use super::state::AppState;
@@ -52,7 +51,6 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
     let rsync: MethodRouter<AppState> = get(handlers::rsync_hint)
         .post(handlers::rsync)
         .route_layer(auth())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(handlers::method_not_allowed);
     let jobs = get(jobs_api::list_jobs)
         .route_layer(auth())
@@ -62,6 +60,12 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
         .route_layer(auth())
         .fallback(handlers::method_not_allowed);
     let job_events = get(jobs_api::job_events)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
+    let mirrors = get(mirrors_api::list_mirrors)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
+    let mirror_run = axum::routing::post(mirrors_api::run_mirror)
         .route_layer(auth())
         .fallback(handlers::method_not_allowed);
     vec![
@@ -82,5 +86,7 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
         (format!("{RSYNC_PATH}/jobs"), jobs),
         (format!("{RSYNC_PATH}/jobs/{{id}}"), job),
         (format!("{RSYNC_PATH}/jobs/{{id}}/events"), job_events),
+        (MIRRORS_PATH.into(), mirrors),
+        (format!("{MIRRORS_PATH}/{{name}}/run"), mirror_run),
     ]
 }

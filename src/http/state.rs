@@ -15,9 +15,10 @@ use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::jobs::tracker::SyncTracker;
-use crate::jobs::webhook::WebhookSender;
+use crate::jobs::webhook::{CallbackPolicy, WebhookSender};
 use crate::jobs::{JobLimits, JobManager, JobStore};
 use crate::metrics::{Gauges, Metrics};
+use crate::mirrors::Mirrors;
 
 /// Shared state of the router; cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -34,6 +35,7 @@ struct Inner {
     tools: BTreeMap<String, String>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    mirrors: Mirrors,
 }
 
 /// Written by hand so that nothing secret can ever show: the users appear as a count,
@@ -71,15 +73,20 @@ impl AppState {
             Arc::new(engine),
             store,
             Arc::new(recorder.clone()),
-            WebhookSender::default(),
+            WebhookSender::new(
+                crate::jobs::webhook::FIRST_BACKOFF,
+                CallbackPolicy::new(&server.jobs.callback_allowed_hosts),
+            ),
             JobLimits {
                 // A hand-built config may say 0; one slot at least keeps the service usable.
                 max_running: server.max_concurrent_syncs.max(1),
                 max_queued: server.jobs.max_queued,
             },
         );
+        let mirrors = Mirrors::new(&server.mirrors, jobs.clone());
         Self {
             inner: Arc::new(Inner {
+                mirrors,
                 jobs,
                 users: UserTable::new(&server.auth),
                 scopes: Scopes::new(&server.scopes),
@@ -109,6 +116,11 @@ impl AppState {
     /// The sync engine.
     pub fn engine(&self) -> &Engine {
         self.inner.jobs.engine()
+    }
+
+    /// The configured mirrors and their schedules.
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.inner.mirrors
     }
 
     /// Runs and keeps jobs.

@@ -573,8 +573,10 @@ async fn scopes_refuse_with_403_before_the_engine() {
 }
 
 #[tokio::test]
-async fn a_full_service_answers_503_at_once() {
-    let (f, state) = fixture_with("rsyncserver: {auth: {admin: admin}, max_concurrent_syncs: 2}");
+async fn a_full_service_with_a_full_queue_answers_503_at_once() {
+    let (f, state) = fixture_with(
+        "rsyncserver: {auth: {admin: admin}, max_concurrent_syncs: 2, jobs: {max_queued: 0}}",
+    );
     assert_eq!(state.max_concurrent_syncs(), 2);
     let held = state
         .sync_slots()
@@ -601,7 +603,7 @@ async fn a_full_service_answers_503_at_once() {
     assert_eq!(v["rsync_config"]["source"], "Bad Reference!!");
     let error = v["rsync_data"]["rsync_error"].as_str().unwrap();
     assert!(
-        error.contains("busy") && error.contains("max_concurrent_syncs"),
+        error.contains("busy") && error.contains("max_queued"),
         "{error}"
     );
     assert_eq!(log_lines(&f.log)[0]["http_status"], 503);
@@ -743,5 +745,35 @@ async fn metrics_need_no_auth_and_label_requests_by_route_template() {
     assert!(
         !text.contains("imagersync_sync_duration_seconds_count"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_synchronous_post_behind_taken_slots_waits_in_the_queue_then_runs() {
+    let (f, state) = fixture_with("rsyncserver: {auth: {admin: admin}, max_concurrent_syncs: 1}");
+    let held = state.sync_slots().clone().try_acquire_owned().unwrap();
+    let body = r#"{"rsync_config":{"source":"Bad Reference!!","target":"reg.example.com/a:1"}}"#;
+    let app = f.app.clone();
+    let waiting = tokio::spawn(async move {
+        send(
+            &app,
+            request(Method::POST, "/v1/image/rsync", Some("admin:admin"), body),
+        )
+        .await
+    });
+    while state.jobs().queued() == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "must wait for the slot, not answer");
+    drop(held);
+    let (status, parts, _) = waiting.await.unwrap();
+    // It ran: the engine refused the reference (400), not the queue (503).
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(parts.headers().contains_key(header::CONTENT_LOCATION));
+    assert_eq!(state.jobs().queued(), 0);
+    let metrics = state.metrics().render(state.gauges());
+    assert!(
+        metrics.contains("imagersync_job_queue_wait_seconds_count 1"),
+        "{metrics}"
     );
 }

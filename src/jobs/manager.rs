@@ -44,15 +44,16 @@ pub struct JobResult {
 pub trait JobHooks: Send + Sync {
     /// Turns the end of `job` into its result; also the place to log it.
     fn finished(&self, job: &JobRecord, end: JobEnd) -> JobResult;
+
+    /// `job` got a sync slot after waiting `queued_seconds` in the queue; the place to
+    /// count the wait. Does nothing unless implemented.
+    fn started(&self, _job: &JobRecord, _queued_seconds: f64) {}
 }
 
 /// Why a job could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// Every sync slot is taken and the caller wants to wait for the answer.
-    #[error("every sync slot is taken")]
-    Busy,
-    /// The queue of asynchronous jobs is full.
+    /// Every sync slot is taken and the queue of waiting jobs is full.
     #[error("the job queue is full")]
     QueueFull,
     /// The service is shutting down and takes no new jobs.
@@ -91,7 +92,7 @@ pub struct Submitted {
 pub struct JobLimits {
     /// Syncs running at once.
     pub max_running: usize,
-    /// Asynchronous jobs waiting at once.
+    /// Jobs waiting for a slot at once (synchronous and asynchronous alike).
     pub max_queued: usize,
 }
 
@@ -152,6 +153,12 @@ impl JobManager {
         }
     }
 
+    /// Checks a `callback_url` against `rsyncserver.jobs.callback_allowed_hosts` now, so
+    /// a refused one is a 400 at submit; delivery checks again.
+    pub async fn check_callback(&self, url: &reqwest::Url) -> Result<(), String> {
+        self.inner.webhook.policy().admit(url).await.map(|_| ())
+    }
+
     /// The engine jobs run on.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
@@ -181,22 +188,21 @@ impl JobManager {
         self.inner.live.lock().expect("live jobs lock").len()
     }
 
-    /// Creates a job. A job whose caller waits (`asynchronous: false`) takes a slot now or
-    /// fails with [`SubmitError::Busy`]; an asynchronous one queues for a slot.
+    /// Creates a job. It takes a free slot at once, or waits in one FIFO queue (bounded by
+    /// [`JobLimits::max_queued`], else [`SubmitError::QueueFull`]) whether its caller waits
+    /// for the answer (`asynchronous: false`) or not. A synchronous caller that goes away
+    /// while its job waits calls [`Self::abandon`].
     pub async fn submit(&self, new: NewJob) -> Result<Submitted, SubmitError> {
         if self.inner.stopping.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
+        // A free slot is taken at once only by a caller who waits: an asynchronous job
+        // always goes through the queue, as before. The semaphore hands freed permits to
+        // waiters first, so this never jumps ahead of a job already queued.
         let permit = if new.asynchronous {
             None
         } else {
-            Some(
-                self.inner
-                    .slots
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| SubmitError::Busy)?,
-            )
+            self.inner.slots.clone().try_acquire_owned().ok()
         };
         let queued = permit.is_none();
         if queued {
@@ -294,6 +300,29 @@ impl JobManager {
         Ok(live.snapshot())
     }
 
+    /// Cancels job `id` if it is still waiting for a slot, so that it never runs; a job
+    /// already running goes on (its copy must not stop half-way). For a synchronous
+    /// caller that hung up while waiting. Returns whether the job was cancelled.
+    pub fn abandon(&self, id: i64, by: &str) -> bool {
+        let Some(live) = self.live(id) else {
+            return false;
+        };
+        let mut abandoned = false;
+        // Decided under the record's lock, as `run` decides to start: the two cannot
+        // interleave, so a job either starts or is cancelled, never both.
+        live.update(|job| {
+            if job.state == JobState::Queued && !live.cancel.is_cancelled() {
+                job.cancelled_by = Some(by.to_owned());
+                live.cancel.cancel();
+                abandoned = true;
+            }
+        });
+        if abandoned {
+            tracing::info!(job = id, by, "queued job cancelled: its caller went away");
+        }
+        abandoned
+    }
+
     /// Stops starting queued jobs (they stay queued in the store for the next start);
     /// running ones go on. Used when the service shuts down.
     pub fn stop_starting(&self) {
@@ -335,16 +364,25 @@ impl JobManager {
             .expect("live jobs lock")
             .insert(live.id, live.clone());
         let manager = self.clone();
+        // Every line logged while the job runs (engine, registry client) names the job
+        // and its user; a root span, as the job outlives the request that made it.
+        let span = {
+            let job = live.snapshot();
+            tracing::info_span!(parent: None, "job", job = job.id, user = %job.user)
+        };
         // Its own task: a caller hanging up must not cancel the copy half-way.
-        tokio::spawn(async move {
-            let finished = manager.run(&live, permit).await;
-            if let Some(job) = finished {
-                if let Some(done) = done {
-                    let _ = done.send(job.clone());
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let finished = manager.run(&live, permit).await;
+                if let Some(job) = finished {
+                    if let Some(done) = done {
+                        let _ = done.send(job.clone());
+                    }
+                    manager.notify(job).await;
                 }
-                manager.notify(job).await;
-            }
-        });
+            },
+            span,
+        ));
     }
 
     /// Runs one job to its end; `None` when shutdown came first and it stays queued.
@@ -370,6 +408,12 @@ impl JobManager {
                         let end = JobEnd::CancelledBeforeStart(by);
                         return Some(self.finish(live, end, JobState::Cancelled).await);
                     }
+                    Err(false) if !live.snapshot().asynchronous => {
+                        // Its caller is told to run it again; resuming it after the
+                        // restart would run a sync nobody waits for.
+                        let end = JobEnd::CancelledBeforeStart("the service shutting down".into());
+                        return Some(self.finish(live, end, JobState::Cancelled).await);
+                    }
                     Err(false) => {
                         self.forget(live);
                         return None;
@@ -378,12 +422,28 @@ impl JobManager {
             }
         };
         let _slot = permit;
-        let _running = self.inner.syncs.start();
+        let now = Utc::now();
+        let mut starts = false;
         live.update(|job| {
-            job.state = JobState::Running;
-            job.started_at = Some(Utc::now());
+            // A caller that hung up between the slot and this line has cancelled: the
+            // job must not start (see `abandon`).
+            if !live.cancel.is_cancelled() {
+                job.state = JobState::Running;
+                job.started_at = Some(now);
+                job.queued_seconds = Some(seconds_between(job.created_at, now));
+                starts = true;
+            }
         });
+        if !starts {
+            let by = live.snapshot().cancelled_by.unwrap_or_default();
+            let end = JobEnd::CancelledBeforeStart(by);
+            return Some(self.finish(live, end, JobState::Cancelled).await);
+        }
+        let _running = self.inner.syncs.start();
         let job = live.snapshot();
+        self.inner
+            .hooks
+            .started(&job, job.queued_seconds.unwrap_or_default());
         self.save(&job).await;
         let context = SyncContext {
             observer: live.clone(),
@@ -459,6 +519,11 @@ impl JobManager {
             tracing::error!(job = job.id, error = %e, "cannot save job");
         }
     }
+}
+
+/// Seconds from `from` to `to`, never negative (the clock may step back).
+fn seconds_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> f64 {
+    ((to - from).num_milliseconds().max(0) as f64) / 1000.0
 }
 
 /// Puts a line at the top of a resumed job's log, so its reader knows why blobs were

@@ -18,6 +18,6 @@ pub mod webhook;
 pub use manager::{
     CancelError, JobEnd, JobHooks, JobLimits, JobManager, JobResult, SubmitError, Submitted,
 };
-pub use model::{JobFilter, JobProgress, JobRecord, JobState, NewJob};
+pub use model::{JobFilter, JobProgress, JobRecord, JobState, NewJob, Trigger};
 pub use sqlite::SqliteStore;
 pub use store::{JobStore, StoreError};

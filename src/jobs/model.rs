@@ -57,6 +57,33 @@ impl JobState {
     }
 }
 
+/// What started a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A caller posted a sync (jobs stored before triggers existed read as this).
+    #[default]
+    Request,
+    /// A mirror's schedule came due.
+    Schedule,
+    /// A registry announced a push to a mirror's source.
+    Push,
+    /// An admin started a mirror by hand.
+    Manual,
+}
+
+impl Trigger {
+    /// The lower-case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Request => "request",
+            Trigger::Schedule => "schedule",
+            Trigger::Push => "push",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
 /// Progress of one image copy of a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageProgress {
@@ -74,6 +101,9 @@ pub struct ImageProgress {
     pub bytes_total: u64,
     /// Bytes at the target so far.
     pub bytes_done: u64,
+    /// Referrers (signatures, attestations, SBOMs) written to the target so far.
+    #[serde(default)]
+    pub referrers_copied: u64,
     /// The image's outcome, once it ended.
     pub status: Option<ImageStatus>,
 }
@@ -91,6 +121,9 @@ pub struct JobProgress {
     pub bytes_total: u64,
     /// Sum of the images' `bytes_done`.
     pub bytes_done: u64,
+    /// Sum of the images' `referrers_copied`.
+    #[serde(default)]
+    pub referrers_copied: u64,
     /// Registry steps tried again so far.
     pub retries: u64,
 }
@@ -147,6 +180,12 @@ impl JobProgress {
                     p.bytes_done += bytes;
                 }
             }
+            SyncEvent::ReferrerCopied { image, .. } => {
+                let Some(p) = self.images.get_mut(image) else {
+                    return false;
+                };
+                p.referrers_copied += 1;
+            }
             SyncEvent::Retry { .. } => self.retries += 1,
             SyncEvent::ImageFinished { image, result } => {
                 let Some(p) = self.images.get_mut(image) else {
@@ -164,6 +203,7 @@ impl JobProgress {
         let total = |f: fn(&ImageProgress) -> u64| self.images.iter().map(f).sum::<u64>();
         (self.blobs_total, self.blobs_done) = (total(|p| p.blobs_total), total(|p| p.blobs_done));
         (self.bytes_total, self.bytes_done) = (total(|p| p.bytes_total), total(|p| p.bytes_done));
+        self.referrers_copied = total(|p| p.referrers_copied);
     }
 }
 
@@ -176,6 +216,10 @@ pub struct CallbackStatus {
     pub attempts: u32,
     /// Why the last attempt failed, if it did.
     pub last_error: Option<String>,
+    /// Not sent at all: at delivery the host resolved to an internal address that
+    /// `rsyncserver.jobs.callback_allowed_hosts` does not list (`last_error` says which).
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// Everything known about one job; what the store keeps and the API shows.
@@ -183,8 +227,11 @@ pub struct CallbackStatus {
 pub struct JobRecord {
     /// Assigned by the store; increases with every job.
     pub id: i64,
-    /// The service user who asked for it.
+    /// The service user who asked for it (`mirror:<name>` for a mirror's runs).
     pub user: String,
+    /// What started it.
+    #[serde(default)]
+    pub trigger: Trigger,
     /// Where it is in its life.
     pub state: JobState,
     /// What to copy.
@@ -202,6 +249,10 @@ pub struct JobRecord {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Seconds it waited in the queue for a sync slot (from `created_at` to the latest
+    /// `started_at`); unset until it starts.
+    #[serde(default)]
+    pub queued_seconds: Option<f64>,
     /// How often it was picked up again after a service restart.
     pub resumed: u32,
     /// Who cancelled it, when someone did.
@@ -221,6 +272,8 @@ pub struct JobRecord {
 pub struct NewJob {
     /// The service user.
     pub user: String,
+    /// What started it.
+    pub trigger: Trigger,
     /// What to copy.
     pub request: SyncRequest,
     /// `rsync_config` as sent, for the echo.
@@ -237,6 +290,7 @@ impl NewJob {
         JobRecord {
             id: 0,
             user: self.user,
+            trigger: self.trigger,
             state: JobState::Queued,
             request: self.request,
             rsync_config: self.rsync_config,
@@ -245,6 +299,7 @@ impl NewJob {
             created_at: now,
             started_at: None,
             finished_at: None,
+            queued_seconds: None,
             resumed: 0,
             cancelled_by: None,
             progress: JobProgress::default(),

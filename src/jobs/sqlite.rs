@@ -200,6 +200,7 @@ mod tests {
     fn job(user: &str, at: DateTime<Utc>) -> JobRecord {
         NewJob {
             user: user.into(),
+            trigger: crate::jobs::model::Trigger::Request,
             request: SyncRequest {
                 source: "r/a:v1".into(),
                 targets: vec!["r/b:v1".into()],

@@ -1,7 +1,6 @@
 //! Registry authentication: the `WWW-Authenticate` challenge and bearer tokens.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -81,26 +80,21 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     }
 }
 
-/// User name and password for one registry.
-#[derive(Clone)]
-pub struct Credentials {
-    /// User name, shown in logs.
-    pub username: String,
-    /// Password or token, never shown.
-    pub password: Secret,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials({}, <redacted>)", self.username)
-    }
-}
-
 /// A bearer token and when it stops being usable.
 #[derive(Clone)]
 pub(crate) struct Token {
     pub(crate) value: Secret,
     expires_at: Instant,
+}
+
+impl Token {
+    /// A token used as it is (a configured registry token); it never expires here.
+    pub(crate) fn fixed(value: Secret) -> Token {
+        Token {
+            value,
+            expires_at: Instant::now() + Duration::from_secs(365 * 24 * 3600),
+        }
+    }
 }
 
 /// Answer of a token endpoint (docker token spec: `token` or `access_token`).
@@ -109,6 +103,17 @@ pub(crate) struct TokenAnswer {
     token: Option<String>,
     access_token: Option<String>,
     expires_in: Option<u64>,
+}
+
+/// The OAuth2 answer to a refresh-token grant also counts as a token answer; a new
+/// `refresh_token` in it is ignored: the configured identity token stays the source.
+pub(crate) const CLIENT_ID: &str = "imagersync";
+
+/// Whether a refusal says the login itself expired: ECR answers 403 "Your authorization
+/// token has expired. Reauthenticate and try again." rather than 401.
+pub(crate) fn says_token_expired(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("token has expired") || text.contains("token is expired")
 }
 
 impl TokenAnswer {
@@ -183,6 +188,15 @@ mod tests {
         for (header, want) in cases {
             assert_eq!(Challenge::parse(header), want, "{header}");
         }
+    }
+
+    #[test]
+    fn knows_expired_token_answers() {
+        let ecr = br#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired. Reauthenticate and try again."}]}"#;
+        assert!(says_token_expired(ecr));
+        assert!(says_token_expired(b"token is expired"));
+        assert!(!says_token_expired(br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#));
+        assert!(!says_token_expired(b""));
     }
 
     #[test]

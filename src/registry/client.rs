@@ -11,11 +11,14 @@ use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::{OnceCell, RwLock};
 
-use super::auth::{Challenge, Credentials, TokenAnswer, TokenCache};
+use super::auth::{says_token_expired, Challenge, TokenAnswer, TokenCache, CLIENT_ID};
+use super::credentials::{CredentialProvider, Login};
 use super::digest::digest_of;
 use super::error::{describe_transport_error, RegistryError};
-use super::limiter::RateLimiter;
+use super::limiter::{Quota, RateLimiter};
 use super::media;
+use super::tls::{self, TlsFiles};
+use super::trust::certificate_problem;
 use super::watchdog::Activity;
 
 /// Largest manifest accepted (distribution's own limit; containers/image uses the same).
@@ -68,12 +71,17 @@ impl Access<'_> {
 pub struct Endpoint {
     /// host[:port] as written in image references (`docker.io` for Docker Hub).
     pub registry: String,
-    /// Credentials, or `None` for anonymous access.
-    pub credentials: Option<Credentials>,
+    /// Where the login comes from (anonymous, fixed, a helper, a password file).
+    pub credentials: Arc<CredentialProvider>,
     /// How to secure the connection.
     pub transport: Transport,
+    /// Extra trust anchors and the client certificate, for HTTPS transports.
+    pub tls: TlsFiles,
     /// Connect and idle-read limits.
     pub timeouts: Timeouts,
+    /// Pulls wait while the registry announces fewer remaining pulls than this
+    /// (`task.dockerhub_min_remaining`).
+    pub pull_floor: u64,
 }
 
 /// Network time limits. There is deliberately no total limit: a multi-GB blob may take
@@ -98,11 +106,9 @@ impl Default for Timeouts {
 /// How the connection to a registry is secured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// HTTPS with certificate verification, optionally trusting extra CAs from a PEM file.
-    Verified {
-        /// Extra CA certificates.
-        ca_file: Option<std::path::PathBuf>,
-    },
+    /// HTTPS with certificate verification (the platform's roots and the endpoint's
+    /// anchors).
+    Verified,
     /// HTTPS without certificate verification.
     SkipVerify,
     /// Plain HTTP.
@@ -115,7 +121,7 @@ impl Transport {
     /// Whether this transport deserves a start-up warning, and why.
     pub fn warning(&self) -> Option<&'static str> {
         match self {
-            Transport::Verified { .. } => None,
+            Transport::Verified => None,
             Transport::SkipVerify => Some("TLS certificates are not verified"),
             Transport::PlainHttp => Some("plain HTTP: traffic and credentials are not encrypted"),
             Transport::Insecure => Some(
@@ -134,6 +140,17 @@ pub struct Manifest {
     pub media_type: String,
     /// Digest of `bytes`.
     pub digest: String,
+}
+
+/// What a blob HEAD at a target found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// Present, with this size.
+    Present(u64),
+    /// Absent (404).
+    Absent,
+    /// The registry refused to say (this 401 or 403): treated as absent.
+    Refused(u16),
 }
 
 /// The distribution API of one registry, with one credential.
@@ -160,9 +177,22 @@ impl RegistryClient {
         } else {
             endpoint.registry.clone()
         };
-        let http = http_client(&endpoint, Some(endpoint.timeouts.idle_read))?;
+        let setup_error = |cause: String| RegistryError::Protocol {
+            registry: endpoint.registry.clone(),
+            step: "setting up the connection".into(),
+            cause,
+        };
+        let verified = match endpoint.transport {
+            Transport::Verified => Some(tls::verified_config(&endpoint.tls).map_err(setup_error)?),
+            _ => None,
+        };
+        let http = http_client(
+            &endpoint,
+            verified.clone(),
+            Some(endpoint.timeouts.idle_read),
+        )?;
         // Uploads get no read timeout (it would cut long uploads); see watchdog.rs.
-        let upload_http = http_client(&endpoint, None)?;
+        let upload_http = http_client(&endpoint, verified, None)?;
         Ok(Self {
             endpoint,
             api_host,
@@ -180,12 +210,22 @@ impl RegistryClient {
         &self.endpoint.registry
     }
 
-    /// The user name in use, if any (for logs).
-    pub fn username(&self) -> Option<&str> {
+    /// Where this client's login comes from.
+    pub fn credentials(&self) -> &CredentialProvider {
+        &self.endpoint.credentials
+    }
+
+    /// The login to use now, or an auth error naming the step.
+    async fn login(&self, step: &str) -> Result<Login, RegistryError> {
         self.endpoint
             .credentials
-            .as_ref()
-            .map(|c| c.username.as_str())
+            .login()
+            .await
+            .map_err(|cause| RegistryError::Auth {
+                registry: self.registry().to_owned(),
+                step: step.to_owned(),
+                cause,
+            })
     }
 
     /// HEAD a manifest: its digest and media type, or `None` when the registry has none.
@@ -212,6 +252,23 @@ impl RegistryClient {
         Ok(digest.map(|d| (d, media_type.unwrap_or_default())))
     }
 
+    /// Waits while the registry's announced pull quota (Docker Hub's `ratelimit-*`
+    /// headers, read from every answer) is under the floor, telling `report` why before
+    /// each wait. Each look again is a HEAD of the manifest, which does not count as a pull.
+    pub async fn wait_for_pull_quota(
+        &self,
+        repository: &str,
+        reference: &str,
+        report: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), RegistryError> {
+        while let Some((wait, why)) = self.limiter.pull_pause(self.endpoint.pull_floor) {
+            report(&format!("registry {}: {why}", self.registry()));
+            tokio::time::sleep(wait).await;
+            self.manifest_digest(repository, reference).await?;
+        }
+        Ok(())
+    }
+
     /// GET a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]; a digest
     /// reference is verified against the bytes.
     pub async fn manifest_get(
@@ -220,13 +277,44 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Manifest, RegistryError> {
         let step = format!("fetching manifest {repository}:{reference}");
+        self.fetch_manifest(repository, reference, media::MANIFEST_ACCEPT, false, &step)
+            .await?
+            .ok_or_else(|| self.protocol(&step, "the manifest is missing".into()))
+    }
+
+    /// Like [`RegistryClient::manifest_get`] with the given `Accept`, but a 404 is `None`:
+    /// for tags that may or may not exist (a referrers fallback tag, cosign's tags).
+    pub async fn manifest_find(
+        &self,
+        repository: &str,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let step = format!("fetching manifest {repository}:{reference}");
+        self.fetch_manifest(repository, reference, accept, true, &step)
+            .await
+    }
+
+    async fn fetch_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        accept: &str,
+        missing_ok: bool,
+        step: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let step = step.to_owned();
         let path = manifest_path(repository, reference);
         let resp = self
             .send(&step, Access::Pull(repository), |c, base| {
-                c.get(format!("{base}{path}"))
-                    .header(ACCEPT, media::MANIFEST_ACCEPT)
+                c.get(format!("{base}{path}")).header(ACCEPT, accept)
             })
             .await?;
+        if missing_ok && resp.status() == StatusCode::NOT_FOUND {
+            // Read the error body so the connection goes back to the pool.
+            self.read_capped(resp, MAX_ERROR_BYTES, &step).await?;
+            return Ok(None);
+        }
         let resp = self.expect(resp, &step, &[StatusCode::OK]).await?;
         let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
         let header_digest = header_str(resp.headers(), "docker-content-digest");
@@ -253,20 +341,22 @@ impl RegistryClient {
             }
         }
         let media_type = media::manifest_media_type(header_type.as_deref(), &bytes);
-        Ok(Manifest {
+        Ok(Some(Manifest {
             bytes,
             media_type,
             digest,
-        })
+        }))
     }
 
-    /// PUT a manifest's exact bytes under a tag or its digest.
+    /// PUT a manifest's exact bytes under a tag or its digest. Returns the registry's
+    /// `OCI-Subject` answer: a registry with the referrers API names the subject of a
+    /// manifest that has one, and then keeps its referrers list itself.
     pub async fn manifest_put(
         &self,
         repository: &str,
         reference: &str,
         manifest: &Manifest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<String>, RegistryError> {
         let step = format!("pushing manifest {repository}:{reference}");
         let path = manifest_path(repository, reference);
         let resp = self
@@ -276,9 +366,69 @@ impl RegistryClient {
                     .body(manifest.bytes.clone())
             })
             .await?;
-        self.expect(resp, &step, &[StatusCode::CREATED, StatusCode::OK])
+        let resp = self
+            .expect(resp, &step, &[StatusCode::CREATED, StatusCode::OK])
             .await?;
-        Ok(())
+        Ok(header_str(resp.headers(), "oci-subject"))
+    }
+
+    /// The referrers of `digest` from the OCI 1.1 referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`, following `Link` pages): each entry whole.
+    /// `None` when the registry does not serve the API: any answer but 200 with an OCI
+    /// index (distribution 2.8 answers a plain-text 404). Server errors and rate limits
+    /// stay errors, so the caller's retry can tell a busy registry from one without the API.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, RegistryError> {
+        let step = format!("listing referrers of {repository}@{digest}");
+        let base = reqwest::Url::parse(self.base(&step).await?)
+            .map_err(|e| self.protocol(&step, e.to_string()))?;
+        let mut next = Some(format!("/v2/{repository}/referrers/{digest}"));
+        let mut entries = Vec::new();
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                return Err(self.protocol(
+                    &step,
+                    format!("more than {MAX_TAG_PAGES} pages of referrers"),
+                ));
+            }
+            let url = base
+                .join(&path)
+                .map_err(|e| self.protocol(&step, e.to_string()))?;
+            if url.origin() != base.origin() {
+                return Err(
+                    self.protocol(&step, "referrers pagination leads to another host".into())
+                );
+            }
+            let resp = self
+                .send(&step, Access::Pull(repository), |c, _| {
+                    c.get(url.as_str()).header(ACCEPT, media::OCI_INDEX_ACCEPT)
+                })
+                .await?;
+            let status = resp.status();
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                return Err(self.status_error(resp, &step).await);
+            }
+            let is_index = header_str(resp.headers(), CONTENT_TYPE.as_str()).is_some_and(|t| {
+                t.split(';').next().unwrap_or("").trim() == media::OCI_INDEX_ACCEPT
+            });
+            if status != StatusCode::OK || !is_index {
+                // Read (what a registry without the API says) so the connection is reused.
+                let _ = self.read_capped(resp, MAX_ERROR_BYTES, &step).await;
+                return Ok(None);
+            }
+            next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
+            let body = self.read_capped(resp, MAX_MANIFEST_BYTES, &step).await?;
+            match media::index_entries(&body) {
+                Some(page) => entries.extend(page),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(entries))
     }
 
     /// Every tag of `repository`, following `Link: <...>; rel="next"` pagination.
@@ -340,13 +490,15 @@ impl RegistryClient {
             && media::error_code(&body).as_deref() == Some("NAME_UNKNOWN"))
     }
 
-    /// HEAD a blob: its size when present, `None` when absent. A 401/403 on a repository
-    /// that does not exist yet also means absent: the upload that follows will say more.
-    pub async fn blob_size(
+    /// HEAD a blob at the target. A 401/403 is [`BlobCheck::Refused`], not an error:
+    /// registries such as Harbor (robot accounts), Google Artifact Registry and ECR answer
+    /// so for a repository they do not have yet, and the upload that follows says whether
+    /// writing is refused too.
+    pub async fn blob_check(
         &self,
         repository: &str,
         digest: &str,
-    ) -> Result<Option<u64>, RegistryError> {
+    ) -> Result<BlobCheck, RegistryError> {
         let step = format!("checking blob {digest} in {repository}");
         let resp = self
             .send(&step, Access::Push(repository), |c, base| {
@@ -354,12 +506,15 @@ impl RegistryClient {
             })
             .await?;
         match resp.status() {
-            StatusCode::OK => Ok(Some(
+            StatusCode::OK => Ok(BlobCheck::Present(
                 header_str(resp.headers(), CONTENT_LENGTH.as_str())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             )),
-            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
+            StatusCode::NOT_FOUND => Ok(BlobCheck::Absent),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Ok(BlobCheck::Refused(resp.status().as_u16()))
+            }
             _ => Err(self.status_error(resp, &step).await),
         }
     }
@@ -376,6 +531,15 @@ impl RegistryClient {
                 c.get(format!("{base}/v2/{repository}/blobs/{digest}"))
             })
             .await?;
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            // Every blob GET asks for the whole blob (no `Range`; a retry starts again
+            // from byte 0), so a part is never spliced onto anything: refuse it.
+            let range = header_str(resp.headers(), "content-range").unwrap_or_default();
+            return Err(self.protocol(
+                &step,
+                format!("the source answered 206 Partial Content ({range:?}) to a request for the whole blob; partial content is never spliced"),
+            ));
+        }
         self.expect(resp, &step, &[StatusCode::OK]).await
     }
 
@@ -535,7 +699,7 @@ impl RegistryClient {
                 match self.endpoint.transport {
                     Transport::PlainHttp => return Ok(format!("http://{}", self.api_host)),
                     Transport::Insecure => {}
-                    Transport::Verified { .. } | Transport::SkipVerify => return Ok(https),
+                    Transport::Verified | Transport::SkipVerify => return Ok(https),
                 }
                 match self.http.get(format!("{https}/v2/")).send().await {
                     Ok(resp) => {
@@ -564,7 +728,8 @@ impl RegistryClient {
         F: Fn(&reqwest::Client, &str) -> RequestBuilder,
     {
         let base = self.base(step).await?;
-        let mut refreshed = false;
+        // One retry to answer a challenge, one more after asking the login's source again.
+        let (mut challenged, mut refreshed) = (false, false);
         loop {
             let (request, used) = self
                 .authorize(build(&self.http, base), access, step)
@@ -574,19 +739,80 @@ impl RegistryClient {
                 .send()
                 .await
                 .map_err(|e| self.network_error(step, &e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || refreshed {
+            // Docker Hub announces its pull quota on GET and HEAD answers alike; any
+            // registry that sends these headers is held to them.
+            let headers = resp.headers();
+            if let Some(quota) = Quota::from_headers(
+                header_str(headers, "ratelimit-limit").as_deref(),
+                header_str(headers, "ratelimit-remaining").as_deref(),
+            ) {
+                self.limiter.record_quota(quota);
+            }
+            let status = resp.status();
+            // ECR refuses an expired login with 403 and says so in the body; other 403s
+            // are plain "no permission" and go back to the caller unchanged.
+            let (resp, expired) = if status == StatusCode::FORBIDDEN {
+                self.peek_expired(resp, step).await?
+            } else {
+                (resp, false)
+            };
+            if status != StatusCode::UNAUTHORIZED && !expired {
                 return Ok(resp);
             }
-            refreshed = true;
             // Judge by the challenge this request was sent under: a concurrent request
             // may have learnt the registry's challenge in the meantime.
             let learnt = self.learn_challenge(resp.headers()).await;
-            let basic_refused = used == Challenge::Basic && learnt == Challenge::Basic;
-            if learnt == Challenge::None || basic_refused {
+            if !expired && learnt == Challenge::None {
                 return Ok(resp);
             }
+            let refused_login = expired || (used == Challenge::Basic && learnt == Challenge::Basic);
+            if !refused_login {
+                // A first challenge, or a bearer token that ran out: fetch a fresh token
+                // (the realm says whether the login itself still holds).
+                if challenged {
+                    return Ok(resp);
+                }
+                challenged = true;
+                if matches!(used, Challenge::Bearer { .. }) {
+                    tracing::info!(
+                        registry = self.registry(),
+                        "registry refused the access token (expired); fetching a new one"
+                    );
+                }
+                self.tokens.forget(&access.key()).await;
+                continue;
+            }
+            if refreshed || !self.endpoint.credentials.refreshable() {
+                return Ok(resp);
+            }
+            refreshed = true;
             self.tokens.forget(&access.key()).await;
+            // The login itself was refused: ask its source again, once.
+            tracing::info!(
+                registry = self.registry(),
+                source = %self.endpoint.credentials.describe(),
+                status = status.as_u16(),
+                "registry refused the login; asking its source again"
+            );
+            self.endpoint.credentials.invalidate().await;
         }
+    }
+
+    /// Reads a 403's body to see whether it says the token expired, and gives back an
+    /// equivalent answer for the caller.
+    async fn peek_expired(
+        &self,
+        resp: Response,
+        step: &str,
+    ) -> Result<(Response, bool), RegistryError> {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = self.read_capped(resp, MAX_ERROR_BYTES, step).await?;
+        let expired = says_token_expired(&body);
+        let mut rebuilt = http::Response::new(body);
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        Ok((Response::from(rebuilt), expired))
     }
 
     /// Records the challenge of an answer, if it carries one; returns the current one.
@@ -611,36 +837,75 @@ impl RegistryClient {
         let challenge = self.challenge.read().await.clone();
         let request = match &challenge {
             Challenge::None => request,
-            Challenge::Basic => match &self.endpoint.credentials {
-                Some(c) => request.basic_auth(&c.username, Some(c.password.expose())),
-                None => request,
+            Challenge::Basic => match self.login(step).await? {
+                Login::Basic { username, password } => {
+                    request.basic_auth(username, Some(password.expose()))
+                }
+                Login::RegistryToken(t) => {
+                    request.header(AUTHORIZATION, format!("Bearer {}", t.expose()))
+                }
+                Login::Anonymous | Login::IdentityToken(_) => request,
             },
             Challenge::Bearer { realm, service } => {
                 let scope = access.key();
                 let token = match self.tokens.get(&scope).await {
-                    Some(t) => t,
-                    None => {
-                        let t = self
-                            .fetch_token(realm, service.as_deref(), &access, step)
-                            .await?;
-                        self.tokens.put(&scope, t.clone()).await;
-                        t
-                    }
+                    Some(t) => t.value,
+                    None => match self
+                        .bearer_token(realm, service.as_deref(), &access, step)
+                        .await?
+                    {
+                        Some(t) => {
+                            self.tokens.put(&scope, t.clone()).await;
+                            t.value
+                        }
+                        None => return Ok((request, challenge)),
+                    },
                 };
-                request.header(AUTHORIZATION, format!("Bearer {}", token.value.expose()))
+                request.header(AUTHORIZATION, format!("Bearer {}", token.expose()))
             }
         };
         Ok((request, challenge))
     }
 
-    /// Asks the token realm for a bearer token covering `access`.
-    async fn fetch_token(
+    /// A bearer token for `access`: a registry token as it is, else one from the realm.
+    /// When the realm refuses a login that came from a helper or a file, the source is
+    /// asked again once. `None` for a registry token (sent as is, never cached here).
+    async fn bearer_token(
         &self,
         realm: &str,
         service: Option<&str>,
         access: &Access<'_>,
         step: &str,
-    ) -> Result<super::auth::Token, RegistryError> {
+    ) -> Result<Option<super::auth::Token>, RegistryError> {
+        let mut asked_again = false;
+        loop {
+            let login = self.login(step).await?;
+            if let Login::RegistryToken(t) = &login {
+                return Ok(Some(super::auth::Token::fixed(t.clone())));
+            }
+            match self.fetch_token(realm, service, access, &login, step).await {
+                Err(RealmError::Refused(_))
+                    if !asked_again && self.endpoint.credentials.refreshable() =>
+                {
+                    asked_again = true;
+                    self.endpoint.credentials.invalidate().await;
+                }
+                Err(RealmError::Refused(e) | RealmError::Other(e)) => return Err(e),
+                Ok(token) => return Ok(Some(token)),
+            }
+        }
+    }
+
+    /// Asks the token realm for a bearer token covering `access` with `login`: a GET with
+    /// Basic for a user and password, an OAuth2 refresh-token POST for an identity token.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        access: &Access<'_>,
+        login: &Login,
+        step: &str,
+    ) -> Result<super::auth::Token, RealmError> {
         let auth_error = |cause: String| RegistryError::Auth {
             registry: self.registry().to_owned(),
             step: step.to_owned(),
@@ -649,39 +914,84 @@ impl RegistryClient {
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| auth_error(format!("token realm {realm:?} is not a URL: {e}")))?;
         if let Err(why) = self.check_realm(&realm_url) {
-            return Err(auth_error(format!("token realm {realm:?} refused: {why}")));
+            return Err(auth_error(format!("token realm {realm:?} refused: {why}")).into());
         }
-        let mut query: Vec<(&str, String)> =
-            access.scopes().into_iter().map(|s| ("scope", s)).collect();
-        if let Some(service) = service {
-            query.push(("service", service.to_owned()));
-        }
-        if let Some(c) = &self.endpoint.credentials {
-            query.push(("account", c.username.clone()));
-        }
-        let mut request = self.http.get(realm_url).query(&query);
-        if let Some(c) = &self.endpoint.credentials {
-            request = request.basic_auth(&c.username, Some(c.password.expose()));
-        }
-        let resp = request.send().await.map_err(|e| {
-            auth_error(format!(
-                "token request failed: {}",
-                describe_transport_error(&e)
-            ))
-        })?;
+        let request = match login {
+            Login::IdentityToken(refresh) => {
+                // Docker's OAuth2 flow (distribution docs/spec/auth/oauth.md).
+                let mut form: Vec<(&str, String)> = vec![
+                    ("grant_type", "refresh_token".into()),
+                    ("refresh_token", refresh.expose().to_owned()),
+                    ("client_id", CLIENT_ID.into()),
+                    ("scope", access.scopes().join(" ")),
+                ];
+                if let Some(service) = service {
+                    form.push(("service", service.to_owned()));
+                }
+                self.http.post(realm_url).form(&form)
+            }
+            _ => {
+                let mut query: Vec<(&str, String)> =
+                    access.scopes().into_iter().map(|s| ("scope", s)).collect();
+                if let Some(service) = service {
+                    query.push(("service", service.to_owned()));
+                }
+                let mut request = self.http.get(realm_url);
+                if let Login::Basic { username, password } = login {
+                    query.push(("account", username.clone()));
+                    request = request.basic_auth(username, Some(password.expose()));
+                }
+                request.query(&query)
+            }
+        };
+        let realm_host = match realm_url_host_port(realm) {
+            Some(h) => h,
+            None => realm.to_owned(),
+        };
+        let endpoint_error = |cause: String, transient: bool| {
+            RealmError::Other(RegistryError::TokenEndpoint {
+                registry: self.registry().to_owned(),
+                step: step.to_owned(),
+                realm: realm_host.clone(),
+                cause,
+                transient,
+            })
+        };
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| endpoint_error(describe_transport_error(&e), true))?;
         let status = resp.status();
-        let body = self.read_capped(resp, MAX_TOKEN_BYTES, step).await?;
-        if !status.is_success() {
-            let detail = media::error_detail(&body);
-            return Err(auth_error(format!(
-                "token endpoint answered HTTP {}{detail}",
-                status.as_u16()
-            )));
+        let body = match self.read_capped(resp, MAX_TOKEN_BYTES, step).await {
+            Ok(body) => body,
+            Err(RegistryError::Network { cause, .. }) => return Err(endpoint_error(cause, true)),
+            Err(RegistryError::Protocol { cause, .. }) => return Err(endpoint_error(cause, false)),
+            Err(other) => return Err(other.into()),
+        };
+        let detail = media::error_detail(&body);
+        match status.as_u16() {
+            200..=299 => {}
+            // Refused credentials: the operator's to fix, not a fault of the endpoint.
+            401 | 403 => {
+                return Err(RealmError::Refused(auth_error(format!(
+                    "token endpoint {realm_host} answered HTTP {}{detail}",
+                    status.as_u16()
+                ))))
+            }
+            code => {
+                let transient = matches!(code, 408 | 429) || status.is_server_error();
+                return Err(endpoint_error(format!("HTTP {code}{detail}"), transient));
+            }
         }
         serde_json::from_slice::<TokenAnswer>(&body)
             .ok()
             .and_then(TokenAnswer::into_token)
-            .ok_or_else(|| auth_error("token endpoint answer holds no token".into()))
+            .ok_or_else(|| {
+                endpoint_error(
+                    "the answer is not JSON holding a token or access_token".into(),
+                    false,
+                )
+            })
     }
 
     /// A token realm is a URL the registry chooses; credentials go there only when it is
@@ -694,7 +1004,7 @@ impl RegistryClient {
         );
         match realm.scheme() {
             "https" => {}
-            "http" if clear_text_registry || self.endpoint.credentials.is_none() => {}
+            "http" if clear_text_registry || self.endpoint.credentials.is_anonymous() => {}
             "http" => return Err("it is plain http while the registry uses https".into()),
             other => return Err(format!("scheme {other} is not http(s)")),
         }
@@ -792,6 +1102,13 @@ impl RegistryClient {
     }
 
     fn network_error(&self, step: &str, err: &reqwest::Error) -> RegistryError {
+        if let Some(cause) = certificate_problem(err) {
+            return RegistryError::Certificate {
+                registry: self.registry().to_owned(),
+                step: step.to_owned(),
+                cause,
+            };
+        }
         RegistryError::Network {
             registry: self.registry().to_owned(),
             step: step.to_owned(),
@@ -800,14 +1117,39 @@ impl RegistryClient {
     }
 }
 
+/// Why a token request failed: the realm refused the login (worth asking its source
+/// again), or anything else.
+enum RealmError {
+    Refused(RegistryError),
+    Other(RegistryError),
+}
+
+impl From<RegistryError> for RealmError {
+    fn from(e: RegistryError) -> Self {
+        RealmError::Other(e)
+    }
+}
+
+/// `host[:port]` of a realm URL, for error messages.
+fn realm_url_host_port(realm: &str) -> Option<String> {
+    let url = reqwest::Url::parse(realm).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 /// The request path of a manifest by tag or digest.
 fn manifest_path(repository: &str, reference: &str) -> String {
     format!("/v2/{repository}/manifests/{reference}")
 }
 
-/// An HTTP client for `endpoint`'s transport; `read_timeout` limits each wait for data.
+/// An HTTP client for `endpoint`'s transport; `verified` is the TLS set-up of a
+/// verified transport; `read_timeout` limits each wait for data.
 fn http_client(
     endpoint: &Endpoint,
+    verified: Option<rustls::ClientConfig>,
     read_timeout: Option<Duration>,
 ) -> Result<reqwest::Client, RegistryError> {
     let setup_error = |cause: String| RegistryError::Protocol {
@@ -825,24 +1167,18 @@ fn http_client(
         builder = builder.read_timeout(limit);
     }
     match &endpoint.transport {
-        Transport::Verified {
-            ca_file: Some(path),
-        } => {
-            let pem = std::fs::read(path)
-                .map_err(|e| setup_error(format!("cannot read ca_file {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                setup_error(format!(
-                    "ca_file {} holds no usable PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+        Transport::Verified => {
+            // Our own rustls set-up, for the verifier that accepts a registry's own
+            // certificate given as an anchor (see trust.rs and doc/design.md).
+            let config = verified.ok_or_else(|| setup_error("no TLS set-up".into()))?;
+            builder = builder.tls_backend_preconfigured(config);
         }
-        Transport::Verified { ca_file: None } | Transport::PlainHttp => {}
+        Transport::PlainHttp => {}
         Transport::SkipVerify | Transport::Insecure => {
             builder = builder.danger_accept_invalid_certs(true);
+            if let Some(pair) = &endpoint.tls.client {
+                builder = builder.identity(tls::identity(pair).map_err(setup_error)?);
+            }
         }
     }
     builder.build().map_err(|e| setup_error(e.to_string()))
@@ -874,9 +1210,9 @@ fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-/// The host of `host[:port]`.
+/// The host of `host[:port]`, an IPv6 literal without its brackets.
 fn host_without_port(host_port: &str) -> &str {
-    host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    crate::config::names::split_host_port(host_port).0
 }
 
 /// Loopback, private, link-local, unspecified and other non-public addresses.
@@ -950,19 +1286,28 @@ mod tests {
             RegistryClient::new(
                 Endpoint {
                     registry: registry.into(),
-                    credentials: creds.then(|| Credentials {
-                        username: "u".into(),
-                        password: crate::secret::Secret::new("p"),
+                    credentials: Arc::new(if creds {
+                        CredentialProvider::fixed(
+                            Login::Basic {
+                                username: "u".into(),
+                                password: crate::secret::Secret::new("p"),
+                            },
+                            "test",
+                        )
+                    } else {
+                        CredentialProvider::anonymous()
                     }),
                     transport,
+                    tls: TlsFiles::default(),
                     timeouts: Timeouts::default(),
+                    pull_floor: 0,
                 },
                 Arc::default(),
             )
             .unwrap()
         };
         let url = |u: &str| reqwest::Url::parse(u).unwrap();
-        let verified = Transport::Verified { ca_file: None };
+        let verified = Transport::Verified;
         let public = client("reg.example.com", verified.clone(), true);
         assert!(public
             .check_realm(&url("https://auth.example.com/token"))

@@ -15,6 +15,17 @@ pub enum RegistryError {
         /// The transport error, without URLs' query strings.
         cause: String,
     },
+    /// The TLS handshake failed over a certificate: the registry's, or the client
+    /// certificate it asks for. The cause says which, why, and which option fixes it.
+    #[error("registry {registry}: {step}: {cause}")]
+    Certificate {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// What is wrong with which certificate, and what to do.
+        cause: String,
+    },
     /// The registry answered with an error status.
     #[error("registry {registry}: {step}: HTTP {status}{detail}{}", status_hint(*.status))]
     Status {
@@ -40,6 +51,22 @@ pub enum RegistryError {
         step: String,
         /// Why.
         cause: String,
+    },
+    /// The registry's token endpoint (its `realm`) failed to issue a token: no answer, a
+    /// server error, an answer too large or not a token. Never turned into an anonymous
+    /// request, which would hide this cause behind a later 401.
+    #[error("registry {registry}: {step}: getting a token from the token endpoint {realm}: {cause}{}", if *.transient { " (the registry's token service is failing; try again later)" } else { " (the registry's token service answered something that is not a token)" })]
+    TokenEndpoint {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was doing.
+        step: String,
+        /// host[:port] of the token endpoint.
+        realm: String,
+        /// Why.
+        cause: String,
+        /// Whether trying again may pass (no answer, 5xx, 429, 408).
+        transient: bool,
     },
     /// The registry sent something that breaks the protocol or our limits.
     #[error("registry {registry}: {step}: {cause}")]
@@ -78,6 +105,7 @@ impl RegistryError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RegistryError::Network { .. } | RegistryError::TokenExpired { .. } => true,
+            RegistryError::TokenEndpoint { transient, .. } => *transient,
             RegistryError::Status { status, code, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
                     // Registries backed by eventually consistent storage may not see a
@@ -107,9 +135,12 @@ impl RegistryError {
             RegistryError::Status { status: 400, .. } => "blob_unknown",
             RegistryError::Status { status: 408, .. } => "timeout",
             RegistryError::Status { .. } => "server_error",
-            // Never retried (see is_retryable): a bad answer, refused credentials, or a
-            // blob whose bytes do not match its digest will not improve by asking again.
+            RegistryError::TokenEndpoint { .. } => "token_endpoint",
+            // Never retried (see is_retryable): a bad answer, refused credentials, a
+            // refused certificate, or a blob whose bytes do not match its digest will not
+            // improve by asking again.
             RegistryError::Auth { .. }
+            | RegistryError::Certificate { .. }
             | RegistryError::Protocol { .. }
             | RegistryError::DigestMismatch { .. } => "not_retried",
         }
@@ -120,7 +151,9 @@ impl RegistryError {
         match self {
             RegistryError::Network { registry, .. }
             | RegistryError::Status { registry, .. }
+            | RegistryError::Certificate { registry, .. }
             | RegistryError::Auth { registry, .. }
+            | RegistryError::TokenEndpoint { registry, .. }
             | RegistryError::Protocol { registry, .. }
             | RegistryError::TokenExpired { registry, .. }
             | RegistryError::DigestMismatch { registry, .. } => registry,

@@ -1,5 +1,7 @@
 //! One pause shared by every request to a registry: when it answers 429, every sync that
 //! talks to it waits out the same `Retry-After` instead of each hammering it in turn.
+//! It also keeps the pull quota Docker Hub announces (`ratelimit-limit`,
+//! `ratelimit-remaining`), so pulls can wait before the quota runs out instead of failing.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -9,10 +11,52 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// Longest pause one answer can impose on everyone.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
-/// The shared "not before" instant of one registry host.
+/// Shortest and longest wait before the quota is looked at again.
+const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
+const MAX_QUOTA_WAIT: Duration = Duration::from_secs(300);
+
+/// The pull quota a registry last announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Pulls allowed per window.
+    pub limit: u64,
+    /// Pulls left in the current window.
+    pub remaining: u64,
+    /// Length of the window.
+    pub window: Duration,
+}
+
+impl Quota {
+    /// Reads `ratelimit-limit: 100;w=21600` and `ratelimit-remaining: 20;w=21600`; `None`
+    /// when the answer carries no quota (Docker Hub sends none for unlimited accounts).
+    pub fn from_headers(limit: Option<&str>, remaining: Option<&str>) -> Option<Quota> {
+        fn parse(v: &str) -> Option<(u64, Option<u64>)> {
+            let mut parts = v.split(';');
+            let n = parts.next()?.trim().parse().ok()?;
+            let w = parts.find_map(|p| p.trim().strip_prefix("w=")?.parse().ok());
+            Some((n, w))
+        }
+        let (limit, w1) = parse(limit?)?;
+        let (remaining, w2) = parse(remaining?)?;
+        let window = Duration::from_secs(w2.or(w1).unwrap_or(21_600));
+        Some(Quota {
+            limit,
+            remaining,
+            window,
+        })
+    }
+
+    /// How long until about one pull is given back: the window shared by the limit.
+    fn refill(&self) -> Duration {
+        (self.window / self.limit.max(1) as u32).clamp(MIN_QUOTA_WAIT, MAX_QUOTA_WAIT)
+    }
+}
+
+/// The shared "not before" instant and pull quota of one registry host.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     not_before: Mutex<Option<Instant>>,
+    quota: Mutex<Option<Quota>>,
 }
 
 impl RateLimiter {
@@ -22,6 +66,30 @@ impl RateLimiter {
         if let Some(until) = until {
             tokio::time::sleep_until(until.into()).await;
         }
+    }
+
+    /// Records the quota an answer announced.
+    pub fn record_quota(&self, quota: Quota) {
+        *self.quota.lock().expect("rate limiter lock") = Some(quota);
+    }
+
+    /// While fewer than `floor` pulls remain: how long to wait before looking again, and
+    /// why (for the sync log and the job).
+    pub fn pull_pause(&self, floor: u64) -> Option<(Duration, String)> {
+        let quota = (*self.quota.lock().expect("rate limiter lock"))?;
+        (quota.remaining < floor).then(|| {
+            let wait = quota.refill();
+            (
+                wait,
+                format!(
+                    "only {} of {} pulls left in the registry's {}s window (ratelimit-remaining, floor {floor}): waiting {}s before pulling",
+                    quota.remaining,
+                    quota.limit,
+                    quota.window.as_secs(),
+                    wait.as_secs()
+                ),
+            )
+        })
     }
 
     /// Records a 429 answer: nobody asks again before `retry_after` (capped) has passed.
@@ -38,6 +106,35 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_docker_hub_quota_headers() {
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<(u64, u64, u64)>);
+        let cases: &[Case] = &[
+            (
+                Some("100;w=21600"),
+                Some("20;w=21600"),
+                Some((100, 20, 21600)),
+            ),
+            (Some("200"), Some("0;w=60"), Some((200, 0, 60))),
+            (Some("100;w=21600"), None, None),
+            (None, None, None),
+            (Some("many"), Some("1"), None),
+        ];
+        for (limit, remaining, want) in cases {
+            let got = Quota::from_headers(*limit, *remaining)
+                .map(|q| (q.limit, q.remaining, q.window.as_secs()));
+            assert_eq!(got, *want, "{limit:?} {remaining:?}");
+        }
+        let limiter = RateLimiter::default();
+        assert!(limiter.pull_pause(5).is_none(), "no quota seen: no wait");
+        limiter.record_quota(Quota::from_headers(Some("100;w=21600"), Some("4;w=21600")).unwrap());
+        let (wait, why) = limiter.pull_pause(5).unwrap();
+        assert_eq!(wait, Duration::from_secs(216));
+        assert!(why.contains("only 4 of 100 pulls left"), "{why}");
+        limiter.record_quota(Quota::from_headers(Some("100;w=21600"), Some("5;w=21600")).unwrap());
+        assert!(limiter.pull_pause(5).is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn everyone_waits_out_the_same_pause() {

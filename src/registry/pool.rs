@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::auth::Credentials;
+use std::time::Duration;
+
 use super::client::{Endpoint, RegistryClient, Timeouts, Transport};
+use super::credentials::{helper_server, AuthFile, CredentialProvider, Login, Source};
 use super::error::RegistryError;
 use super::limiter::RateLimiter;
+use super::tls::TlsFiles;
 use crate::config::RegistryCredential;
 
 /// A configured credential entry, normalised for matching.
@@ -20,21 +23,28 @@ struct Entry {
     credential: RegistryCredential,
 }
 
-/// The client chosen for a repository, and which config entry chose it.
+/// The client chosen for a repository, and where its login comes from.
 pub struct Resolved {
     /// Client to use for this repository.
     pub client: Arc<RegistryClient>,
-    /// Config key of the credential entry that matched, `None` for anonymous access.
-    pub entry: Option<String>,
+    /// Which source applies (entry, helper, file), never the secret; `None` when nothing
+    /// matched and access is anonymous.
+    pub source: Option<String>,
 }
 
-/// A registry and the name of the credential entry used with it.
-type ClientKey = (String, Option<String>);
+/// A registry and where its login comes from (entry name, auth-file key).
+type ClientKey = (String, String);
 
 /// Registry clients by (registry, credential entry).
 pub struct ClientPool {
     entries: Vec<Entry>,
+    /// `rsyncserver.rsyncconfig.auth_file`, or why it could not be read.
+    auth_file: Option<Result<AuthFile, String>>,
+    helper_timeout: Duration,
+    pull_floor: u64,
     timeouts: Timeouts,
+    /// Docker `certs.d` folder: `<host[:port]>/` folders of certificates.
+    certs_d: Option<std::path::PathBuf>,
     clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
     /// One 429 pause per registry host, whatever the credential.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
@@ -56,14 +66,65 @@ impl ClientPool {
             .collect();
         Self {
             entries,
+            auth_file: None,
+            helper_timeout: super::credentials::HELPER_TIMEOUT,
+            pull_floor: 0,
             timeouts,
+            certs_d: None,
             clients: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The client for `repository` at `registry`: the entry with the longest matching
-    /// `registry[/namespace]` prefix wins; none means anonymous HTTPS.
+    /// Uses `file` (or the error reading it) for registries no entry gives a login for.
+    pub fn with_auth_file(mut self, file: Option<Result<AuthFile, String>>) -> Self {
+        self.auth_file = file;
+        self
+    }
+
+    /// Stops a credential helper that has not answered after `timeout`.
+    pub fn with_helper_timeout(mut self, timeout: Duration) -> Self {
+        self.helper_timeout = timeout;
+        self
+    }
+
+    /// Pulls wait while a registry announces fewer remaining pulls than `floor`.
+    pub fn with_pull_floor(mut self, floor: u64) -> Self {
+        self.pull_floor = floor;
+        self
+    }
+
+    /// One line per configured login source, for the start-up log (no secret).
+    pub fn describe_sources(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| e.credential.has_credentials())
+            .map(|e| {
+                let provider = CredentialProvider::new(
+                    entry_source(&e.prefix, &e.credential),
+                    format!("entry {}", e.name),
+                );
+                format!("{}: {}", e.prefix, provider.describe())
+            })
+            .collect();
+        match &self.auth_file {
+            Some(Ok(file)) => lines.push(file.summary()),
+            Some(Err(e)) => lines.push(e.clone()),
+            None => {}
+        }
+        lines
+    }
+
+    /// Looks for each registry's certificates in `certs_d/<host[:port]>/` as well.
+    pub fn with_certs_d(mut self, certs_d: Option<std::path::PathBuf>) -> Self {
+        self.certs_d = certs_d;
+        self
+    }
+
+    /// The client for `repository` at `registry`. The entry with the longest matching
+    /// `registry[/namespace]` prefix gives the transport and, if it has one, the login;
+    /// else the auth file's answer applies; else access is anonymous.
     pub fn resolve(&self, registry: &str, repository: &str) -> Result<Resolved, RegistryError> {
         let full = format!("{registry}/{repository}");
         let entry = self
@@ -71,27 +132,64 @@ impl ClientPool {
             .iter()
             .filter(|e| full.starts_with(&format!("{}/", e.prefix)))
             .max_by_key(|e| e.prefix.len());
-        let key = (registry.to_owned(), entry.map(|e| e.name.clone()));
+        let (source, origin) = match entry {
+            Some(e) if e.credential.has_credentials() => (
+                entry_source(registry, &e.credential),
+                format!("entry {}", e.name),
+            ),
+            _ => {
+                let found = match &self.auth_file {
+                    Some(Ok(file)) => file
+                        .lookup(registry, repository)
+                        .map(|(s, how)| (s, format!("auth file {} {how}", file.path().display()))),
+                    Some(Err(e)) => {
+                        return Err(RegistryError::Auth {
+                            registry: registry.to_owned(),
+                            step: format!("finding the login for {repository}"),
+                            cause: e.clone(),
+                        })
+                    }
+                    None => None,
+                };
+                match (found, entry) {
+                    (Some((s, how)), Some(e)) => (s, format!("{how} (entry {})", e.name)),
+                    (Some(found), None) => found,
+                    (None, Some(e)) => {
+                        (Source::Fixed(Login::Anonymous), format!("entry {}", e.name))
+                    }
+                    (None, None) => (Source::Fixed(Login::Anonymous), String::new()),
+                }
+            }
+        };
+        let key = (registry.to_owned(), origin.clone());
         let mut clients = self.clients.lock().expect("client pool lock");
+        let described =
+            |client: &RegistryClient| (!origin.is_empty()).then(|| client.credentials().describe());
         if let Some(client) = clients.get(&key) {
             return Ok(Resolved {
+                source: described(client),
                 client: client.clone(),
-                entry: key.1,
             });
         }
         let endpoint = Endpoint {
             registry: registry.to_owned(),
-            credentials: entry.and_then(|e| {
-                let c = &e.credential;
-                Some(Credentials {
-                    username: c.username.clone()?,
-                    password: c.password.clone()?,
-                })
-            }),
-            transport: entry.map_or(Transport::Verified { ca_file: None }, |e| {
-                transport_of(&e.credential)
-            }),
+            credentials: Arc::new(
+                CredentialProvider::new(source, origin.clone())
+                    .with_helper_timeout(self.helper_timeout),
+            ),
+            transport: entry.map_or(Transport::Verified, |e| transport_of(&e.credential)),
+            tls: TlsFiles::gather(
+                entry.map(|e| &e.credential),
+                self.certs_d.as_deref(),
+                registry,
+            )
+            .map_err(|cause| RegistryError::Protocol {
+                registry: registry.to_owned(),
+                step: "reading its certificates".into(),
+                cause,
+            })?,
             timeouts: self.timeouts,
+            pull_floor: self.pull_floor,
         };
         let limiter = self
             .limiters
@@ -101,11 +199,38 @@ impl ClientPool {
             .or_default()
             .clone();
         let client = Arc::new(RegistryClient::new(endpoint, limiter)?);
-        clients.insert(key.clone(), client.clone());
+        clients.insert(key, client.clone());
         Ok(Resolved {
+            source: described(&client),
             client,
-            entry: key.1,
         })
+    }
+}
+
+/// Where an entry with credentials of its own gets its login (config checks allow one).
+fn entry_source(registry: &str, c: &RegistryCredential) -> Source {
+    if let Some(name) = &c.credential_helper {
+        return Source::Helper {
+            name: name.clone(),
+            server: helper_server(registry.split('/').next().unwrap_or(registry)),
+        };
+    }
+    if let Some(t) = &c.registry_token {
+        return Source::Fixed(Login::RegistryToken(t.clone()));
+    }
+    if let Some(t) = &c.identity_token {
+        return Source::Fixed(Login::IdentityToken(t.clone()));
+    }
+    match (&c.username, &c.password, &c.password_file) {
+        (Some(u), Some(p), _) => Source::Fixed(Login::Basic {
+            username: u.clone(),
+            password: p.clone(),
+        }),
+        (Some(u), None, Some(path)) => Source::PasswordFile {
+            username: u.clone(),
+            path: path.clone(),
+        },
+        _ => Source::Fixed(Login::Anonymous),
     }
 }
 
@@ -118,9 +243,7 @@ pub fn transport_of(c: &RegistryCredential) -> Transport {
     } else if c.tls_skip_verify {
         Transport::SkipVerify
     } else {
-        Transport::Verified {
-            ca_file: c.ca_file.clone(),
-        }
+        Transport::Verified
     }
 }
 
@@ -161,27 +284,25 @@ mod tests {
         );
         creds.insert("hub".to_owned(), cred("index.docker.io/library", None));
         let pool = ClientPool::new(&creds, Timeouts::default());
-        let user = |reg: &str, repo: &str| {
-            let r = pool.resolve(reg, repo).unwrap();
-            (r.entry, r.client.username().map(str::to_owned))
-        };
+        let user = |reg: &str, repo: &str| pool.resolve(reg, repo).unwrap().source;
+        let some = |s: &str| Some(s.to_owned());
         assert_eq!(
             user("reg.example.com:5000", "team/app"),
-            (Some("team".into()), Some("t".into()))
+            some("entry team, username: t")
         );
         assert_eq!(
             user("reg.example.com:5000", "teams/app"),
-            (Some("host".into()), Some("h".into()))
+            some("entry host, username: h")
         );
         assert_eq!(
             user("reg.example.com:5000", "other"),
-            (Some("host".into()), Some("h".into()))
+            some("entry host, username: h")
         );
         assert_eq!(
             user("docker.io", "library/busybox"),
-            (Some("hub".into()), None)
+            some("entry hub, anonymous")
         );
-        assert_eq!(user("other.io", "team/app"), (None, None));
+        assert_eq!(user("other.io", "team/app"), None);
         let a = pool
             .resolve("reg.example.com:5000", "team/a")
             .unwrap()
@@ -194,5 +315,44 @@ mod tests {
             Arc::ptr_eq(&a, &b),
             "one client per registry and credential"
         );
+    }
+
+    #[test]
+    fn entries_without_a_login_take_it_from_the_auth_file() {
+        let mut creds = std::collections::BTreeMap::new();
+        creds.insert("tls-only".to_owned(), cred("reg.example.com", None));
+        creds.insert(
+            "helper".to_owned(),
+            RegistryCredential {
+                registry: "ecr.example.com".into(),
+                credential_helper: Some("ecr-login".into()),
+                ..RegistryCredential::default()
+            },
+        );
+        let file = AuthFile::parse(
+            br#"{"auths": {"reg.example.com": {"username": "f", "password": "fp"}},
+                 "credHelpers": {"gcr.io": "gcr"}}"#,
+            std::path::Path::new("/etc/auth.json"),
+        )
+        .unwrap();
+        let pool = ClientPool::new(&creds, Timeouts::default()).with_auth_file(Some(Ok(file)));
+        let source = |reg: &str| pool.resolve(reg, "a/b").unwrap().source.unwrap_or_default();
+        assert_eq!(
+            source("reg.example.com"),
+            "auth file /etc/auth.json auths[reg.example.com] (entry tls-only), username: f"
+        );
+        assert_eq!(
+            source("gcr.io"),
+            "auth file /etc/auth.json credHelpers[gcr.io], credential helper docker-credential-gcr"
+        );
+        assert_eq!(
+            source("ecr.example.com"),
+            "entry helper, credential helper docker-credential-ecr-login"
+        );
+        assert_eq!(source("other.example.com"), "");
+        let broken = ClientPool::new(&creds, Timeouts::default())
+            .with_auth_file(Some(Err("auth file /x: bad".into())));
+        assert!(broken.resolve("other.example.com", "a").is_err());
+        assert!(broken.resolve("ecr.example.com", "a").is_ok());
     }
 }

@@ -6,13 +6,14 @@
 
 use std::fmt;
 
-pub use crate::config::names::{normalise_host, DOCKER_HUB};
+pub use crate::config::names::{normalise_host, split_host_port, DOCKER_HUB};
 use crate::registry::digest;
 
 /// Longest reference accepted; checked before anything else so parsing stays cheap.
 pub const MAX_REFERENCE_LEN: usize = 512;
-/// Longest `registry/repository` (distribution's client limit).
-const MAX_NAME_LEN: usize = 255;
+/// Longest repository path, registry host not counted (distribution/reference since
+/// v0.6 and distribution's own server check the path alone).
+const MAX_REPOSITORY_LEN: usize = 255;
 /// Longest tag (distribution spec).
 const MAX_TAG_LEN: usize = 128;
 
@@ -84,9 +85,9 @@ impl ImageRef {
         }
         let (registry, repository) = split_registry(name).map_err(|r| invalid(&r))?;
         check_repository(&repository).map_err(|r| invalid(&r))?;
-        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+        if repository.len() > MAX_REPOSITORY_LEN {
             return Err(invalid(&format!(
-                "registry/repository is longer than {MAX_NAME_LEN} characters"
+                "the repository name is longer than {MAX_REPOSITORY_LEN} characters"
             )));
         }
         Ok(ImageRef {
@@ -169,20 +170,31 @@ fn split_registry(name: &str) -> Result<(String, String), String> {
 }
 
 fn check_host(host: &str) -> Result<(), String> {
-    let (name, port) = match host.rsplit_once(':') {
-        Some((n, p)) => (n, Some(p)),
-        None => (host, None),
-    };
-    if let Some(port) = port {
-        let valid = !port.is_empty()
-            && port.len() <= 5
-            && port.bytes().all(|b| b.is_ascii_digit())
-            && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
-        if !valid {
+    // `[IPv6]` or `[IPv6]:port`, as in docker's grammar; nothing else may follow `]`.
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
             return Err(format!(
-                "registry port {port:?} is not a number from 1 to 65535"
+                "registry host {host:?} opens '[' without closing it"
+            ));
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "registry host [{ip}] is not an IPv6 address (only IPv6 goes in brackets)"
             ));
         }
+        return match after {
+            "" => Ok(()),
+            _ => match after.strip_prefix(':') {
+                Some(port) => check_port(port),
+                None => Err(format!(
+                    "registry host {host:?}: only :port may follow the IPv6 address"
+                )),
+            },
+        };
+    }
+    let (name, port) = split_host_port(host);
+    if let Some(port) = port {
+        check_port(port)?;
     }
     let label_ok = |l: &str| {
         !l.is_empty()
@@ -192,10 +204,24 @@ fn check_host(host: &str) -> Result<(), String> {
     };
     if name.is_empty() || !name.split('.').all(label_ok) {
         return Err(format!(
-            "registry host {name:?} is not a host name or IPv4 address (IPv6 literals are not supported)"
+            "registry host {name:?} is not a host name, an IPv4 address or a [bracketed] IPv6 address"
         ));
     }
     Ok(())
+}
+
+fn check_port(port: &str) -> Result<(), String> {
+    let valid = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "registry port {port:?} is not a number from 1 to 65535"
+        ))
+    }
 }
 
 /// Repository components: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, joined by `/`.
@@ -272,6 +298,8 @@ mod tests {
     #[test]
     fn parses_valid_references() {
         let d = format!("sha256:{HEX}");
+        // Exactly the longest repository name allowed.
+        let long = "a".repeat(255);
         type Parsed<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
         let cases: Vec<(String, Parsed)> = vec![
             (
@@ -303,6 +331,22 @@ mod tests {
                 ("reg.example.com", "a__b/c-d--e/f.g", Some("T_1"), None),
             ),
             (format!("h.io/a@{d}"), ("h.io", "a", None, Some(d.as_str()))),
+            (
+                "[2001:db8::1]:5000/team/app:v1".into(),
+                ("[2001:db8::1]:5000", "team/app", Some("v1"), None),
+            ),
+            (
+                "[2001:DB8:0::1]/team/app".into(),
+                ("[2001:db8::1]", "team/app", None, None),
+            ),
+            (
+                "[::1]:5000/x:t".into(),
+                ("[::1]:5000", "x", Some("t"), None),
+            ),
+            (
+                format!("h.io/{}:v1", "a".repeat(255)),
+                ("h.io", long.as_str(), Some("v1"), None),
+            ),
             (
                 format!("h.io/a:t@{d}"),
                 ("h.io", "a", Some("t"), Some(d.as_str())),
@@ -337,7 +381,14 @@ mod tests {
             "host/a//b:t".into(),
             "https://h/x".into(),
             "user:pw@h/x".into(),
-            "[::1]:5000/x".into(),
+            "[::1:5000/x".into(),
+            "[zz::1]:5000/x".into(),
+            "[127.0.0.1]:5000/x".into(),
+            "[::1]x/y".into(),
+            "[::1]:99999/x".into(),
+            "[::1]:/x".into(),
+            "::1:5000/x".into(),
+            format!("h.io/{}", "a".repeat(256)),
             "h:99999/x".into(),
             "h:/x".into(),
             "h.io/a:".into(),

@@ -272,6 +272,7 @@ async fn platform_filter_and_force() {
         targets: vec![format!("{}/arm/app:v1", dst.host())],
         force,
         platforms: platforms.iter().map(|p| p.to_string()).collect(),
+        ..SyncRequest::default()
     };
 
     let report = engine.run_request(&request(&["linux/arm64"], false)).await;
@@ -708,70 +709,6 @@ async fn one_failed_target_does_not_stop_the_others() {
     skopeo::assert_landed(&good, "team/app:v1", &pushed).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tag_lists_longer_than_one_page_are_followed_through_the_link_header() {
-    // The client asks for pages of 1000 tags (`n=1000`) and follows `Link: <...>;
-    // rel="next"`. Debian's distribution 2.8 does not page tag lists (it ignores `n` and
-    // `last`: 1005 tags came back as one 8 KB page to `n=1000`), so a fault proxy in front
-    // of the real registry answers the first page itself, 1000 tags and a `Link` to the
-    // next, and passes the second request to the registry. The rule selects only tags
-    // the second page holds: a client that stopped after one page finds nothing to copy.
-    let src = Registry::start_anonymous().await;
-    let dst = Registry::start_anonymous().await;
-    let proxy = FaultProxy::start(&src.host()).await;
-    let image = Image::random(Format::Oci, &[KIB]);
-    for i in 1000..1005 {
-        src.push_image("many/app", &format!("t{i}"), &image).await;
-    }
-    let first_page: Vec<String> = (0..1000).map(|i| format!("t{i:04}")).collect();
-    let page_one = proxy.add(
-        Rule::on("GET", r"^/v2/many/app/tags/list\?n=1000$")
-            .nth(1)
-            .respond(
-                Reply::status(200)
-                    .header("content-type", "application/json")
-                    .header(
-                        "link",
-                        r#"</v2/many/app/tags/list?n=1000&last=t0999>; rel="next""#,
-                    )
-                    .body(
-                        serde_json::to_vec(
-                            &serde_json::json!({"name": "many/app", "tags": first_page}),
-                        )
-                        .unwrap(),
-                    ),
-            ),
-    );
-    let engine = crate::common::engine::engine_for(
-        [(proxy.host(), &src), (dst.host(), &dst)],
-        TaskConfig::default(),
-    );
-    let report = engine
-        .sync(
-            &format!("{}/many/app:/^t100[0-4]$/", proxy.host()),
-            &format!("{}/copy/app", dst.host()),
-        )
-        .await;
-    assert_success(&report);
-    assert_eq!(page_one.fired(), 1);
-    // In the order the registry listed them (distribution does not sort its answer).
-    let mut landed: Vec<_> = report.images.iter().map(|i| i.target.clone()).collect();
-    landed.sort();
-    let want: Vec<_> = (1000..1005)
-        .map(|i| format!("{}/copy/app:t{i}", dst.host()))
-        .collect();
-    assert_eq!(landed, want);
-    skopeo::assert_digest(&dst, "copy/app:t1004", &image.digest).await;
-
-    let pages = proxy.requests_to("GET", "/tags/list");
-    assert_eq!(pages.len(), 2, "{}", proxy.summary());
-    assert!(pages[1].path.contains("last=t0999"), "{}", pages[1].path);
-    assert!(
-        pages[1].rule.is_none(),
-        "the second page is the registry's own"
-    );
-}
-
 /// The images of one request go `proc_num` at a time and the report keeps the plan's order.
 /// A fault proxy (over a real registry: nothing here can make a registry slow) trickles the
 /// source manifests, so an image's copy lasts long enough for the others to start, and the
@@ -846,5 +783,69 @@ async fn many_images_go_proc_num_at_a_time_and_keep_the_plan_order() {
         seen[last_tag].path.ends_with("/t0"),
         "the slowed first image is tagged last\n{}",
         proxy.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_lists_longer_than_one_page_are_followed_through_the_link_header() {
+    // The client asks for pages of 1000 tags (`n=1000`) and follows `Link: <...>;
+    // rel="next"`. Debian's distribution 2.8 does not page tag lists (it ignores `n` and
+    // `last`: 1005 tags came back as one 8 KB page to `n=1000`), so a fault proxy in front
+    // of the real registry answers the first page itself, 1000 tags and a `Link` to the
+    // next, and passes the second request to the registry. The rule selects only tags
+    // the second page holds: a client that stopped after one page finds nothing to copy.
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let proxy = FaultProxy::start(&src.host()).await;
+    let image = Image::random(Format::Oci, &[KIB]);
+    for i in 1000..1005 {
+        src.push_image("many/app", &format!("t{i}"), &image).await;
+    }
+    let first_page: Vec<String> = (0..1000).map(|i| format!("t{i:04}")).collect();
+    let page_one = proxy.add(
+        Rule::on("GET", r"^/v2/many/app/tags/list\?n=1000$")
+            .nth(1)
+            .respond(
+                Reply::status(200)
+                    .header("content-type", "application/json")
+                    .header(
+                        "link",
+                        r#"</v2/many/app/tags/list?n=1000&last=t0999>; rel="next""#,
+                    )
+                    .body(
+                        serde_json::to_vec(
+                            &serde_json::json!({"name": "many/app", "tags": first_page}),
+                        )
+                        .unwrap(),
+                    ),
+            ),
+    );
+    let engine = crate::common::engine::engine_for(
+        [(proxy.host(), &src), (dst.host(), &dst)],
+        TaskConfig::default(),
+    );
+    let report = engine
+        .sync(
+            &format!("{}/many/app:/^t100[0-4]$/", proxy.host()),
+            &format!("{}/copy/app", dst.host()),
+        )
+        .await;
+    assert_success(&report);
+    assert_eq!(page_one.fired(), 1);
+    // In the order the registry listed them (distribution does not sort its answer).
+    let mut landed: Vec<_> = report.images.iter().map(|i| i.target.clone()).collect();
+    landed.sort();
+    let want: Vec<_> = (1000..1005)
+        .map(|i| format!("{}/copy/app:t{i}", dst.host()))
+        .collect();
+    assert_eq!(landed, want);
+    skopeo::assert_digest(&dst, "copy/app:t1004", &image.digest).await;
+
+    let pages = proxy.requests_to("GET", "/tags/list");
+    assert_eq!(pages.len(), 2, "{}", proxy.summary());
+    assert!(pages[1].path.contains("last=t0999"), "{}", pages[1].path);
+    assert!(
+        pages[1].rule.is_none(),
+        "the second page is the registry's own"
     );
 }

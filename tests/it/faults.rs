@@ -18,17 +18,17 @@ use base64::Engine as _;
 use imagersync::config::TaskConfig;
 use imagersync::engine::{Engine, FailureKind, ImageStatus, SyncReport, SyncStatus};
 
-const KIB: usize = 1024;
-const MIB: usize = 1024 * KIB;
+pub(crate) const KIB: usize = 1024;
+pub(crate) const MIB: usize = 1024 * KIB;
 /// Source repository of every test image.
-const REPO: &str = "team/app";
+pub(crate) const REPO: &str = "team/app";
 /// Target repository.
-const TARGET: &str = "prod/app";
+pub(crate) const TARGET: &str = "prod/app";
 /// Config key of the read-only maintenance mode (distribution: `storage.maintenance`).
 const READ_ONLY: &str = "storage:\n  maintenance:\n    readonly:\n      enabled: true\n";
 
 /// Task settings of a fault test: small timeouts so nothing hangs for long.
-fn task(retries: u32) -> TaskConfig {
+pub(crate) fn task(retries: u32) -> TaskConfig {
     TaskConfig {
         proc_num: 4,
         retries,
@@ -40,20 +40,20 @@ fn task(retries: u32) -> TaskConfig {
 
 /// Source and target registries, each behind its own fault proxy. The engine reaches
 /// them only through the proxies; skopeo checks the registries directly.
-struct Scene {
-    src: Registry,
-    dst: Registry,
+pub(crate) struct Scene {
+    pub(crate) src: Registry,
+    pub(crate) dst: Registry,
     /// Proxy in front of `src`.
-    sp: FaultProxy,
+    pub(crate) sp: FaultProxy,
     /// Proxy in front of `dst`.
-    dp: FaultProxy,
+    pub(crate) dp: FaultProxy,
     /// Everything that must never show up in a report.
-    secrets: Vec<String>,
+    pub(crate) secrets: Vec<String>,
 }
 
 impl Scene {
     /// Source `puller` and target `pusher`, both htpasswd with random passwords.
-    async fn start() -> Scene {
+    pub(crate) async fn start() -> Scene {
         let (src_pass, dst_pass) = (random_password("src"), random_password("dst"));
         let (src, dst) = tokio::join!(
             Registry::start_htpasswd("puller", &src_pass),
@@ -63,7 +63,7 @@ impl Scene {
     }
 
     /// Proxies in front of the given registries.
-    async fn over(src: Registry, dst: Registry) -> Scene {
+    pub(crate) async fn over(src: Registry, dst: Registry) -> Scene {
         let (src_host, dst_host) = (src.host(), dst.host());
         let (sp, dp) = tokio::join!(FaultProxy::start(&src_host), FaultProxy::start(&dst_host));
         let mut secrets = Vec::new();
@@ -82,7 +82,7 @@ impl Scene {
 
     /// An engine that knows both registries and both proxies (plain HTTP, real
     /// credentials).
-    fn engine(&self, task: TaskConfig) -> Engine {
+    pub(crate) fn engine(&self, task: TaskConfig) -> Engine {
         engine_for(
             [
                 (self.src.host(), &self.src),
@@ -95,26 +95,26 @@ impl Scene {
     }
 
     /// `SRC_PROXY/team/app:<tag>`.
-    fn source(&self, tag: &str) -> String {
+    pub(crate) fn source(&self, tag: &str) -> String {
         format!("{}/{REPO}:{tag}", self.sp.host())
     }
 
     /// `DST_PROXY/prod/app:<tag>`.
-    fn target(&self, tag: &str) -> String {
+    pub(crate) fn target(&self, tag: &str) -> String {
         format!("{}/{TARGET}:{tag}", self.dp.host())
     }
 
     /// The checks after every fault test: `prod/app:<tag>` at the target registry is
     /// absent, or exactly `expected` with every blob (skopeo copies it all back), and the
     /// report holds no secret.
-    async fn check(&self, report: &SyncReport, tag: &str, expected: &Pushed) {
+    pub(crate) async fn check(&self, report: &SyncReport, tag: &str, expected: &Pushed) {
         self.check_with(report, tag, expected, &[], true).await;
     }
 
     /// [`Scene::check`] with extra secrets (issued tokens); `full_copy: false` checks the
     /// manifest with skopeo and the blobs with HEAD instead of a skopeo copy (for images
     /// with foreign layers, which skopeo would fetch from their URLs).
-    async fn check_with(
+    pub(crate) async fn check_with(
         &self,
         report: &SyncReport,
         tag: &str,
@@ -167,7 +167,7 @@ impl Scene {
 }
 
 /// HEAD a blob at the registry itself (its own credentials): status and Content-Length.
-async fn head_blob(registry: &Registry, repo: &str, digest: &str) -> (u16, Option<u64>) {
+pub(crate) async fn head_blob(registry: &Registry, repo: &str, digest: &str) -> (u16, Option<u64>) {
     let mut req =
         reqwest::Client::new().head(format!("{}/v2/{repo}/blobs/{digest}", registry.url()));
     if let Some(c) = registry.creds() {
@@ -185,7 +185,7 @@ async fn head_blob(registry: &Registry, repo: &str, digest: &str) -> (u16, Optio
 
 /// Asserts the sync failed because of a registry, with an error holding every needle
 /// (case-insensitive); returns the error.
-fn assert_failed(report: &SyncReport, needles: &[&str]) -> String {
+pub(crate) fn assert_failed(report: &SyncReport, needles: &[&str]) -> String {
     assert_eq!(
         report.status,
         SyncStatus::Failed,
@@ -212,12 +212,12 @@ fn assert_failed(report: &SyncReport, needles: &[&str]) -> String {
 }
 
 /// `^/v2/<repo>/blobs/<digest>$`.
-fn blob_path(repo: &str, digest: &str) -> String {
+pub(crate) fn blob_path(repo: &str, digest: &str) -> String {
     format!("^/v2/{repo}/blobs/{digest}$")
 }
 
 /// Requests that write: anything but GET and HEAD.
-fn writes(seen: &[Seen]) -> Vec<String> {
+pub(crate) fn writes(seen: &[Seen]) -> Vec<String> {
     seen.iter()
         .filter(|s| s.method != "GET" && s.method != "HEAD")
         .map(|s| format!("{} {}", s.method, s.path))
@@ -225,7 +225,7 @@ fn writes(seen: &[Seen]) -> Vec<String> {
 }
 
 /// Requests `method` on `regex` that were not the 401 of an authentication round trip.
-fn tries(proxy: &FaultProxy, method: &str, regex: &str) -> usize {
+pub(crate) fn tries(proxy: &FaultProxy, method: &str, regex: &str) -> usize {
     proxy
         .requests_to(method, regex)
         .iter()
@@ -234,7 +234,7 @@ fn tries(proxy: &FaultProxy, method: &str, regex: &str) -> usize {
 }
 
 /// An image of two random layers (`big` and 64 KiB) in `format`.
-fn image(format: Format, big: usize) -> Image {
+pub(crate) fn image(format: Format, big: usize) -> Image {
     Image::random(format, &[big, 64 * KIB])
 }
 

@@ -125,6 +125,19 @@ async fn submit(service: &Service, creds: &Creds, body: &Value) -> Value {
     job
 }
 
+/// Waits until jenkins' job `id` holds a sync slot (state `running`).
+async fn wait_running(service: &Service, id: i64) -> Value {
+    wait_for(
+        service,
+        &jenkins(),
+        id,
+        Duration::from_secs(60),
+        "running",
+        |job| job["state"] == json!("running"),
+    )
+    .await
+}
+
 /// Polls job `id` until `done(job)` holds; panics after `limit`.
 async fn wait_for(
     service: &Service,
@@ -463,27 +476,44 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         third["id"].as_i64().unwrap(),
     );
     // Wait on the event the checks need: the first job holds the only slot.
-    wait_for(
-        &s.service,
-        &jenkins(),
-        first,
-        Duration::from_secs(60),
-        "running",
-        |job| job["state"] == json!("running"),
-    )
-    .await;
+    wait_running(&s.service, first).await;
     let (_, waiting) = get(&s.service, &jenkins(), &format!("{JOBS}/{second}")).await;
     assert_eq!(
         waiting["state"],
         json!("queued"),
         "one slot, taken: {waiting}"
     );
-    // A caller who waits gets 503 while the slot is taken; queued jobs are not disturbed.
-    let (status, busy) = s
+    // A caller who waits queues behind them too (no 503); when it hangs up while still
+    // queued, its job is cancelled and never runs. Queued jobs are not disturbed.
+    let ci = jenkins();
+    let hung_up = s
         .service
-        .post_json(Some(&jenkins()), &body(&s.source("v2"), &s.target("v4")))
+        .client()
+        .post(s.service.url("/v1/image/rsync"))
+        .basic_auth(&ci.user, Some(&ci.pass))
+        .json(&body(&s.source("v2"), &s.target("v4")))
+        .timeout(Duration::from_millis(1500))
+        .send()
         .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{busy}");
+    assert!(
+        hung_up.as_ref().is_err_and(|e| e.is_timeout()),
+        "a synchronous POST behind a taken slot must wait, not answer: {hung_up:?}"
+    );
+    let abandoned = wait_for_listed(&s.service, &ci, "target=v4 cancelled", |job| {
+        job["request"]["targets"][0] == json!(s.target("v4")) && job["state"] == json!("cancelled")
+    })
+    .await;
+    assert!(
+        abandoned["started_at"].is_null(),
+        "never started: {abandoned}"
+    );
+    assert!(
+        abandoned["cancelled_by"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hung up"),
+        "{abandoned}"
+    );
     let (status, _) = delete(&s.service, &jenkins(), &format!("{JOBS}/{third}")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
 
@@ -511,7 +541,32 @@ async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
         "{third}"
     );
     skopeo::assert_absent(&s.dst, "prod/app:v3").await;
+    skopeo::assert_absent(&s.dst, "prod/app:v4").await;
     skopeo::assert_landed(&s.dst, "prod/app:v2", &quick).await;
+    // The queued jobs' wait shows in them.
+    let waited = second["queued_seconds"].as_f64().expect("queued_seconds");
+    assert!(waited > 0.0, "second waited for the slot: {second}");
+}
+
+/// Polls the job listing until a job matches `what`; panics with the listing after 30 s.
+async fn wait_for_listed(
+    service: &Service,
+    creds: &Creds,
+    label: &str,
+    what: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = get(service, creds, JOBS).await;
+        if let Some(job) = page["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| what(j)))
+        {
+            return job.clone();
+        }
+        assert!(Instant::now() < deadline, "no job {label} in {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Reads server-sent events until the `done` event; returns (name, job) pairs.
@@ -679,7 +734,12 @@ async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_gets_the_finished_job_without_credentials_and_is_retried() {
-    let pair = Pair::start(SourceAuth::Anonymous).await;
+    // The receiver is on loopback: an internal address, so it must be listed.
+    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+        callback_allowed_hosts: vec!["127.0.0.1".into()],
+        ..config.registry("dst", dst)
+    })
+    .await;
     let service = &pair.service;
     let image = Image::random(Format::Oci, &[16 * KIB]);
     let pushed = pair.src.push_image("team/app", "v1", &image).await;
@@ -748,15 +808,7 @@ async fn a_full_queue_answers_503_and_names_jobs_max_queued() {
     .await;
     // ~6 s in the only slot: the queue checks below happen while it is taken.
     let (slow, first) = s.submit_slowed("v1", &[512 * KIB], 8 * KIB).await;
-    wait_for(
-        &s.service,
-        &jenkins(),
-        first,
-        Duration::from_secs(60),
-        "running",
-        |job| job["state"] == json!("running"),
-    )
-    .await;
+    wait_running(&s.service, first).await;
     let quick = s
         .src
         .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
@@ -814,7 +866,12 @@ async fn a_full_queue_answers_503_and_names_jobs_max_queued() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_stops_after_four_attempts_and_never_follows_a_redirect() {
-    let pair = Pair::start(SourceAuth::Anonymous).await;
+    // The receivers are on loopback: internal, so listed.
+    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+        callback_allowed_hosts: vec!["127.0.0.1".into()],
+        ..config.registry("dst", dst)
+    })
+    .await;
     let service = &pair.service;
     let pushed = pair
         .src
@@ -938,15 +995,7 @@ async fn queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restar
     })
     .await;
     let (slow, first) = s.submit_slowed("v1", &[512 * KIB], 8 * KIB).await;
-    wait_for(
-        &s.service,
-        &jenkins(),
-        first,
-        Duration::from_secs(60),
-        "running",
-        |job| job["state"] == json!("running"),
-    )
-    .await;
+    wait_running(&s.service, first).await;
     let quick = s
         .src
         .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))

@@ -1,6 +1,6 @@
 //! Security features against the real binary: bcrypt users, per-user scopes (403,
 //! nothing contacted), failed-login damping per client address (429), the global cap
-//! on running syncs (503), and the start-up warning about a readable config file.
+//! on running syncs plus the queue (503 once both are full), and the start-up warning about a readable config file.
 //!
 //! These need config keys the shared `ServiceConfig` does not write, so the service is
 //! started from hand-written config text (`Service::start_raw`).
@@ -415,12 +415,12 @@ async fn tarpit() -> (SocketAddr, tokio::sync::watch::Receiver<usize>) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_full_service_answers_503_at_once_and_frees_the_slot() {
+async fn a_full_service_and_queue_answer_503_at_once_and_free_the_slot() {
     let (hang, mut accepted) = tarpit().await;
     let closed = free_port();
     let svc = Svc::start(
         &format!(
-            "  auth: {{admin: adminpw}}\n  max_concurrent_syncs: 1\n  \
+            "  auth: {{admin: adminpw}}\n  max_concurrent_syncs: 1\n  jobs: {{max_queued: 0}}\n  \
              rsyncconfig:\n    auth:\n      \
              hang: {{registry: '{hang}', plain_http: true}}\n      \
              closed: {{registry: '127.0.0.1:{closed}', plain_http: true}}\n    \
@@ -470,7 +470,9 @@ async fn a_full_service_answers_503_at_once_and_frees_the_slot() {
     assert_eq!(body["username"], "admin");
     let error = error_of(&body).unwrap_or_default();
     assert!(
-        error.contains("busy") && error.contains("max_concurrent_syncs"),
+        error.contains("busy")
+            && error.contains("max_concurrent_syncs")
+            && error.contains("max_queued"),
         "{error}"
     );
 

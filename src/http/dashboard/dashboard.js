@@ -247,7 +247,8 @@
     button.querySelector(".user").textContent = job.user;
     button.querySelector(".duration").textContent = formatDuration(duration(job));
     button.querySelector(".bytes").textContent = `${formatBytes(p.bytes_done || 0)} / ${formatBytes(p.bytes_total || 0)}`;
-    button.querySelector(".blobs").textContent = `${p.blobs_done || 0}/${p.blobs_total || 0} blobs`;
+    const referrers = p.referrers_copied ? ` · ${p.referrers_copied} referrers` : "";
+    button.querySelector(".blobs").textContent = `${p.blobs_done || 0}/${p.blobs_total || 0} blobs${referrers}`;
     button.setAttribute("aria-current", String(job.id === selected));
   }
 
@@ -311,6 +312,8 @@
     const took = { queued: "Waiting for", running: "Running for" }[job.state] || "Duration";
     fact(facts, took, formatDuration(duration(job)));
     fact(facts, "Retries", p.retries ? String(p.retries) : "");
+    // Signatures, attestations and SBOMs copied with the images.
+    fact(facts, "Referrers", p.referrers_copied ? String(p.referrers_copied) : "");
     fact(facts, "Cancelled by", job.cancelled_by);
     fact(facts, "HTTP status", job.http_status ? String(job.http_status) : "");
     $("job-facts").replaceChildren(facts);
@@ -330,7 +333,7 @@
         box.append(el("div", "step", image.status || String(image.step || "").replace(/_/g, " ")));
         box.append(
           meter(`job-image-${i}`, "Bytes", image.bytes_done || 0, image.bytes_total || 0,
-            `${formatBytes(image.bytes_done || 0)} / ${formatBytes(image.bytes_total || 0)} · ${image.blobs_done || 0}/${image.blobs_total || 0} blobs`,
+            `${formatBytes(image.bytes_done || 0)} / ${formatBytes(image.bytes_total || 0)} · ${image.blobs_done || 0}/${image.blobs_total || 0} blobs${image.referrers_copied ? ` · ${image.referrers_copied} referrers` : ""}`,
             image.step === "done" && image.status !== "failed" ? "succeeded" : job.state),
         );
         progress.push(box);

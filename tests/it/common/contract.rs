@@ -215,3 +215,17 @@ pub fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
         );
     }
 }
+
+/// Asserts none of `secrets` (passwords, helper answers, identity tokens, issued bearer
+/// tokens) occurs in any of `places`: `(what, text)` pairs such as sync answers, the
+/// service's log, job records, metrics and the analysis log.
+pub fn assert_no_secrets_anywhere(places: &[(&str, String)], secrets: &[String]) {
+    let secrets: Vec<&str> = secrets
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    for (what, text) in places {
+        assert_no_secrets(what, text, &secrets);
+    }
+}

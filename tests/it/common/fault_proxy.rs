@@ -264,6 +264,22 @@ pub enum Action {
     LocationTo(String),
     /// Forward, then replace the `realm` of the answer's `WWW-Authenticate`.
     RealmTo(String),
+    /// Read the request, then never answer (the connection stays open): a peer that
+    /// accepts and goes silent.
+    Hang,
+    /// Forward, then answer `206 Partial Content` with the body from this offset on and a
+    /// `Content-Range` saying so, whatever the request asked: a source that serves a
+    /// range nobody asked for (or the wrong one after a cut).
+    PartialFrom(u64),
+    /// Forward, then add these headers to the answer (e.g. Docker Hub's `ratelimit-*`).
+    AddHeaders(Vec<(String, String)>),
+    /// Serve the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`), which
+    /// distribution 2.8 lacks, from what the upstream holds: the index at the subject's
+    /// `sha256-<hex>` tag, or an empty index when there is none.
+    ReferrersApi,
+    /// Forward a manifest PUT and, when the manifest has a `subject`, answer with
+    /// `OCI-Subject: <its digest>` as a registry with the referrers API does.
+    OciSubject,
 }
 
 /// A rule: which requests (method, path regex, which matches) and what to do.
@@ -349,9 +365,38 @@ impl Rule {
         self.action(Action::LocationTo(base.to_owned()))
     }
 
+    /// Serve the referrers API from the upstream's fallback tags (see [`Action::ReferrersApi`]).
+    pub fn referrers_api(self) -> Rule {
+        self.action(Action::ReferrersApi)
+    }
+
+    /// Answer manifest PUTs with `OCI-Subject` (see [`Action::OciSubject`]).
+    pub fn oci_subject(self) -> Rule {
+        self.action(Action::OciSubject)
+    }
+
     /// Replace the `WWW-Authenticate` realm with `realm`.
     pub fn realm_to(self, realm: &str) -> Rule {
         self.action(Action::RealmTo(realm.to_owned()))
+    }
+
+    /// Read the request, then never answer.
+    pub fn hang(self) -> Rule {
+        self.action(Action::Hang)
+    }
+
+    /// Answer 206 with the body from `offset` on.
+    pub fn partial_from(self, offset: u64) -> Rule {
+        self.action(Action::PartialFrom(offset))
+    }
+
+    /// Add `headers` to the forwarded answer.
+    pub fn add_headers(self, headers: &[(&str, &str)]) -> Rule {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.action(Action::AddHeaders(headers))
     }
 
     /// Sets the action.
@@ -547,6 +592,18 @@ async fn handle(
         *record.rule.lock().unwrap() = Some(rule.label.clone());
     }
     let action = rule.map(|r| r.action);
+    if let Some(Action::Hang) = action {
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                record
+                    .request_bytes
+                    .fetch_add(data.len() as u64, Ordering::SeqCst);
+            }
+        }
+        // Silent until the client gives up (its connection closes and this is dropped).
+        return std::future::pending().await;
+    }
     if let Some(Action::Respond(reply)) = action {
         // Read the whole request first, as a registry does before it answers.
         let mut body = req.into_body();
@@ -562,7 +619,24 @@ async fn handle(
         return Ok(canned(reply, &record));
     }
 
-    let upstream = match forward(&shared, req, &record).await {
+    if let Some(Action::ReferrersApi) = action {
+        return Ok(referrers_api(&shared, req, &record).await);
+    }
+    let mut subject = None;
+    let req = if let Some(Action::OciSubject) = action {
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        record
+            .request_bytes
+            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        subject = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|m| m["subject"]["digest"].as_str().map(str::to_owned));
+        forward_bytes(&shared, parts, bytes).await
+    } else {
+        forward(&shared, req, &record).await
+    };
+    let upstream = match req {
         Ok(resp) => resp,
         Err(e) => {
             let msg = format!("fault proxy: upstream {} failed: {e}", shared.upstream);
@@ -583,7 +657,25 @@ async fn handle(
     let mut stream: ByteStream =
         Box::pin(body.into_data_stream().map(|r| r.map_err(BoxError::from)));
     match action {
-        None | Some(Action::Forward) | Some(Action::Respond(_)) => {}
+        None | Some(Action::Forward) | Some(Action::Respond(_)) | Some(Action::Hang) => {}
+        Some(Action::PartialFrom(offset)) => {
+            let total: u64 = parts
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            parts.status = StatusCode::PARTIAL_CONTENT;
+            let range = format!("bytes {offset}-{}/{total}", total.saturating_sub(1));
+            parts
+                .headers
+                .insert("content-range", HeaderValue::from_str(&range)?);
+            parts.headers.insert(
+                "content-length",
+                HeaderValue::from(total.saturating_sub(offset)),
+            );
+            stream = skip(stream, offset);
+        }
         Some(Action::CutAfter(n)) => stream = cut_after(stream, n),
         Some(Action::FlipByte(offset)) => stream = flip_byte(stream, offset),
         Some(Action::Trickle { every, chunk }) => stream = trickle(stream, every, chunk),
@@ -606,6 +698,23 @@ async fn handle(
             }
         }
         Some(Action::RealmTo(realm)) => rewrite_realm(&mut parts.headers, &realm),
+        Some(Action::AddHeaders(headers)) => {
+            for (name, value) in headers {
+                parts.headers.insert(
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                    HeaderValue::from_str(&value).expect("header value"),
+                );
+            }
+        }
+        Some(Action::ReferrersApi) => {}
+        Some(Action::OciSubject) => {
+            if let (Some(subject), true) = (subject, parts.status.is_success()) {
+                parts.headers.insert(
+                    "oci-subject",
+                    HeaderValue::from_str(&subject).expect("OCI-Subject"),
+                );
+            }
+        }
     }
     *record.status.lock().unwrap() = Some(parts.status.as_u16());
     Ok(Response::from_parts(parts, counted(stream, &record)))
@@ -644,6 +753,76 @@ async fn forward(
         .client
         .request(Request::from_parts(parts, body))
         .await?)
+}
+
+/// Sends a request whose body was already read upstream.
+async fn forward_bytes(
+    shared: &Shared,
+    mut parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Incoming>, BoxError> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("http://{}{path}", shared.upstream).parse()?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(HOST, HeaderValue::from_str(&shared.upstream)?);
+    let body = http_body_util::Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok(shared
+        .client
+        .request(Request::from_parts(parts, body))
+        .await?)
+}
+
+/// Answers `GET /v2/<name>/referrers/<digest>` from the upstream's `sha256-<hex>` tag.
+async fn referrers_api(
+    shared: &Shared,
+    req: Request<Incoming>,
+    record: &Arc<Record>,
+) -> Response<ProxyBody> {
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let re = Regex::new(r"^/v2/(.+)/referrers/([a-z0-9]+):([0-9a-f]+)").expect("regex");
+    let Some(caps) = re.captures(&record.path) else {
+        *record.status.lock().unwrap() = Some(400);
+        return canned(
+            Reply::json_error(400, "DIGEST_INVALID", "bad digest"),
+            record,
+        );
+    };
+    let url = format!(
+        "http://{}/v2/{}/manifests/{}-{}",
+        shared.upstream, &caps[1], &caps[2], &caps[3]
+    );
+    let mut upstream = Request::get(url).header(hyper::header::ACCEPT, INDEX);
+    if let Some(auth) = req.headers().get(hyper::header::AUTHORIZATION) {
+        upstream = upstream.header(hyper::header::AUTHORIZATION, auth.clone());
+    }
+    let empty = http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let answer = match shared.client.request(upstream.body(empty).unwrap()).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            match (status, body) {
+                (StatusCode::OK, Ok(body)) => Reply::status(200).body(body),
+                (StatusCode::NOT_FOUND, _) => Reply::status(200).body(format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[]}}"#
+                )),
+                (status, _) => Reply::status(status.as_u16()),
+            }
+        }
+        Err(e) => Reply::status(502).body(format!("fault proxy: {e}")),
+    }
+    .header("content-type", INDEX);
+    *record.status.lock().unwrap() = Some(answer.status);
+    canned(answer, record)
 }
 
 /// The response for a canned reply.
@@ -731,6 +910,27 @@ fn cut_after(stream: ByteStream, limit: u64) -> ByteStream {
             }
         },
     ))
+}
+
+/// Drops the first `n` bytes of a body.
+fn skip(stream: ByteStream, n: u64) -> ByteStream {
+    let mut seen = 0u64;
+    Box::pin(stream.filter_map(move |chunk| {
+        let out = match chunk {
+            Err(e) => Some(Err(e)),
+            Ok(chunk) => {
+                let start = seen;
+                seen += chunk.len() as u64;
+                if seen <= n {
+                    None
+                } else {
+                    let from = n.saturating_sub(start) as usize;
+                    Some(Ok(chunk.slice(from..)))
+                }
+            }
+        };
+        std::future::ready(out)
+    }))
 }
 
 fn flip_byte(stream: ByteStream, offset: u64) -> ByteStream {

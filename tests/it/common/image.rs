@@ -308,3 +308,224 @@ impl Index {
         self.images.iter().map(|i| i.digest.clone()).collect()
     }
 }
+
+/// The OCI empty config descriptor's media type (`{}`), used by artifacts.
+pub const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// cosign's simple-signing payload layer.
+pub const COSIGN_SIGNATURE_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// An in-toto attestation statement.
+pub const IN_TOTO_TYPE: &str = "application/vnd.in-toto+json";
+/// An SPDX SBOM.
+pub const SPDX_TYPE: &str = "application/spdx+json";
+
+/// A manifest another one refers to: what a referrer's `subject` names.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Media type of the subject manifest.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+}
+
+impl Subject {
+    /// The subject descriptor of an image.
+    pub fn of_image(image: &Image) -> Subject {
+        Subject {
+            media_type: image.format.manifest_type().to_owned(),
+            digest: image.digest.clone(),
+            size: image.manifest.len() as u64,
+        }
+    }
+
+    /// The subject descriptor of an index.
+    pub fn of_index(index: &Index) -> Subject {
+        Subject {
+            media_type: index.format.index_type().to_owned(),
+            digest: index.digest.clone(),
+            size: index.manifest.len() as u64,
+        }
+    }
+
+    /// The subject descriptor of another artifact (a referrer of a referrer).
+    pub fn of_artifact(artifact: &Artifact) -> Subject {
+        Subject {
+            media_type: artifact.media_type.clone(),
+            digest: artifact.digest.clone(),
+            size: artifact.manifest.len() as u64,
+        }
+    }
+
+    /// `sha256-<hex>`: the referrers tag schema's tag of this subject.
+    pub fn fallback_tag(&self) -> String {
+        self.digest.replacen(':', "-", 1)
+    }
+
+    /// cosign's tag for `suffix` (`sig`, `att`, `sbom`) of this subject.
+    pub fn cosign_tag(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.fallback_tag())
+    }
+}
+
+/// A signature, attestation or SBOM: an OCI manifest with its blobs, as cosign, oras or
+/// a build tool pushes it.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// Config and layer blobs (bytes), in manifest order.
+    pub blobs: Vec<Bytes>,
+    /// The exact manifest bytes.
+    pub manifest: Bytes,
+    /// Digest of `manifest`.
+    pub digest: String,
+    /// Always the OCI image manifest type (what artifacts use since image-spec 1.1).
+    pub media_type: String,
+    /// `artifactType`, or the config media type when there is none (the spec's rule
+    /// for the referrers list).
+    pub artifact_type: String,
+    /// The manifest's annotations.
+    pub annotations: Value,
+}
+
+impl Artifact {
+    /// A cosign signature as cosign (legacy tag scheme) lays it out: a small image
+    /// config, one simple-signing layer naming the image digest, the signature and the
+    /// certificate in the layer's annotations. No `subject`: it lives at the tag
+    /// `sha256-<hex>.sig`.
+    pub fn cosign_signature(subject: &Subject, reference: &str) -> Artifact {
+        let payload = json!({
+            "critical": {
+                "identity": {"docker-reference": reference},
+                "image": {"docker-manifest-digest": subject.digest},
+                "type": "cosign container image signature",
+            },
+            "optional": null,
+        });
+        let payload = Bytes::from(serde_json::to_vec(&payload).unwrap());
+        let config = json!({
+            "architecture": "", "os": "", "created": "0001-01-01T00:00:00Z",
+            "config": {}, "rootfs": {"type": "layers", "diff_ids": [sha256_digest(&payload)]},
+            "history": [{"created": "0001-01-01T00:00:00Z"}],
+        });
+        let config = Bytes::from(serde_json::to_vec(&config).unwrap());
+        let mut signature = vec![0u8; 64];
+        rand::rng().fill_bytes(&mut signature);
+        let layer_annotations = json!({
+            "dev.cosignproject.cosign/signature": hex::encode(&signature),
+            "dev.sigstore.cosign/certificate": "-----BEGIN CERTIFICATE-----\nMIIB (test)\n-----END CERTIFICATE-----\n",
+        });
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": Format::Oci.manifest_type(),
+            "config": {"mediaType": Format::Oci.config_type(), "digest": sha256_digest(&config), "size": config.len()},
+            "layers": [{"mediaType": COSIGN_SIGNATURE_TYPE, "digest": sha256_digest(&payload),
+                        "size": payload.len(), "annotations": layer_annotations}],
+        });
+        Artifact::finish(
+            manifest,
+            vec![config, payload],
+            Format::Oci.config_type(),
+            Value::Null,
+        )
+    }
+
+    /// An in-toto attestation with `subject`: the statement is the config (media type
+    /// `application/vnd.in-toto+json`, no `artifactType`), a DSSE envelope the layer.
+    pub fn attestation(subject: &Subject) -> Artifact {
+        let statement = json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": "image", "digest": {"sha256": &subject.digest[7..]}}],
+            "predicateType": "https://slsa.dev/provenance/v1",
+            "predicate": {"buildDefinition": {"buildType": "imagersync-test"}},
+        });
+        let statement = Bytes::from(serde_json::to_vec(&statement).unwrap());
+        let envelope = json!({"payloadType": IN_TOTO_TYPE, "payload": hex::encode(&statement), "signatures": []});
+        let envelope = Bytes::from(serde_json::to_vec(&envelope).unwrap());
+        let annotations = json!({"org.opencontainers.image.created": "2026-01-01T00:00:00Z"});
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": Format::Oci.manifest_type(),
+            "config": {"mediaType": IN_TOTO_TYPE, "digest": sha256_digest(&statement), "size": statement.len()},
+            "layers": [{"mediaType": "application/vnd.dsse.envelope.v1+json",
+                        "digest": sha256_digest(&envelope), "size": envelope.len()}],
+            "subject": subject_json(subject),
+            "annotations": annotations,
+        });
+        Artifact::finish(
+            manifest,
+            vec![statement, envelope],
+            IN_TOTO_TYPE,
+            annotations,
+        )
+    }
+
+    /// An artifact of `artifact_type` with the empty config and one layer of random
+    /// JSON-ish content, referring to `subject` (an SBOM, a bundle, a signature).
+    pub fn with_subject(subject: &Subject, artifact_type: &str) -> Artifact {
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let content = json!({"spdxVersion": "SPDX-2.3", "name": "imagersync-test",
+                             "documentNamespace": format!("urn:uuid:{}", hex::encode(nonce))});
+        let content = Bytes::from(serde_json::to_vec(&content).unwrap());
+        let empty = Bytes::from_static(b"{}");
+        let annotations = json!({
+            "org.opencontainers.image.created": "2026-01-01T00:00:00Z",
+            "org.example.nonce": hex::encode(nonce),
+        });
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": Format::Oci.manifest_type(),
+            "artifactType": artifact_type,
+            "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": sha256_digest(&empty), "size": 2},
+            "layers": [{"mediaType": artifact_type, "digest": sha256_digest(&content), "size": content.len()}],
+            "subject": subject_json(subject),
+            "annotations": annotations,
+        });
+        Artifact::finish(manifest, vec![empty, content], artifact_type, annotations)
+    }
+
+    fn finish(
+        manifest: Value,
+        blobs: Vec<Bytes>,
+        artifact_type: &str,
+        annotations: Value,
+    ) -> Artifact {
+        let manifest = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap());
+        Artifact {
+            digest: sha256_digest(&manifest),
+            manifest,
+            blobs,
+            media_type: Format::Oci.manifest_type().to_owned(),
+            artifact_type: artifact_type.to_owned(),
+            annotations,
+        }
+    }
+
+    /// The descriptor a referrers list holds for this artifact.
+    pub fn descriptor(&self) -> Value {
+        let mut d = json!({
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.manifest.len(),
+            "artifactType": self.artifact_type,
+        });
+        if !self.annotations.is_null() {
+            d["annotations"] = self.annotations.clone();
+        }
+        d
+    }
+}
+
+fn subject_json(subject: &Subject) -> Value {
+    json!({"mediaType": subject.media_type, "digest": subject.digest, "size": subject.size})
+}
+
+/// An OCI index listing `artifacts`: the body of a `sha256-<hex>` fallback tag.
+pub fn referrers_index(artifacts: &[&Artifact]) -> Bytes {
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": Format::Oci.index_type(),
+        "manifests": artifacts.iter().map(|a| a.descriptor()).collect::<Vec<_>>(),
+    });
+    Bytes::from(serde_json::to_vec_pretty(&index).unwrap())
+}

@@ -10,6 +10,7 @@
 
 pub mod cases;
 pub mod contract;
+pub mod cred_helper;
 pub mod engine;
 pub mod fault_proxy;
 pub mod fixture;

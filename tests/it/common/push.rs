@@ -96,6 +96,48 @@ impl Registry {
         }
     }
 
+    /// Pushes an artifact's blobs, then its manifest as `reference` (its digest, or a
+    /// cosign tag); returns the digest.
+    pub async fn push_artifact(
+        &self,
+        repo: &str,
+        reference: &str,
+        artifact: &super::image::Artifact,
+    ) -> String {
+        let api = Api::new(self);
+        for blob in &artifact.blobs {
+            let digest = super::image::sha256_digest(blob);
+            api.put_blob(repo, &digest, blob.clone()).await;
+        }
+        api.put_manifest(
+            repo,
+            reference,
+            &artifact.media_type,
+            &artifact.manifest,
+            &artifact.digest,
+        )
+        .await;
+        artifact.digest.clone()
+    }
+
+    /// Pushes a referrers index over `artifacts` (already pushed) as `sha256-<hex>` of
+    /// `subject`; returns its digest.
+    pub async fn push_referrers_index(
+        &self,
+        repo: &str,
+        subject: &super::image::Subject,
+        artifacts: &[&super::image::Artifact],
+    ) -> String {
+        let bytes = super::image::referrers_index(artifacts);
+        self.push_raw_manifest(
+            repo,
+            &subject.fallback_tag(),
+            "application/vnd.oci.image.index.v1+json",
+            bytes,
+        )
+        .await
+    }
+
     /// Uploads raw blob bytes to `repo` (any content, any size, 0 included); returns
     /// the digest.
     pub async fn push_blob(&self, repo: &str, data: Bytes) -> String {

@@ -43,8 +43,10 @@ pub struct Registry {
     port: u16,
     creds: Option<Creds>,
     dir: TempDir,
-    /// Serves HTTPS with a certificate from a test CA.
+    /// Serves HTTPS (a test CA's certificate, or `http.tls` in the extra config).
     tls: bool,
+    /// A `--cert-dir` for skopeo (client certificate of a registry that requires one).
+    oracle_cert_dir: Option<PathBuf>,
 }
 
 /// How many ports are tried before giving up on a bind collision.
@@ -72,6 +74,8 @@ impl Registry {
     /// A registry with extra config: `extra_yaml` is merged key by key into the generated
     /// config (e.g. `storage: {maintenance: {readonly: {enabled: true}}}` or a
     /// `validation:` section). `creds` adds htpasswd auth as [`Registry::start_htpasswd`].
+    /// With `http.tls.certificate` it serves HTTPS; with `http.tls.clientcas` it requires
+    /// client certificates, and is ready once it listens (the probe has none).
     pub async fn start_configured(creds: Option<Creds>, extra_yaml: &str) -> Registry {
         Self::start_full(creds, None, extra_yaml).await
     }
@@ -112,9 +116,29 @@ impl Registry {
         self.process.pid()
     }
 
+    /// A folder of `*.cert` + `*.key` (and `*.crt`) skopeo uses to reach this registry,
+    /// for one that requires client certificates.
+    pub fn set_oracle_cert_dir(&mut self, dir: PathBuf) {
+        self.oracle_cert_dir = Some(dir);
+    }
+
+    /// The folder set by [`Registry::set_oracle_cert_dir`].
+    pub fn oracle_cert_dir(&self) -> Option<&Path> {
+        self.oracle_cert_dir.as_deref()
+    }
+
     /// Everything the registry has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Replaces the htpasswd user of an htpasswd registry (a password rotation); the
+    /// registry reloads the file when it changes.
+    pub fn rotate_htpasswd(&mut self, creds: Creds) {
+        let path = self.dir.path().join("htpasswd");
+        assert!(path.exists(), "rotate_htpasswd: not an htpasswd registry");
+        write_htpasswd(&path, &creds);
+        self.creds = Some(creds);
     }
 
     /// Path of the registry's log file.
@@ -165,6 +189,7 @@ impl Registry {
             None => String::new(),
         };
         let extra_yaml = merge_yaml(&tls_yaml, extra_yaml);
+        let (tls, client_auth) = tls_of(&extra_yaml);
         let auth = match (&creds, issuer) {
             (_, Some(issuer)) => {
                 let bundle = dir.path().join("token-cert.pem");
@@ -202,14 +227,15 @@ impl Registry {
                 }
             }
             let mut process = Owned::spawn(&format!("docker-registry :{port}"), cmd, &log, &log);
-            match wait_ready(&mut process, port, &log, ca.is_some()).await {
+            match wait_ready(&mut process, port, &log, tls, client_auth).await {
                 Ok(()) => {
                     return Registry {
                         process,
                         port,
                         creds,
                         dir,
-                        tls: ca.is_some(),
+                        tls,
+                        oracle_cert_dir: None,
                     }
                 }
                 Err(e) => failures.push_str(&format!("{e}\n{}", process.log_tail(20))),
@@ -219,9 +245,24 @@ impl Registry {
     }
 }
 
+/// Whether a registry config serves HTTPS (`http.tls.certificate`) and whether it requires
+/// client certificates (`http.tls.clientcas`).
+fn tls_of(yaml: &str) -> (bool, bool) {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap_or_default();
+    let tls = &value["http"]["tls"];
+    (!tls["certificate"].is_null(), !tls["clientcas"].is_null())
+}
+
 /// Waits until the registry has bound its port (it logs `listening on`) and `GET /v2/`
-/// answers 200, or 401 in auth mode. Errors when it exits or takes too long.
-async fn wait_ready(process: &mut Owned, port: u16, log: &Path, tls: bool) -> Result<(), String> {
+/// answers 200, or 401 in auth mode; a registry that requires client certificates is
+/// ready once bound. Errors when it exits or takes too long.
+async fn wait_ready(
+    process: &mut Owned,
+    port: u16,
+    log: &Path,
+    tls: bool,
+    client_auth: bool,
+) -> Result<(), String> {
     // Readiness only: the certificate itself is what the tests check.
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
@@ -240,6 +281,9 @@ async fn wait_ready(process: &mut Owned, port: u16, log: &Path, tls: bool) -> Re
         let bound = std::fs::read_to_string(log)
             .map(|t| t.contains(&listening))
             .unwrap_or(false);
+        if bound && client_auth {
+            return Ok(());
+        }
         if bound {
             if let Ok(resp) = client.get(&url).send().await {
                 if matches!(resp.status().as_u16(), 200 | 401) {

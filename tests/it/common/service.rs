@@ -57,6 +57,8 @@ pub struct ServiceConfig {
     pub admins: Vec<String>,
     /// `rsyncserver.max_concurrent_syncs`, when set.
     pub max_concurrent_syncs: Option<usize>,
+    /// `rsyncserver.jobs.callback_allowed_hosts`.
+    pub callback_allowed_hosts: Vec<String>,
     /// `rsyncserver.jobs.max_queued`, when set.
     pub max_queued: Option<usize>,
     /// `rsyncserver.jobs.history_days`, when set.
@@ -74,6 +76,7 @@ impl Default for ServiceConfig {
             max_queued: None,
             history_days: None,
             max_concurrent_syncs: None,
+            callback_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -131,6 +134,10 @@ impl ServiceConfig {
         if !self.admins.is_empty() {
             doc["rsyncserver"]["admins"] = json!(self.admins);
         }
+        if !self.callback_allowed_hosts.is_empty() {
+            doc["rsyncserver"]["jobs"] =
+                json!({"callback_allowed_hosts": self.callback_allowed_hosts});
+        }
         if let Some(max) = self.max_concurrent_syncs {
             doc["rsyncserver"]["max_concurrent_syncs"] = json!(max);
         }
@@ -150,6 +157,9 @@ pub struct Service {
     port: u16,
     dir: TempDir,
     client: Client,
+    args: Vec<String>,
+    /// Environment variables set for the service process only (e.g. `PATH`).
+    env: Vec<(String, String)>,
 }
 
 /// How long start-up may take until `GET /check` answers 200.
@@ -159,8 +169,14 @@ impl Service {
     /// Writes `config` to a temp dir (log file in `logs/` there, not created yet) and
     /// starts the service on a free port; returns once `GET /check` is 200.
     pub async fn start(config: &ServiceConfig) -> Service {
+        Self::start_with_args(config, &[]).await
+    }
+
+    /// Like [`Service::start`], with more command-line flags (e.g. `--log-format json`).
+    pub async fn start_with_args(config: &ServiceConfig, args: &[&str]) -> Service {
         // It holds passwords: owner-only, as an operator would keep it.
-        Self::start_with(|logfile| config.to_yaml(logfile), 0o600).await
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::start_with(|logfile| config.to_yaml(logfile), 0o600, args, Vec::new()).await
     }
 
     /// Like [`Service::start`] with a hand-written config: `rsyncserver_yaml` is the body
@@ -173,12 +189,33 @@ impl Service {
                 logfile.display()
             )
         };
-        Self::start_with(text, mode).await
+        Self::start_with(text, mode, Vec::new(), Vec::new()).await
+    }
+
+    /// [`Service::start_raw`] with extra environment variables for the service process
+    /// only (the test process's own environment is left alone).
+    pub async fn start_raw_env(rsyncserver_yaml: &str, env: &[(&str, String)]) -> Service {
+        let text = |logfile: &Path| {
+            format!(
+                "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+                logfile.display()
+            )
+        };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Self::start_with(text, 0o600, Vec::new(), env).await
     }
 
     /// Writes the config made by `config_text(logfile)` with file mode `mode` and starts
     /// the service on a free port; returns once `GET /check` is 200.
-    async fn start_with(config_text: impl Fn(&Path) -> String, mode: u32) -> Service {
+    async fn start_with(
+        config_text: impl Fn(&Path) -> String,
+        mode: u32,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Service {
         let dir = tempfile::Builder::new()
             .prefix("imagersync-service-")
             .tempdir()
@@ -195,12 +232,14 @@ impl Service {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("http client");
-        let (process, port) = launch(dir.path(), &client).await;
+        let (process, port) = launch(dir.path(), &client, &args, &env).await;
         Service {
             process,
             port,
             dir,
             client,
+            args,
+            env,
         }
     }
 
@@ -209,7 +248,23 @@ impl Service {
     /// job database and analysis log, on a new port.
     pub async fn crash_and_restart(&mut self) {
         self.process.kill();
-        let (process, port) = launch(self.dir.path(), &self.client).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
+        self.process = process;
+        self.port = port;
+    }
+
+    /// Stops the service (SIGKILL), replaces the body of its `rsyncserver:` section (as
+    /// [`Service::start_raw`] takes it) and starts it again in the same working directory,
+    /// so with the same job database, on a new port.
+    pub async fn restart_raw(&mut self, rsyncserver_yaml: &str) {
+        self.process.kill();
+        let logfile = self.logfile();
+        let text = format!(
+            "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+            logfile.display()
+        );
+        std::fs::write(self.dir.path().join("config.yaml"), text).expect("rewrite config");
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
         self.process = process;
         self.port = port;
     }
@@ -222,7 +277,7 @@ impl Service {
             status.is_some(),
             "start_again: the service is still running"
         );
-        let (process, port) = launch(self.dir.path(), &self.client).await;
+        let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
         self.process = process;
         self.port = port;
     }
@@ -380,7 +435,12 @@ pub async fn json_of(resp: Response) -> (StatusCode, Value) {
 
 /// Starts the binary with `dir/config.yaml` in `dir` on a free port (trying other ports
 /// if one is taken meanwhile); returns once `GET /check` is 200.
-async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
+async fn launch(
+    dir: &Path,
+    client: &Client,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Owned, u16) {
     let config_path = dir.join("config.yaml");
     let mut failures = String::new();
     for _ in 0..5 {
@@ -390,7 +450,9 @@ async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--configFile")
             .arg(&config_path)
-            .current_dir(dir);
+            .args(args)
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
         let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
         match wait_ready(client, &mut process, port).await {
@@ -401,7 +463,9 @@ async fn launch(dir: &Path, client: &Client) -> (Owned, u16) {
     panic!("imagersync_service_bin did not start:\n{failures}");
 }
 
-async fn wait_ready(client: &Client, process: &mut Owned, port: u16) -> Result<(), String> {
+/// Waits until `GET /check` on `port` answers 200 (within 20 s); an error if `process`
+/// exits first or the time runs out.
+pub async fn wait_ready(client: &Client, process: &mut Owned, port: u16) -> Result<(), String> {
     let url = format!("http://127.0.0.1:{port}/check");
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
@@ -441,10 +505,15 @@ pub struct Exit {
 /// Runs the binary with `--configFile config_path` on a free port and waits for it to
 /// exit; panics if it is still running after 10 s (it must refuse to start).
 pub fn run_expecting_exit(config_path: &Path) -> Exit {
+    run_expecting_exit_on(config_path, &format!("127.0.0.1:{}", free_port()))
+}
+
+/// [`run_expecting_exit`] with `--address address`.
+pub fn run_expecting_exit_on(config_path: &Path, address: &str) -> Exit {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(BIN);
     cmd.arg("--address")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(address)
         .arg("--configFile")
         .arg(config_path)
         .current_dir(dir.path());

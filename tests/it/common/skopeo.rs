@@ -16,6 +16,9 @@ use super::tools::SKOPEO;
 pub async fn inspect_raw(registry: &Registry, reference: &str) -> Result<Vec<u8>, String> {
     let mut cmd = skopeo();
     cmd.args(["inspect", "--raw", "--tls-verify=false"]);
+    if let Some(dir) = registry.oracle_cert_dir() {
+        cmd.arg("--cert-dir").arg(dir);
+    }
     match registry.creds() {
         Some(c) => cmd.arg("--creds").arg(c.joined()),
         None => cmd.arg("--no-creds"),
@@ -77,6 +80,9 @@ pub async fn check_landed(
         "--src-tls-verify=false",
         "--quiet",
     ]);
+    if let Some(dir) = registry.oracle_cert_dir() {
+        cmd.arg("--src-cert-dir").arg(dir);
+    }
     match registry.creds() {
         Some(c) => cmd.arg("--src-creds").arg(c.joined()),
         None => cmd.arg("--src-no-creds"),

@@ -36,6 +36,10 @@ struct Shared {
     requests: AtomicUsize,
     issued: Mutex<Vec<String>>,
     scopes: Mutex<Vec<String>>,
+    /// The refresh token (Docker's identity token) the OAuth2 POST accepts, if any.
+    refresh_token: Mutex<Option<String>>,
+    /// Grant types of the POSTs answered (`refresh_token`, ...).
+    grants: Mutex<Vec<String>>,
 }
 
 /// A running token issuer; stops with the test's runtime.
@@ -64,9 +68,11 @@ impl TokenIssuer {
             requests: AtomicUsize::new(0),
             issued: Mutex::default(),
             scopes: Mutex::default(),
+            refresh_token: Mutex::default(),
+            grants: Mutex::default(),
         });
         let app = Router::new()
-            .route("/token", get(issue))
+            .route("/token", get(issue).post(issue_oauth))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -107,6 +113,17 @@ impl TokenIssuer {
         self.shared.scopes.lock().unwrap().clone()
     }
 
+    /// Accepts `refresh_token` in the OAuth2 POST flow (`grant_type=refresh_token`), as
+    /// Docker Hub and ACR accept the identity token `docker login` stored.
+    pub fn accept_refresh_token(&self, refresh_token: &str) {
+        *self.shared.refresh_token.lock().unwrap() = Some(refresh_token.to_owned());
+    }
+
+    /// `grant_type` of every OAuth2 POST answered so far.
+    pub fn grants(&self) -> Vec<String> {
+        self.shared.grants.lock().unwrap().clone()
+    }
+
     /// Tokens issued from now on really expire `seconds` after issue (the registry's 60 s
     /// leeway removed), while the answer still promises the usual lifetime: the client
     /// only learns it from the registry's 401, as when a long upload outlives its token.
@@ -144,6 +161,47 @@ async fn issue(
         return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     }
     let scopes: Vec<String> = param("scope").collect();
+    grant(&shared, scopes)
+}
+
+/// The OAuth2 token endpoint (distribution docs/spec/auth/oauth.md): a form POST with
+/// `grant_type=refresh_token`, `refresh_token`, `client_id`, `service` and a
+/// space-separated `scope`.
+async fn issue_oauth(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    let pairs: Vec<(String, String)> = reqwest::Url::parse(&format!("http://issuer/?{body}"))
+        .expect("form parses")
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let field = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let grant_type = field("grant_type");
+    shared.grants.lock().unwrap().push(grant_type.clone());
+    let expected = shared.refresh_token.lock().unwrap().clone();
+    let ok = grant_type == "refresh_token"
+        && expected.is_some_and(|t| t == field("refresh_token"))
+        && !field("client_id").is_empty()
+        && field("service") == SERVICE;
+    if !ok {
+        let body = json!({"error": "invalid_grant"});
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    let scopes: Vec<String> = field("scope")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    grant(&shared, scopes)
+}
+
+/// Signs a token granting `scopes` and answers it in both spellings.
+fn grant(shared: &Shared, scopes: Vec<String>) -> Response {
     let access: Vec<_> = scopes
         .iter()
         .flat_map(|s| s.split(' '))

@@ -42,6 +42,11 @@ pub const CURL: Tool = Tool {
     name: "curl",
     package: "curl",
 };
+/// Makes certificates exactly as Docker's documentation does (`openssl req -x509 ...`).
+pub const OPENSSL: Tool = Tool {
+    name: "openssl",
+    package: "openssl",
+};
 
 /// The browser the dashboard test drives (headless).
 pub const CHROMIUM: Tool = Tool {
@@ -52,6 +57,17 @@ pub const CHROMIUM: Tool = Tool {
 pub const CHROMEDRIVER: Tool = Tool {
     name: "chromedriver",
     package: "chromium-driver",
+};
+
+/// Starts a program as another user (the packaging test's unprivileged service user).
+pub const SETPRIV: Tool = Tool {
+    name: "setpriv",
+    package: "util-linux",
+};
+/// Checks a systemd unit file without a running systemd (`systemd-analyze verify`).
+pub const SYSTEMD_ANALYZE: Tool = Tool {
+    name: "systemd-analyze",
+    package: "systemd",
 };
 
 impl Tool {

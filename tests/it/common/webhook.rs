@@ -50,19 +50,22 @@ pub struct WebhookReceiver {
 impl WebhookReceiver {
     /// A receiver answering `statuses` to the first requests, in order, then 200.
     pub async fn start(statuses: &[u16]) -> WebhookReceiver {
-        Self::answering(statuses, None).await
+        Self::answering("127.0.0.1", statuses, None).await
+    }
+
+    /// A receiver on `ip`:0 (another loopback address such as 127.0.0.2).
+    pub async fn start_on(ip: &str, statuses: &[u16]) -> WebhookReceiver {
+        Self::answering(ip, statuses, None).await
     }
 
     /// A receiver answering every request `status` with `Location: to` (a redirect).
     pub async fn redirecting(status: u16, to: &str) -> WebhookReceiver {
-        Self::answering(&[status; 64], Some(to.to_owned())).await
+        Self::answering("127.0.0.1", &[status; 64], Some(to.to_owned())).await
     }
 
-    /// `statuses` in order (then 200), each with a `Location` header when given.
-    async fn answering(statuses: &[u16], location: Option<String>) -> WebhookReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
+    /// `statuses` in order (then 200), each with a `Location` header when given, on `ip`.
+    async fn answering(ip: &str, statuses: &[u16], location: Option<String>) -> WebhookReceiver {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
         let planned: Arc<Mutex<VecDeque<u16>>> =

@@ -1,0 +1,417 @@
+//! Mirrors: repositories kept in step with another. Each mirror of `rsyncserver.mirrors`
+//! runs on its schedule (`every` or `cron`), by hand, and for pushes announced at the
+//! events endpoints; every run is an ordinary job of user `mirror:<name>` with its
+//! trigger. Runs of one mirror never overlap. Nothing here knows HTTP.
+
+pub mod filters;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use self::filters::TagFilter;
+use crate::config::{MirrorConfig, Schedule};
+use crate::engine::rules::RuleSide;
+use crate::engine::SyncRequest;
+use crate::jobs::{JobFilter, JobManager, JobRecord, JobState, NewJob, SubmitError, Trigger};
+
+/// The user a mirror's jobs run as.
+pub fn mirror_user(name: &str) -> String {
+    format!("mirror:{name}")
+}
+
+/// Why a mirror run did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No mirror of that name.
+    #[error("no mirror named {0:?} in rsyncserver.mirrors")]
+    NotFound(String),
+    /// A run of the mirror has not ended yet; runs never overlap.
+    #[error("mirror {name}: job {job} is still {state}; runs of one mirror never overlap")]
+    Running {
+        /// The mirror.
+        name: String,
+        /// The unfinished job.
+        job: i64,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The source's tags could not be listed.
+    #[error("mirror {name}: listing the source's tags failed: {cause}")]
+    Tags {
+        /// The mirror.
+        name: String,
+        /// Why.
+        cause: String,
+    },
+    /// No tag of the source passes the mirror's filters.
+    #[error("mirror {0}: no tag of the source passes the tag filters; nothing to copy")]
+    NoTags(String),
+    /// The job could not be created.
+    #[error("mirror {name}: {source}")]
+    Submit {
+        /// The mirror.
+        name: String,
+        /// Why.
+        source: SubmitError,
+    },
+}
+
+/// One configured mirror, parsed.
+struct Mirror {
+    config: MirrorConfig,
+    schedule: Option<Schedule>,
+    source: RuleSide,
+    filter: TagFilter,
+    /// Held while deciding whether to start a run, so two triggers cannot both start one.
+    gate: Mutex<MirrorState>,
+}
+
+#[derive(Default)]
+struct MirrorState {
+    /// The newest job of this mirror, if any.
+    last_job: Option<i64>,
+    /// When the schedule runs it next.
+    next_run: Option<DateTime<Utc>>,
+}
+
+/// A mirror as `GET /v1/mirrors` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorStatus {
+    /// The mirror's name.
+    pub name: String,
+    /// Source rule.
+    pub source: String,
+    /// Target rules.
+    pub targets: Vec<String>,
+    /// The interval, if it has one.
+    pub every: Option<String>,
+    /// The cron expression, if it has one.
+    pub cron: Option<String>,
+    /// Whether pushes trigger it.
+    pub on_push: bool,
+    /// Its tag filters.
+    pub tags: TagsView,
+    /// Its platform filter.
+    pub platforms: Vec<String>,
+    /// The user its jobs run as.
+    pub user: String,
+    /// Its newest job.
+    pub last_job: Option<LastJob>,
+    /// When its schedule runs it next; `null` without a schedule.
+    pub next_run: Option<DateTime<Utc>>,
+}
+
+/// A mirror's tag filters as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagsView {
+    /// Semver range.
+    pub semver: Option<String>,
+    /// Allow regexes.
+    pub allow: Vec<String>,
+    /// Deny regexes.
+    pub deny: Vec<String>,
+    /// Newest N kept.
+    pub keep_latest: Option<usize>,
+}
+
+/// The newest job of a mirror.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastJob {
+    /// Job id.
+    pub id: i64,
+    /// Its state.
+    pub state: JobState,
+    /// What started it.
+    pub trigger: Trigger,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Every configured mirror; cheap to clone.
+#[derive(Clone)]
+pub struct Mirrors {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: JobManager,
+    mirrors: Vec<Arc<Mirror>>,
+}
+
+impl std::fmt::Debug for Mirrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirrors")
+            .field("count", &self.inner.mirrors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mirrors {
+    /// Parses the configured mirrors (config loading checked them; a bad hand-built entry
+    /// is logged and left out).
+    pub fn new(configs: &[MirrorConfig], jobs: JobManager) -> Self {
+        let mut mirrors = Vec::new();
+        for config in configs {
+            let parsed = (|| {
+                let schedule = config.schedule()?;
+                let source = RuleSide::parse(&config.source).map_err(|e| e.to_string())?;
+                let filter = TagFilter::new(&config.tags)?;
+                Ok::<_, String>((schedule, source, filter))
+            })();
+            match parsed {
+                Ok((schedule, source, filter)) => mirrors.push(Arc::new(Mirror {
+                    config: config.clone(),
+                    schedule,
+                    source,
+                    filter,
+                    gate: Mutex::default(),
+                })),
+                Err(e) => tracing::error!(mirror = %config.name, "mirror left out: {e}"),
+            }
+        }
+        Self {
+            inner: Arc::new(Inner { jobs, mirrors }),
+        }
+    }
+
+    /// Whether any mirror is configured.
+    pub fn is_empty(&self) -> bool {
+        self.inner.mirrors.is_empty()
+    }
+
+    fn find(&self, name: &str) -> Result<&Arc<Mirror>, RunError> {
+        self.inner
+            .mirrors
+            .iter()
+            .find(|m| m.config.name == name)
+            .ok_or_else(|| RunError::NotFound(name.to_owned()))
+    }
+
+    /// Reads each mirror's newest job from the store and starts one scheduler task per
+    /// scheduled mirror. A mirror whose run came due while the service was down (or that
+    /// never ran) runs once at once.
+    pub async fn start(&self) {
+        for mirror in &self.inner.mirrors {
+            let last = self
+                .inner
+                .jobs
+                .list(JobFilter {
+                    user: Some(mirror_user(&mirror.config.name)),
+                    limit: 1,
+                    ..JobFilter::default()
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(mirror = %mirror.config.name, error = %e, "cannot read the mirror's last job");
+                    Vec::new()
+                })
+                .into_iter()
+                .next();
+            mirror.gate.lock().await.last_job = last.as_ref().map(|j| j.id);
+            let Some(schedule) = &mirror.schedule else {
+                continue;
+            };
+            let now = Utc::now();
+            let first = match &last {
+                None => now,
+                Some(job) => next_after(schedule, job.created_at).max(now),
+            };
+            if first <= now {
+                tracing::info!(mirror = %mirror.config.name, "mirror run overdue (or never ran): running it now");
+            }
+            let this = self.clone();
+            let mirror = mirror.clone();
+            tokio::spawn(async move { this.schedule_loop(mirror, first).await });
+        }
+    }
+
+    async fn schedule_loop(self, mirror: Arc<Mirror>, mut due: DateTime<Utc>) {
+        let Some(schedule) = &mirror.schedule else {
+            return;
+        };
+        loop {
+            mirror.gate.lock().await.next_run = Some(due);
+            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+            match self.start_run(&mirror, Trigger::Schedule, None).await {
+                Ok(job) => {
+                    tracing::info!(mirror = %mirror.config.name, job = job.id, "scheduled mirror run queued")
+                }
+                Err(RunError::Submit {
+                    source: SubmitError::ShuttingDown,
+                    ..
+                }) => return,
+                Err(e @ RunError::Running { .. }) => {
+                    tracing::info!(mirror = %mirror.config.name, "scheduled run skipped: {e}")
+                }
+                Err(e) => {
+                    tracing::warn!(mirror = %mirror.config.name, "scheduled run not started: {e}")
+                }
+            }
+            due = next_after(schedule, due).max(Utc::now());
+        }
+    }
+
+    /// Starts a run of mirror `name` now (an admin's "run now").
+    pub async fn run_now(&self, name: &str) -> Result<JobRecord, RunError> {
+        let mirror = self.find(name)?.clone();
+        self.start_run(&mirror, Trigger::Manual, None).await
+    }
+
+    /// Every mirror with its newest job and next scheduled run.
+    pub async fn list(&self) -> Vec<MirrorStatus> {
+        let mut out = Vec::new();
+        for mirror in &self.inner.mirrors {
+            let (last_id, next_run) = {
+                let state = mirror.gate.lock().await;
+                (state.last_job, state.next_run)
+            };
+            let last_job = match last_id {
+                Some(id) => self
+                    .inner
+                    .jobs
+                    .get(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|j| LastJob {
+                        id: j.id,
+                        state: j.state,
+                        trigger: j.trigger,
+                        created_at: j.created_at,
+                        finished_at: j.finished_at,
+                    }),
+                None => None,
+            };
+            let c = &mirror.config;
+            out.push(MirrorStatus {
+                name: c.name.clone(),
+                source: c.source.clone(),
+                targets: c.target.to_vec(),
+                every: c.every.clone(),
+                cron: c.cron.clone(),
+                on_push: c.on_push,
+                tags: TagsView {
+                    semver: c.tags.semver.clone(),
+                    allow: c.tags.allow.clone(),
+                    deny: c.tags.deny.clone(),
+                    keep_latest: c.tags.keep_latest,
+                },
+                platforms: c.platforms.clone(),
+                user: mirror_user(&c.name),
+                last_job,
+                next_run: if mirror.schedule.is_some() {
+                    next_run
+                } else {
+                    None
+                },
+            });
+        }
+        out
+    }
+
+    /// Starts one run: the whole filtered tag list, or (`pushed`) one tag. A run never
+    /// starts while another of the same mirror has not ended.
+    async fn start_run(
+        &self,
+        mirror: &Mirror,
+        trigger: Trigger,
+        pushed: Option<&str>,
+    ) -> Result<JobRecord, RunError> {
+        let name = &mirror.config.name;
+        let mut state = mirror.gate.lock().await;
+        if let Some(id) = state.last_job {
+            if let Ok(Some(job)) = self.inner.jobs.get(id).await {
+                if !job.state.is_final() {
+                    return Err(RunError::Running {
+                        name: name.clone(),
+                        job: id,
+                        state: job.state.as_str(),
+                    });
+                }
+            }
+        }
+        let source = self.source_rule(mirror, pushed).await?;
+        let targets = mirror.config.target.to_vec();
+        let new = NewJob {
+            user: mirror_user(name),
+            trigger,
+            request: SyncRequest {
+                source: source.clone(),
+                targets: targets.clone(),
+                force: false,
+                platforms: mirror.config.platforms.clone(),
+                referrers: None,
+            },
+            rsync_config: serde_json::json!({
+                "source": source,
+                "target": if targets.len() == 1 { serde_json::json!(targets[0]) } else { serde_json::json!(targets) },
+                "mirror": name,
+            }),
+            asynchronous: true,
+            callback_url: None,
+        };
+        let submitted = self
+            .inner
+            .jobs
+            .submit(new)
+            .await
+            .map_err(|source| RunError::Submit {
+                name: name.clone(),
+                source,
+            })?;
+        state.last_job = Some(submitted.job.id);
+        Ok(submitted.job)
+    }
+
+    /// The source rule of one run: the configured rule when no filter applies, else the
+    /// filtered tag list (or the one pushed tag).
+    async fn source_rule(&self, mirror: &Mirror, pushed: Option<&str>) -> Result<String, RunError> {
+        let name = &mirror.config.name;
+        let repo = mirror.source.image.name();
+        if let Some(tag) = pushed {
+            return Ok(format!("{repo}:{tag}"));
+        }
+        if !mirror.filter.is_set() {
+            return Ok(mirror.config.source.clone());
+        }
+        let listed = self
+            .inner
+            .jobs
+            .engine()
+            .source_tags(&mirror.config.source)
+            .await
+            .map_err(|e| RunError::Tags {
+                name: name.clone(),
+                cause: e.to_string(),
+            })?;
+        let Some(tags) = listed else {
+            // A digest: no tag to filter.
+            return Ok(mirror.config.source.clone());
+        };
+        let kept = mirror.filter.apply(tags);
+        if kept.is_empty() {
+            return Err(RunError::NoTags(name.clone()));
+        }
+        Ok(format!("{repo}:{}", kept.join(",")))
+    }
+}
+
+/// The first run time after `after` on `schedule`.
+fn next_after(schedule: &Schedule, after: DateTime<Utc>) -> DateTime<Utc> {
+    match schedule {
+        Schedule::Every(every) => {
+            after + chrono::Duration::from_std(*every).unwrap_or(chrono::Duration::MAX)
+        }
+        Schedule::Cron(cron) => cron
+            .find_next_occurrence(&after, false)
+            // A pattern with no next time (e.g. 30 February) never runs again.
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    }
+}

@@ -1,0 +1,625 @@
+//! Registry logins as operators keep them (issue 12): credential helpers, password files,
+//! Docker / containers auth files, identity tokens, and logins that expire mid-sync.
+//!
+//! Real parts throughout: `docker-registry` in htpasswd and token mode, the in-suite token
+//! issuer as its auth server, and a `docker-credential-<name>` shell script speaking the
+//! real helper protocol. Where ECR's 403 "token has expired" is needed, the fault proxy
+//! answers it in front of a real registry (no packaged registry says it).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::common::contract::{assert_no_secrets_anywhere, error_of, info_of, status_of};
+use crate::common::cred_helper::CredHelper;
+use crate::common::fault_proxy::{FaultProxy, Reply, Rule};
+use crate::common::service::admin;
+use crate::common::{skopeo, Creds, Format, Image, Registry, Service, TokenIssuer};
+
+const KIB: usize = 1024;
+
+/// The `rsyncserver:` body: service user admin, the given `rsyncconfig.auth` entries
+/// (`name: {registry: HOST, insecure: true, <extra>}`) and optional `auth_file`.
+fn config(entries: &[(&str, String, &str)], auth_file: Option<&std::path::Path>) -> String {
+    let mut yaml = String::from("  auth: {admin: adminpw}\n  rsyncconfig:\n");
+    if let Some(file) = auth_file {
+        yaml.push_str(&format!("    auth_file: {}\n", file.display()));
+    }
+    yaml.push_str("    task: {retries: 2, credential_helper_timeout_seconds: 2}\n    auth:\n");
+    for (name, host, extra) in entries {
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        };
+        yaml.push_str(&format!(
+            "      {name}: {{registry: \"{host}\", insecure: true{extra}}}\n"
+        ));
+    }
+    yaml
+}
+
+/// Every place a secret could leak to: the answers given, the service's own log, the
+/// analysis log, the job list and the metrics.
+async fn assert_nothing_leaks(service: &Service, answers: &[&Value], secrets: &[String]) {
+    let (_, jobs) = service
+        .call_json(Method::GET, "/v1/image/rsync/jobs", &admin())
+        .await;
+    let metrics = service
+        .client()
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let mut places = vec![
+        ("service stdout", service.stdout()),
+        ("service stderr", service.stderr()),
+        ("analysis log", service.logfile_text()),
+        ("job list", jobs.to_string()),
+        ("metrics", metrics),
+    ];
+    for answer in answers {
+        places.push(("sync answer", answer.to_string()));
+    }
+    assert_no_secrets_anywhere(&places, secrets);
+}
+
+/// Source image in `src` under `repo:tag`, synced to `dst`; returns the answer.
+async fn sync_one(service: &Service, src: &str, dst: &str, repo_tag: &str) -> Value {
+    let (_, body) = service
+        .sync(&format!("{src}/{repo_tag}"), &format!("{dst}/{repo_tag}"))
+        .await;
+    body
+}
+
+fn assert_synced(body: &Value) {
+    assert_eq!(status_of(body), "successfully", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helper_login_is_cached_and_asked_again_after_a_rotation() {
+    let mut src = Registry::start_htpasswd("puller", "first-Pw-71").await;
+    let dst = Registry::start_anonymous().await;
+    let helper = CredHelper::install("itrotate");
+    helper.answer("puller", "first-Pw-71");
+    let one = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let two = src
+        .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let yaml = config(
+        &[
+            (
+                "src",
+                src.host(),
+                &format!("credential_helper: {}", helper.name()),
+            ),
+            ("dst", dst.host(), ""),
+        ],
+        None,
+    );
+    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+
+    let first = sync_one(&service, &src.host(), &dst.host(), "team/app:v1").await;
+    assert_synced(&first);
+    assert!(
+        info_of(&first).contains(&format!(
+            "Find auth information for {}/team/app:v1: entry src, credential helper docker-credential-itrotate",
+            src.host()
+        )),
+        "{}",
+        info_of(&first)
+    );
+    assert_eq!(helper.calls(), 1);
+    assert_eq!(
+        helper.servers(),
+        vec![src.host()],
+        "asked for the bare host"
+    );
+
+    // Within the cache time a second sync reuses the answer.
+    let second = sync_one(&service, &src.host(), &dst.host(), "team/app:v2").await;
+    assert_synced(&second);
+    assert_eq!(
+        helper.calls(),
+        1,
+        "the helper's answer is shared by every sync"
+    );
+    skopeo::assert_landed(&dst, "team/app:v2", &two).await;
+
+    // Rotation: the registry takes only the new password and the helper hands it out.
+    // The cached login gets a 401, is dropped, and the helper is asked once more.
+    src.rotate_htpasswd(Creds::new("puller", "second-Pw-72"));
+    helper.answer("puller", "second-Pw-72");
+    let three = src
+        .push_image("team/app", "v3", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let third = sync_one(&service, &src.host(), &dst.host(), "team/app:v3").await;
+    assert_synced(&third);
+    assert_eq!(
+        helper.calls(),
+        2,
+        "asked again once after the 401, no restart"
+    );
+    skopeo::assert_landed(&dst, "team/app:v3", &three).await;
+    skopeo::assert_landed(&dst, "team/app:v1", &one).await;
+    assert!(
+        service
+            .stdout()
+            .contains("registry refused the login; asking its source again"),
+        "{}",
+        service.stdout()
+    );
+    assert_nothing_leaks(
+        &service,
+        &[&first, &second, &third],
+        &["first-Pw-71".into(), "second-Pw-72".into()],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_refusal_fails_with_the_registrys_words() {
+    let src = Registry::start_htpasswd("puller", "right-Pw-73").await;
+    let dst = Registry::start_anonymous().await;
+    let helper = CredHelper::install("itwrong");
+    helper.answer("puller", "wrong-Pw-74");
+    let yaml = config(
+        &[
+            (
+                "src",
+                src.host(),
+                &format!("credential_helper: {}", helper.name()),
+            ),
+            ("dst", dst.host(), ""),
+        ],
+        None,
+    );
+    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let body = sync_one(&service, &src.host(), &dst.host(), "team/app:v1").await;
+    assert_eq!(status_of(&body), "failed", "{body}");
+    let error = error_of(&body).unwrap_or_default();
+    assert!(error.contains("HTTP 401"), "{error}");
+    assert!(
+        error.contains("UNAUTHORIZED"),
+        "the registry's own code: {error}"
+    );
+    assert_eq!(
+        helper.calls(),
+        2,
+        "asked once more after the refusal, then no more"
+    );
+    assert_nothing_leaks(&service, &[&body], &["wrong-Pw-74".into()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_helper_is_stopped_with_a_clear_error() {
+    let src = Registry::start_htpasswd("puller", "hang-Pw-75").await;
+    let dst = Registry::start_anonymous().await;
+    let helper = CredHelper::install("ithang");
+    helper.hang();
+    let yaml = config(
+        &[
+            (
+                "src",
+                src.host(),
+                &format!("credential_helper: {}", helper.name()),
+            ),
+            ("dst", dst.host(), ""),
+        ],
+        None,
+    );
+    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let body = sync_one(&service, &src.host(), &dst.host(), "team/app:v1").await;
+    assert_eq!(status_of(&body), "failed", "{body}");
+    let error = error_of(&body).unwrap_or_default();
+    assert!(
+        error.contains("credential helper docker-credential-ithang gave no answer within 2s"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_without_credentials_means_anonymous() {
+    let src = Registry::start_anonymous().await;
+    // The registry lets anyone pull; a front asks once for Basic credentials, as a
+    // registry does that serves some repositories anonymously, so the helper is asked.
+    let front = FaultProxy::start(&src.host()).await;
+    let challenge = front.add(
+        Rule::on("*", "/manifests/")
+            .nth(1)
+            .label("Basic challenge")
+            .respond(
+                Reply::json_error(401, "UNAUTHORIZED", "authentication required")
+                    .header("www-authenticate", r#"Basic realm="front""#),
+            ),
+    );
+    let dst = Registry::start_anonymous().await;
+    let helper = CredHelper::install("itnone");
+    helper.not_found();
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let yaml = config(
+        &[
+            (
+                "src",
+                front.host(),
+                &format!("credential_helper: {}", helper.name()),
+            ),
+            ("dst", dst.host(), ""),
+        ],
+        None,
+    );
+    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let body = sync_one(&service, &front.host(), &dst.host(), "team/app:v1").await;
+    assert_synced(&body);
+    assert_eq!(challenge.fired(), 1);
+    assert_eq!(helper.calls(), 1);
+    assert!(
+        front
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "anonymous: no Authorization sent\n{}",
+        front.summary()
+    );
+    skopeo::assert_landed(&dst, "team/app:v1", &pushed).await;
+}
+
+/// ECR's shape: the login comes from a helper, the registry's tokens run out while the
+/// sync is under way (slow source), and the front answers one request with ECR's 403
+/// "Your authorization token has expired". The sync finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_crosses_token_expiry_and_ecrs_expired_answer() {
+    let issuer = TokenIssuer::start("AWS", "ecr-Pw-76").await;
+    let tokened = Registry::start_token("AWS", "ecr-Pw-76", &issuer).await;
+    let front = FaultProxy::start(&tokened.host()).await;
+    let src = Registry::start_anonymous().await;
+    let slow_src = FaultProxy::start(&src.host()).await;
+    slow_src.add(
+        Rule::on("GET", "/blobs/sha256:")
+            .label("slow source blob")
+            .trickle(Duration::from_millis(250), 2 * KIB),
+    );
+    let expired = front.add(
+        Rule::on("PUT", "/manifests/")
+            .nth(1)
+            .label("ECR expired login")
+            .respond(Reply::json_error(
+                403,
+                "DENIED",
+                "Your authorization token has expired. Reauthenticate and try again.",
+            )),
+    );
+    let helper = CredHelper::install("itecr");
+    helper.answer("AWS", "ecr-Pw-76");
+    // Three layers of 16 KiB at 8 KiB/s, one at a time: the third layer's upload starts
+    // at least four seconds after the first token was issued, and each token really
+    // expires two seconds after issue, however slow the machine.
+    let image = Image::random(Format::Oci, &[16 * KIB, 16 * KIB, 16 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    issuer.expire_early(2);
+    let yaml = format!(
+        "{}    task: {{retries: 2, proc_num: 1}}\n",
+        config(
+            &[
+                ("src", slow_src.host(), ""),
+                (
+                    "ecr",
+                    front.host(),
+                    &format!("credential_helper: {}", helper.name())
+                ),
+            ],
+            None,
+        )
+        .replace(
+            "    task: {retries: 2, credential_helper_timeout_seconds: 2}\n",
+            ""
+        )
+    );
+    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let body = sync_one(&service, &slow_src.host(), &front.host(), "team/app:v1").await;
+    eprintln!(
+        "--- rsync_info of the sync that crossed a token expiry ---\n{}",
+        info_of(&body)
+    );
+    eprintln!("--- service log ---\n{}", service.stdout());
+    assert_synced(&body);
+    assert_eq!(expired.fired(), 1, "{}", front.summary());
+    assert_eq!(helper.calls(), 2, "asked again after ECR's expired answer");
+    let refused_tokens = front
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(401) && r.header("authorization").is_some())
+        .count();
+    assert!(
+        refused_tokens >= 1,
+        "a token expired mid-sync and was renewed:\n{}",
+        front.summary()
+    );
+    skopeo::assert_landed(&tokened, "team/app:v1", &pushed).await;
+    let mut secrets: Vec<String> = issuer.issued();
+    secrets.push("ecr-Pw-76".into());
+    assert_nothing_leaks(&service, &[&body], &secrets).await;
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// One auth file per way Docker keeps a login: every one lets the sync through, and the
+/// sync's log line names the file and the key that applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_files_as_docker_and_podman_write_them() {
+    let src = Registry::start_htpasswd("filer", "file-Pw-77").await;
+    let dst = Registry::start_anonymous().await;
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let helper = CredHelper::install("itfile");
+    helper.answer("filer", "file-Pw-77");
+    let host = src.host();
+    let cases = [
+        (
+            "auths with base64 auth",
+            format!(
+                r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+                b64("filer:file-Pw-77")
+            ),
+            format!("auths[{host}]"),
+            0,
+        ),
+        (
+            "auths with username and password, namespace key",
+            format!(
+                r#"{{"auths": {{"{host}": {{"auth": "{}"}}, "{host}/team": {{"username": "filer", "password": "file-Pw-77"}}}}}}"#,
+                b64("filer:wrong")
+            ),
+            format!("auths[{host}/team]"),
+            0,
+        ),
+        (
+            "credHelpers",
+            format!(
+                r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}, "credHelpers": {{"{host}": "itfile"}}}}"#,
+                b64("filer:wrong")
+            ),
+            format!("credHelpers[{host}]"),
+            1,
+        ),
+        (
+            "credsStore",
+            format!(r#"{{"auths": {{"{host}": {{}}}}, "credsStore": "itfile"}}"#),
+            "credsStore".to_owned(),
+            1,
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (what, json, key, helper_calls)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("config-{i}.json"));
+        std::fs::write(&file, json).unwrap();
+        let before = helper.calls();
+        let yaml = config(
+            &[("src", host.clone(), ""), ("dst", dst.host(), "")],
+            Some(&file),
+        );
+        let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+        assert!(
+            (service.stdout() + &service.stderr()).contains(&format!(
+                "registry credentials: auth file {}",
+                file.display()
+            )),
+            "{what}: the start-up log names the file: {}",
+            service.stdout()
+        );
+        let body = sync_one(&service, &host, &dst.host(), "team/app:v1").await;
+        assert_synced(&body);
+        let wanted = format!(
+            "Find auth information for {host}/team/app:v1: auth file {} {key} (entry src)",
+            file.display()
+        );
+        assert!(
+            info_of(&body).contains(&wanted),
+            "{what}: {}",
+            info_of(&body)
+        );
+        assert_eq!(helper.calls() - before, *helper_calls, "{what}");
+        assert_nothing_leaks(
+            &service,
+            &[&body],
+            &["file-Pw-77".into(), b64("filer:file-Pw-77")],
+        )
+        .await;
+    }
+    skopeo::assert_landed(&dst, "team/app:v1", &pushed).await;
+}
+
+/// An `identitytoken` (what `docker login` stores for Docker Hub and ACR) is exchanged at
+/// the token realm with an OAuth2 refresh-token POST, never sent to the registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_token_is_exchanged_at_the_realm() {
+    let issuer = TokenIssuer::start("nobody", "unused-Pw-78").await;
+    issuer.accept_refresh_token("idtok-Secret-79");
+    let tokened = Registry::start_token("nobody", "unused-Pw-78", &issuer).await;
+    let src = Registry::start_anonymous().await;
+    let pushed = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"auths": {{"{}": {{"identitytoken": "idtok-Secret-79"}}}}}}"#,
+            tokened.host()
+        ),
+    )
+    .unwrap();
+    let yaml = config(
+        &[("src", src.host(), ""), ("dst", tokened.host(), "")],
+        Some(&file),
+    );
+    let service = Service::start_raw(&yaml, 0o600).await;
+    let body = sync_one(&service, &src.host(), &tokened.host(), "team/app:v1").await;
+    assert_synced(&body);
+    assert!(
+        info_of(&body).contains("identity token"),
+        "{}",
+        info_of(&body)
+    );
+    let grants = issuer.grants();
+    assert!(
+        !grants.is_empty() && grants.iter().all(|g| g == "refresh_token"),
+        "{grants:?}"
+    );
+    skopeo::assert_landed(&tokened, "team/app:v1", &pushed).await;
+    let mut secrets = issuer.issued();
+    secrets.push("idtok-Secret-79".into());
+    assert_nothing_leaks(&service, &[&body], &secrets).await;
+}
+
+/// `password_file` (a Kubernetes secret, a Vault agent file) is read again when it
+/// changes: a rotation needs no restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_file_is_read_again_when_it_changes() {
+    let mut src = Registry::start_htpasswd("filer", "old-Pw-80").await;
+    let dst = Registry::start_anonymous().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "old-Pw-80\n").unwrap();
+    let one = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let yaml = config(
+        &[
+            (
+                "src",
+                src.host(),
+                &format!("username: filer, password_file: {}", secret.display()),
+            ),
+            ("dst", dst.host(), ""),
+        ],
+        None,
+    );
+    let service = Service::start_raw(&yaml, 0o600).await;
+    let first = sync_one(&service, &src.host(), &dst.host(), "team/app:v1").await;
+    assert_synced(&first);
+    assert!(
+        info_of(&first).contains(&format!(
+            "username: filer, password from {}",
+            secret.display()
+        )),
+        "{}",
+        info_of(&first)
+    );
+    skopeo::assert_landed(&dst, "team/app:v1", &one).await;
+
+    src.rotate_htpasswd(Creds::new("filer", "newer-Pw-81"));
+    std::fs::write(&secret, "newer-Pw-81\n").unwrap();
+    let two = src
+        .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let second = sync_one(&service, &src.host(), &dst.host(), "team/app:v2").await;
+    assert_synced(&second);
+    skopeo::assert_landed(&dst, "team/app:v2", &two).await;
+    assert_nothing_leaks(
+        &service,
+        &[&first, &second],
+        &["old-Pw-80".into(), "newer-Pw-81".into()],
+    )
+    .await;
+}
+
+/// Docker Hub's pull quota, from a front that adds its `ratelimit-*` headers to a real
+/// registry's answers (any registry sending them is held to them; only Docker Hub does
+/// in practice). With fewer pulls left than `task.dockerhub_min_remaining` an async job
+/// waits, its image at step `rate_limited` and its log saying why, then proceeds once
+/// the quota is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_waits_while_docker_hubs_quota_is_under_the_floor() {
+    let src = Registry::start_anonymous().await;
+    let hub = FaultProxy::start(&src.host()).await;
+    // A 100-pull window of 100 s gives one pull back per second: the wait is 1 s.
+    let low = hub.add(
+        Rule::on("*", "/manifests/")
+            .first(4)
+            .label("quota low")
+            .add_headers(&[
+                ("ratelimit-limit", "100;w=100"),
+                ("ratelimit-remaining", "2;w=100"),
+            ]),
+    );
+    hub.add(
+        Rule::on("*", "/manifests/")
+            .label("quota back")
+            .add_headers(&[
+                ("ratelimit-limit", "100;w=100"),
+                ("ratelimit-remaining", "60;w=100"),
+            ]),
+    );
+    let dst = Registry::start_anonymous().await;
+    let one = src
+        .push_image("library/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let two = src
+        .push_image("library/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let yaml = config(&[("hub", hub.host(), ""), ("dst", dst.host(), "")], None).replace(
+        "task: {retries: 2,",
+        "task: {dockerhub_min_remaining: 5, retries: 2,",
+    );
+    let service = Service::start_raw(&yaml, 0o600).await;
+    // The first sync learns the quota (2 left) from its manifest answer.
+    let first = sync_one(&service, &hub.host(), &dst.host(), "library/app:v1").await;
+    assert_synced(&first);
+    skopeo::assert_landed(&dst, "library/app:v1", &one).await;
+
+    let body = serde_json::json!({"async": true, "rsync_config": {
+        "source": format!("{}/library/app:v2", hub.host()),
+        "target": format!("{}/library/app:v2", dst.host())}});
+    let (status, job) = service.post_json(Some(&admin()), &body).await;
+    assert_eq!(status.as_u16(), 202, "{job}");
+    let path = format!("/v1/image/rsync/jobs/{}", job["id"]);
+    let mut saw_wait = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let (_, job) = service.call_json(Method::GET, &path, &admin()).await;
+        saw_wait |= job["progress"]["images"][0]["step"] == "rate_limited";
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or("")) {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job not done: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(saw_wait, "the job showed step rate_limited while it waited");
+    let info = info_of(&job["result"]);
+    assert!(
+        info.contains("only 2 of 100 pulls left in the registry's 100s window (ratelimit-remaining, floor 5): waiting 1s before pulling"),
+        "{info}"
+    );
+    assert_eq!(
+        low.fired(),
+        4,
+        "looked again with HEADs until the quota was back"
+    );
+    let gets_while_low = hub
+        .requests()
+        .iter()
+        .filter(|r| r.rule.as_deref() == Some("quota low") && r.method == "GET")
+        .count();
+    assert_eq!(
+        gets_while_low,
+        1,
+        "only the first sync's pull counted while low:\n{}",
+        hub.summary()
+    );
+    skopeo::assert_landed(&dst, "library/app:v2", &two).await;
+}
