@@ -223,12 +223,22 @@ impl CopyJob<'_> {
             .wait_for_pull_quota(src_repo, source_ref, &report)
             .await?;
         self.observers.step(self.index, Step::ReadingManifest);
-        let top = self
+        let read_source = self
             .retry
             .run(self.log, "fetching the source manifest", || {
                 self.src.manifest_get(src_repo, source_ref)
-            })
-            .await?;
+            });
+        // A tagged target is checked while the source manifest is on its way: an image
+        // already in sync then costs one round trip, not two (a mirror run of many tags
+        // is mostly such images).
+        let check_tag = async {
+            match &self.target.tag {
+                Some(tag) if self.source != self.target => Some(self.check_target(tag).await),
+                _ => None,
+            }
+        };
+        let (top, checked_early) = tokio::join!(read_source, check_tag);
+        let top = top?;
         self.log.info(format!(
             "Get manifest from {} ({}, {})",
             self.source, top.media_type, top.digest
@@ -260,12 +270,10 @@ impl CopyJob<'_> {
             .clone()
             .unwrap_or_else(|| top.digest.clone());
         self.observers.step(self.index, Step::CheckingTarget);
-        let existing = self
-            .retry
-            .run(self.log, "checking the target manifest", || {
-                self.dst.manifest_digest(dst_repo, &target_ref)
-            })
-            .await?;
+        let existing = match checked_early {
+            Some(existing) => existing?,
+            None => self.check_target(&target_ref).await?,
+        };
         let in_sync = existing.as_ref().is_some_and(|(d, _)| *d == top.digest);
         if in_sync && self.force {
             self.log.info(format!(
@@ -317,6 +325,18 @@ impl CopyJob<'_> {
             top,
             reference: target_ref,
         })
+    }
+
+    /// The digest (and media type) the target holds under `reference`, if any.
+    async fn check_target(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(String, String)>, RegistryError> {
+        self.retry
+            .run(self.log, "checking the target manifest", || {
+                self.dst.manifest_digest(&self.target.repository, reference)
+            })
+            .await
     }
 
     /// Writes the top manifest under the target's tag (or digest): the last write.
@@ -497,17 +517,23 @@ impl CopyJob<'_> {
     /// Two stages run at once, so a distant registry's round trips overlap instead of
     /// adding up: existence checks (HEAD) of many blobs go ahead, and copies follow as
     /// their checks answer. Large blobs are copied `parallel` at a time; small ones (up
-    /// to [`SMALL_BLOB`]) up to [`SMALL_PER_LARGE`] times as many, never more than the
-    /// service-wide cap of streams, which bounds every stream in any case.
+    /// to [`SMALL_BLOB`]) up to [`SMALL_PER_LARGE`] times as many (unless `parallel` is 1),
+    /// never more than the service-wide cap of streams, which bounds every stream in any case.
     pub(super) async fn copy_blobs(
         &self,
         blobs: &[Descriptor],
         fresh: bool,
         result: &mut ImageResult,
     ) -> Result<(), CopyError> {
-        let in_flight = (self.parallel * SMALL_PER_LARGE)
-            .min(self.transfers.max_streams())
-            .max(self.parallel);
+        // `proc_num: 1` keeps its plain meaning, one request at a time, for a registry
+        // that cannot take more.
+        let in_flight = if self.parallel == 1 {
+            1
+        } else {
+            (self.parallel * SMALL_PER_LARGE)
+                .min(self.transfers.max_streams())
+                .max(self.parallel)
+        };
         let large = tokio::sync::Semaphore::new(self.parallel);
         // One log line per target repository when its registry refuses blob HEADs.
         let head_refused = AtomicBool::new(false);
