@@ -32,7 +32,9 @@ ensure_tools() {
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     # Tests that name a non-loopback address run it in a network namespace of their own
     # (unshare, ip) and reach the service there with curl.
+    # util-linux also gives `script`, the pseudo-terminal of the CLI progress test.
     command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    command -v script >/dev/null 2>&1 || missing+=(util-linux)
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     # tests/it/registry_tls.rs makes certificates with it, as Docker's docs do.

@@ -5,13 +5,15 @@ use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::batch;
+use crate::cli_progress::{CliProgress, ProgressMode};
 use crate::config::{Config, RsyncConfig};
-use crate::engine::{Engine, FailureKind, SyncRequest, SyncStatus};
+use crate::engine::{Engine, FailureKind, SyncContext, SyncRequest, SyncStatus};
 use crate::http::response::{RsyncConfigEcho, SyncResponse, TargetEcho};
 use crate::server;
 
@@ -101,6 +103,10 @@ pub struct SyncArgs {
     /// Print the API's JSON response on stdout instead of the sync log
     #[arg(long, conflicts_with = "images")]
     pub json: bool,
+    /// No progress on stderr (bars on a terminal, plain lines otherwise) and only
+    /// errors logged; the sync log or JSON on stdout and the exit code stay
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Parses `--address`: `host:port`, `:port` (all interfaces), or a resolvable name.
@@ -166,7 +172,7 @@ async fn serve(config_file: &Path, address: SocketAddr, format: LogFormat) -> Ex
     let Some(config) = load_config(config_file) else {
         return ExitCode::from(EXIT_USAGE);
     };
-    match server::serve(config, address).await {
+    match server::serve(config, config_file, address).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("imagersync: {e}");
@@ -176,8 +182,12 @@ async fn serve(config_file: &Path, address: SocketAddr, format: LogFormat) -> Ex
 }
 
 async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode {
-    // stdout carries the sync log (or JSON) only; diagnostics go to stderr.
-    init_tracing(Output::Stderr, "warn", format);
+    // stdout carries the sync log (or JSON) only; diagnostics and progress go to stderr.
+    init_tracing(
+        Output::Stderr,
+        if args.quiet { "error" } else { "warn" },
+        format,
+    );
     if let Some(images) = &args.images {
         return sync_batch(config_file, images, args.auth.as_deref(), &args).await;
     }
@@ -188,7 +198,7 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
         return ExitCode::from(EXIT_USAGE);
     };
     let mut rsync = config.rsyncserver.rsyncconfig;
-    use_default_auth_file(&mut rsync);
+    use_default_auth_file(&mut rsync, args.quiet);
     let engine = Engine::new(&rsync);
     let request = SyncRequest {
         source,
@@ -197,7 +207,9 @@ async fn sync(config_file: &Path, args: SyncArgs, format: LogFormat) -> ExitCode
         platforms: args.platforms,
         referrers: args.no_referrers.then_some(false),
     };
-    let report = engine.run_request(&request).await;
+    let report = engine
+        .run_request_with(&request, &progress(args.quiet))
+        .await;
     let code = match (report.status, report.failure) {
         (SyncStatus::Successfully, _) => 0,
         (SyncStatus::Unusual, _) | (_, Some(FailureKind::BadInput)) => EXIT_USAGE,
@@ -262,7 +274,7 @@ async fn sync_batch(
         RsyncConfig::default()
     };
     rsync.auth.extend(batch.credentials);
-    use_default_auth_file(&mut rsync);
+    use_default_auth_file(&mut rsync, args.quiet);
     let engine = Engine::new(&rsync);
     let (mut failed, mut unusable) = (0, 0);
     for mut request in batch.requests {
@@ -270,7 +282,9 @@ async fn sync_batch(
         request.platforms = args.platforms.clone();
         // Batch files have no per-entry switch: the config decides, unless told not to.
         request.referrers = args.no_referrers.then_some(false);
-        let report = engine.run_request(&request).await;
+        let report = engine
+            .run_request_with(&request, &progress(args.quiet))
+            .await;
         print!("{}", report.log);
         match report.status {
             SyncStatus::Successfully => {}
@@ -289,13 +303,25 @@ async fn sync_batch(
     }
 }
 
+/// A sync context whose observer draws this run's progress on stderr.
+fn progress(quiet: bool) -> SyncContext {
+    SyncContext {
+        observer: Arc::new(CliProgress::new(ProgressMode::detect(quiet))),
+        ..SyncContext::default()
+    }
+}
+
 /// When the config names no `auth_file`, the CLI (not the service) reads the one skopeo and
-/// docker would, and says which in one line on stderr.
-fn use_default_auth_file(rsync: &mut RsyncConfig) {
+/// docker would, and says which in one line on stderr (unless `quiet`).
+fn use_default_auth_file(rsync: &mut RsyncConfig, quiet: bool) {
     if rsync.auth_file.is_some() {
         return;
     }
     if let Some(path) = crate::registry::credentials::discover_auth_file() {
+        if quiet {
+            rsync.auth_file = Some(path);
+            return;
+        }
         eprintln!(
             "imagersync: registry logins not in the config are read from {}",
             path.display()

@@ -1,10 +1,10 @@
 //! HTTPS on the service listener: loads `rsyncserver.tls` into a rustls config and
-//! swaps in a new one when the files change or on SIGHUP.
+//! swaps in a new one when the files change or on SIGHUP (the signal itself is caught
+//! in `reload.rs`, which asks through [`TlsReload`]).
 //!
 //! Connections keep the config they were accepted with; each new handshake uses the
 //! latest one. The crypto provider is aws-lc-rs, the same as the registry client's.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -146,26 +146,44 @@ fn fingerprint(tls: &TlsConfig) -> Vec<Option<(u64, u64, u64, SystemTime)>> {
         .collect()
 }
 
-/// Loads `tls` for start-up: the config to serve with, and a task that reloads it.
-pub async fn start(tls: TlsConfig) -> Result<RustlsConfig, TlsError> {
-    let first = load(&tls)?;
-    let live = RustlsConfig::from_config(Arc::new(first));
-    tokio::spawn(reload_loop(tls, live.clone(), POLL_INTERVAL));
-    Ok(live)
+/// Asks the TLS reload task to re-read the files now (the service's SIGHUP handler
+/// calls it); cheap to clone.
+#[derive(Clone)]
+pub struct TlsReload(Arc<tokio::sync::Notify>);
+
+impl TlsReload {
+    /// Re-read the certificate files now, whether or not their `stat` changed.
+    pub fn reload_now(&self) {
+        self.0.notify_one();
+    }
 }
 
-/// Re-reads the files when their `stat` changes or on SIGHUP. A pair that does not
-/// load (e.g. the key renamed in before the certificate) is logged and the old config
-/// kept: the next change tries again.
-async fn reload_loop(tls: TlsConfig, live: RustlsConfig, every: Duration) {
-    let mut hangup = hangup_signals();
+/// Loads `tls` for start-up: the config to serve with, and the handle that asks the
+/// reload task (also started here, polling the files) to re-read them at once.
+pub async fn start(tls: TlsConfig) -> Result<(RustlsConfig, TlsReload), TlsError> {
+    let first = load(&tls)?;
+    let live = RustlsConfig::from_config(Arc::new(first));
+    let trigger = TlsReload(Arc::new(tokio::sync::Notify::new()));
+    tokio::spawn(reload_loop(
+        tls,
+        live.clone(),
+        trigger.clone(),
+        POLL_INTERVAL,
+    ));
+    Ok((live, trigger))
+}
+
+/// Re-reads the files when their `stat` changes or when asked (SIGHUP). A pair that
+/// does not load (e.g. the key renamed in before the certificate) is logged and the old
+/// config kept: the next change tries again.
+async fn reload_loop(tls: TlsConfig, live: RustlsConfig, asked: TlsReload, every: Duration) {
     let mut seen = fingerprint(&tls);
     let mut poll = tokio::time::interval(every);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let cause = tokio::select! {
             _ = poll.tick() => "files changed",
-            () = next_hangup(&mut hangup) => "SIGHUP",
+            () = asked.0.notified() => "SIGHUP",
         };
         let now = fingerprint(&tls);
         if cause != "SIGHUP" && now == seen {
@@ -183,23 +201,5 @@ async fn reload_loop(tls: TlsConfig, live: RustlsConfig, every: Duration) {
             }
             Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
         }
-    }
-}
-
-type Hangup = Option<tokio::signal::unix::Signal>;
-
-fn hangup_signals() -> Hangup {
-    use tokio::signal::unix::{signal, SignalKind};
-    signal(SignalKind::hangup())
-        .map_err(|e: io::Error| tracing::warn!(error = %e, "no SIGHUP handler; TLS files are still polled"))
-        .ok()
-}
-
-async fn next_hangup(hangup: &mut Hangup) {
-    match hangup {
-        Some(stream) => {
-            stream.recv().await;
-        }
-        None => std::future::pending::<()>().await,
     }
 }

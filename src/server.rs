@@ -1,9 +1,10 @@
-//! Binds the listener, serves the router, and shuts down gracefully on SIGTERM / Ctrl-C.
+//! Binds the listener, serves the router, reloads on SIGHUP, and shuts down gracefully
+//! on SIGTERM / Ctrl-C.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{router, AppState};
 use crate::jobs::SqliteStore;
+use crate::reload::Reloader;
 
 /// How long shutdown waits for running syncs before exiting anyway.
 ///
@@ -74,13 +76,26 @@ impl ServeError {
 
 /// Builds the state from `config`, listens on `address`, and serves until SIGTERM or
 /// Ctrl-C, then drains as [`serve_listener`] does.
-pub async fn serve(config: Config, address: SocketAddr) -> Result<(), ServeError> {
+///
+/// SIGHUP reloads the config from `config_file` (see [`crate::reload`]) and the TLS files.
+pub async fn serve(
+    config: Config,
+    config_file: &Path,
+    address: SocketAddr,
+) -> Result<(), ServeError> {
     refuse_default_passwords(&config, address)?;
-    let tls = match config.rsyncserver.tls.clone() {
-        Some(tls) => Some(crate::listener_tls::start(tls).await?),
-        None => None,
+    let (tls, tls_reload) = match config.rsyncserver.tls.clone() {
+        Some(tls) => {
+            let (live, reload) = crate::listener_tls::start(tls).await?;
+            (Some(live), Some(reload))
+        }
+        None => (None, None),
     };
     let state = app_state(&config)?;
+    crate::reload::on_hangup(
+        Reloader::new(config_file, address, state.clone(), config.clone()),
+        tls_reload,
+    );
     start_jobs(&state, &config).await;
     let listener = TcpListener::bind(address)
         .await

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::checks;
 
 /// One entry of `rsyncserver.mirrors`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// `[a-z0-9-]+`, unique; jobs run as user `mirror:<name>`.
@@ -23,8 +23,8 @@ pub struct MirrorConfig {
     /// Run on this cron schedule (5 fields, or 6 with seconds first); excludes `every`.
     #[serde(default)]
     pub cron: Option<String>,
-    /// Run for pushes to the source announced at the events endpoints (accepted and
-    /// shown; push events are not received yet).
+    /// Run for pushes to the source announced at the events endpoints
+    /// (`POST /v1/events/distribution`, `POST /v1/events/harbor`): one job per pushed tag.
     #[serde(default)]
     pub on_push: bool,
     /// Which of the source's tags to copy.
@@ -36,7 +36,7 @@ pub struct MirrorConfig {
 }
 
 /// A single string or a list of them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// One value.
@@ -62,7 +62,7 @@ impl OneOrMany {
 }
 
 /// Tag filters of a mirror, applied in this order: semver, allow, deny, keep_latest.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagFilters {
     /// A semver range (`>=1.2.0, <2`): only tags that parse as a version (a leading `v`

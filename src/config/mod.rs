@@ -13,14 +13,16 @@ use crate::secret::Secret;
 
 pub mod cert_dir;
 pub mod checks;
+pub mod diff;
 pub mod mirrors;
 pub mod names;
 
 pub use cert_dir::{read_cert_dir, CertDir, ClientPair};
+pub use diff::ConfigChanges;
 pub use mirrors::{MirrorConfig, OneOrMany, Schedule, TagFilters};
 
 /// The whole config file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Site settings shown on `GET /`.
@@ -31,7 +33,7 @@ pub struct Config {
 }
 
 /// Settings shown on the home page.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// Named links (name → URL) listed on `GET /`.
@@ -40,7 +42,7 @@ pub struct SiteConfig {
 }
 
 /// The `rsyncserver` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Analysis log: one JSON line per sync is appended here.
@@ -69,9 +71,12 @@ pub struct ServerConfig {
     /// see and start mirrors.
     #[serde(default)]
     pub admins: Vec<String>,
-    /// Repositories kept in step with another, on a schedule and by hand.
+    /// Repositories kept in step with another, on a schedule, by hand and on pushes.
     #[serde(default)]
     pub mirrors: Vec<MirrorConfig>,
+    /// Who may post push events (`POST /v1/events/...`) and how pushes are grouped.
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Serve HTTPS instead of plain HTTP; absent means plain HTTP (behind a proxy).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -80,7 +85,7 @@ pub struct ServerConfig {
 /// The `rsyncserver.tls` section: PEM files for HTTPS on the listener.
 ///
 /// The files are read at start-up, again when they change (polled) and on SIGHUP.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The server certificate chain, PEM, leaf first.
@@ -92,8 +97,43 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// The `rsyncserver.events` section: the push-event endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Service users (of `rsyncserver.auth`) a registry may post events as; any other
+    /// user gets 403. Empty: nobody may.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// How long a push job waits for more pushes of the same tag before it starts
+    /// (`2s`): a burst of pushes becomes one copy.
+    #[serde(default = "default_events_settle")]
+    pub settle: String,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            users: Vec::new(),
+            settle: default_events_settle(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The parsed `settle`; config loading checked it, so a bad value means a
+    /// hand-built config and falls back to the default.
+    pub fn settle_duration(&self) -> std::time::Duration {
+        humantime::parse_duration(self.settle.trim()).unwrap_or(std::time::Duration::from_secs(2))
+    }
+}
+
+fn default_events_settle() -> String {
+    "2s".into()
+}
+
 /// The `rsyncserver.jobs` section: the job store and queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     /// SQLite database file holding every job; relative to the working directory, its
@@ -111,6 +151,12 @@ pub struct JobsConfig {
     /// address is refused unless listed here.
     #[serde(default)]
     pub callback_allowed_hosts: Vec<String>,
+    /// The longest a synchronous request waits for a registry's rate limit (Docker Hub's
+    /// pull quota under `task.dockerhub_min_remaining`, a 429's `Retry-After`); a longer
+    /// wait answers 429 `rate_limited` at once. A caller may send `Prefer: wait=N`
+    /// instead. Asynchronous jobs wait as long as the quota asks.
+    #[serde(default = "default_sync_wait")]
+    pub sync_wait_seconds: u64,
 }
 
 impl Default for JobsConfig {
@@ -120,6 +166,7 @@ impl Default for JobsConfig {
             max_queued: default_max_queued(),
             history_days: default_history_days(),
             callback_allowed_hosts: Vec::new(),
+            sync_wait_seconds: default_sync_wait(),
         }
     }
 }
@@ -137,13 +184,14 @@ impl Default for ServerConfig {
             admins: Vec::new(),
             tls: None,
             mirrors: Vec::new(),
+            events: EventsConfig::default(),
         }
     }
 }
 
 /// One user's entry in `rsyncserver.scopes`: `registry[/repository path]` prefixes,
 /// matched on whole path components. A side that is left out is not restricted.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserScopeConfig {
     /// Prefixes the user may sync from; absent: any source.
@@ -155,7 +203,7 @@ pub struct UserScopeConfig {
 }
 
 /// The `rsyncserver.login_damping` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginDampingConfig {
     /// Failed logins from one client address within the window after which that address
@@ -177,7 +225,7 @@ impl Default for LoginDampingConfig {
 }
 
 /// The `rsyncserver.rsyncconfig` section: what the engine needs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RsyncConfig {
     /// Registry credentials; the key names are free, only their values matter.
@@ -205,7 +253,7 @@ pub struct RsyncConfig {
 }
 
 /// One registry credential, matched by the longest `registry` or `registry/namespace` prefix.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryCredential {
     /// `host[:port]` or `host[:port]/namespace` this entry applies to.
@@ -274,7 +322,7 @@ impl RegistryCredential {
 }
 
 /// The `task` settings of the engine.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     /// Blob transfers run at once within one sync; blobs up to 1 MiB go up to four
@@ -373,6 +421,10 @@ fn default_max_transfers() -> usize {
 fn default_dockerhub_min_remaining() -> u64 {
     5
 }
+fn default_sync_wait() -> u64 {
+    60
+}
+
 fn default_helper_timeout() -> u64 {
     20
 }
@@ -558,6 +610,32 @@ impl Config {
             ));
         }
         mirrors::check_mirrors(&server.mirrors)?;
+        for (i, user) in server.events.users.iter().enumerate() {
+            if !server.auth.contains_key(user) {
+                return Err((
+                    format!("rsyncserver.events.users[{i}]"),
+                    format!("{user:?} is not a user of rsyncserver.auth"),
+                ));
+            }
+        }
+        match humantime::parse_duration(server.events.settle.trim()) {
+            Ok(d) if d <= std::time::Duration::from_secs(600) => {}
+            Ok(_) => {
+                return Err((
+                    "rsyncserver.events.settle".into(),
+                    "longer than 10m: pushes would wait too long".into(),
+                ))
+            }
+            Err(e) => {
+                return Err((
+                    "rsyncserver.events.settle".into(),
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. 2s",
+                        server.events.settle
+                    ),
+                ))
+            }
+        }
         if server.logfile.as_os_str().is_empty() {
             return Err((
                 "rsyncserver.logfile".into(),
@@ -903,6 +981,18 @@ rsyncserver:
             (
                 "rsyncserver: {auth: {a: b}, admins: [root]}",
                 "rsyncserver.admins",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, events: {users: [a, registry]}}",
+                "rsyncserver.events.users[1]",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, events: {users: [a], settle: soon}}",
+                "rsyncserver.events.settle",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, events: {settle: 1h}}",
+                "rsyncserver.events.settle",
             ),
             (
                 "rsyncserver: {auth: {a: b}, jobs: {history_days: 0}}",

@@ -192,6 +192,7 @@ impl CopyJob<'_> {
                 result.error = None;
             }
             Err(err) => {
+                result.rate_limited = matches!(&err, CopyError::Registry(e) if e.is_rate_limited());
                 let message = err.to_string();
                 self.log.error(format!(
                     "Synchronization failed from {} to {}: {message}",
@@ -213,14 +214,27 @@ impl CopyJob<'_> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
         let source_ref = self.source.reference().expect("source has a tag or digest");
         let waited = std::sync::atomic::AtomicBool::new(false);
-        let report = |why: &str| {
-            if !waited.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let registry = self.src.registry();
+        let report = |wait: Option<(std::time::Duration, &str)>| {
+            let Some((wait, why)) = wait else {
+                self.observers.emit(&SyncEvent::RateLimitOver { registry });
+                return;
+            };
+            let again = waited.swap(true, std::sync::atomic::Ordering::Relaxed);
+            if !again {
                 self.observers.step(self.index, Step::RateLimited);
             }
             self.log.info(why);
+            self.observers.emit(&SyncEvent::RateLimitWait {
+                image: Some(self.index),
+                registry,
+                wait,
+                reason: why,
+                again,
+            });
         };
         self.src
-            .wait_for_pull_quota(src_repo, source_ref, &report)
+            .wait_for_pull_quota(src_repo, source_ref, self.retry.max_wait, &report)
             .await?;
         self.observers.step(self.index, Step::ReadingManifest);
         let read_source = self

@@ -21,6 +21,7 @@ pub use synclog::SyncLog;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use chrono::Local;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -34,20 +35,64 @@ use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
 use self::transfers::Transfers;
 use crate::config::{RsyncConfig, TaskConfig};
+use crate::registry::credentials::{AuthFile, WatchedAuthFile};
 use crate::registry::reference::ImageRef;
 use crate::registry::{ClientPool, Resolved, Timeouts};
 
 /// Shared engine state: registry clients, credentials and limits, reused by every sync.
 pub struct Engine {
-    pool: ClientPool,
+    /// Swapped whole by [`Engine::reload_registries`]; each sync loads it once and keeps
+    /// that snapshot to its end.
+    registries: ArcSwap<Registries>,
     task: TaskConfig,
     /// Platform filter of the config (`task.os` / `task.arch`); a request may override it.
     platforms: Option<PlatformFilter>,
     transfers: Transfers,
     subject_locks: SubjectLocks,
-    allowed: AllowList,
     /// Told of every sync's events (the service's metrics).
     observer: Arc<dyn SyncObserver>,
+}
+
+/// What a sync reaches registries with: the clients and logins of the `auth` entries
+/// and the auth file, and the allow-list. A reload builds a new one; a sync already
+/// running holds an `Arc` of the one it started with, so it finishes with the logins
+/// (and the permission) it began with.
+struct Registries {
+    pool: ClientPool,
+    allowed: AllowList,
+}
+
+impl Registries {
+    /// Built from `config` (its `auth`, `auth_file`, `certs_d`, `allowed_registries`);
+    /// timeouts and limits from `task`, the engine's start-up settings.
+    fn build(config: &RsyncConfig, task: &TaskConfig, auth_file: Option<WatchedAuthFile>) -> Self {
+        for (name, credential) in &config.auth {
+            if let Some(why) = crate::registry::transport_of(credential).warning() {
+                tracing::warn!(
+                    "registry {} (rsyncserver.rsyncconfig.auth.{name}): {why}",
+                    credential.registry
+                );
+            }
+        }
+        let pool = ClientPool::new(
+            &config.auth,
+            Timeouts {
+                connect: Duration::from_secs(task.connect_timeout_seconds),
+                idle_read: Duration::from_secs(task.idle_timeout_seconds),
+            },
+        )
+        .with_auth_file(auth_file)
+        .with_helper_timeout(Duration::from_secs(task.credential_helper_timeout_seconds))
+        .with_pull_floor(task.dockerhub_min_remaining)
+        .with_certs_d(config.certs_d.clone());
+        for line in pool.describe_sources() {
+            tracing::info!("registry credentials: {line}");
+        }
+        Self {
+            pool,
+            allowed: AllowList::new(config),
+        }
+    }
 }
 
 /// What the caller of one sync can attach: who watches it, and how to stop it.
@@ -61,6 +106,10 @@ pub struct SyncContext {
     /// target repositories may hold blobs without a tag, so every blob is checked
     /// before it is sent, new repository or not.
     pub resumed: bool,
+    /// The longest the sync may wait for a registry's rate limit, because its caller waits
+    /// for the answer: a longer wait fails at once as `rate_limited`. `None` (an
+    /// asynchronous job): waits as long as the quota asks (and up to 30 s for a 429).
+    pub max_wait: Option<Duration>,
 }
 
 impl Default for SyncContext {
@@ -69,6 +118,7 @@ impl Default for SyncContext {
             observer: Arc::new(Unobserved),
             cancel: CancellationToken::new(),
             resumed: false,
+            max_wait: None,
         }
     }
 }
@@ -100,6 +150,7 @@ pub struct TagListError(String);
 
 /// How every image of one request is copied.
 struct RunOptions<'a> {
+    registries: &'a Registries,
     force: bool,
     check_every_blob: bool,
     platforms: Option<&'a PlatformFilter>,
@@ -107,6 +158,7 @@ struct RunOptions<'a> {
     referrer_tags: &'a ReferrerTags,
     observers: &'a Observers,
     cancel: &'a CancellationToken,
+    max_wait: Option<Duration>,
 }
 
 /// Why a request could not be turned into image pairs.
@@ -126,49 +178,36 @@ enum PlanError {
 impl Engine {
     /// Builds the engine from the `rsyncserver.rsyncconfig` section.
     pub fn new(config: &RsyncConfig) -> Self {
-        for (name, credential) in &config.auth {
-            if let Some(why) = crate::registry::transport_of(credential).warning() {
-                tracing::warn!(
-                    "registry {} (rsyncserver.rsyncconfig.auth.{name}): {why}",
-                    credential.registry
-                );
-            }
-        }
         let platforms = PlatformFilter::from_task(&config.task.os, &config.task.arch)
             .unwrap_or_else(|e| {
                 // Config::load has already refused this; a hand-built config gets no filter.
                 tracing::error!("ignoring task.os/task.arch: {e}");
                 None
             });
-        let auth_file = config
-            .auth_file
-            .as_deref()
-            .map(crate::registry::credentials::AuthFile::load);
-        let pool = ClientPool::new(
-            &config.auth,
-            Timeouts {
-                connect: Duration::from_secs(config.task.connect_timeout_seconds),
-                idle_read: Duration::from_secs(config.task.idle_timeout_seconds),
-            },
-        )
-        .with_auth_file(auth_file)
-        .with_helper_timeout(Duration::from_secs(
-            config.task.credential_helper_timeout_seconds,
-        ))
-        .with_pull_floor(config.task.dockerhub_min_remaining)
-        .with_certs_d(config.certs_d.clone());
-        for line in pool.describe_sources() {
-            tracing::info!("registry credentials: {line}");
-        }
+        let auth_file = config.auth_file.as_deref().map(WatchedAuthFile::open);
         Self {
-            pool,
+            registries: ArcSwap::from_pointee(Registries::build(config, &config.task, auth_file)),
             task: config.task.clone(),
             platforms,
             transfers: Transfers::new(config.task.max_transfers),
             subject_locks: SubjectLocks::default(),
-            allowed: AllowList::new(config),
             observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Replaces the registry logins (`auth` entries, `auth_file` as read by the caller,
+    /// `certs_d`) and `allowed_registries` with those of `config`; the `task` settings
+    /// stay as started. New syncs use them at once; running syncs keep theirs. Clients
+    /// (connections, tokens) start afresh; rate-limit pauses carry over.
+    pub fn reload_registries(&self, config: &RsyncConfig, auth_file: Option<AuthFile>) {
+        let old = self.registries.load();
+        let auth_file = auth_file.map(|file| {
+            let path = file.path().to_owned();
+            WatchedAuthFile::from_loaded(&path, Ok(file))
+        });
+        let mut next = Registries::build(config, &self.task, auth_file);
+        next.pool = next.pool.with_limiters_of(&old.pool);
+        self.registries.store(Arc::new(next));
     }
 
     /// Tells `observer` of every sync this engine runs (service-wide metrics).
@@ -207,6 +246,8 @@ impl Engine {
         context: &SyncContext,
     ) -> SyncReport {
         let start_time = Local::now();
+        // This sync's registries from start to end, whatever a reload swaps in meanwhile.
+        let registries = self.registries.load_full();
         let observers = Observers::new(self.observer.clone(), context.observer.clone());
         let log = SyncLog::default();
         let referrer_tags = ReferrerTags::default();
@@ -214,7 +255,7 @@ impl Engine {
             Ok(filter) => {
                 let targets: Vec<&str> = request.targets.iter().map(String::as_str).collect();
                 let pairs = self
-                    .plan(&request.source, &targets, &log, &referrer_tags)
+                    .plan(&registries, &request.source, &targets, &log, &referrer_tags)
                     .await;
                 pairs.map(|p| (p, filter.or_else(|| self.platforms.clone())))
             }
@@ -228,6 +269,7 @@ impl Engine {
                     .collect();
                 observers.emit(&SyncEvent::Planned { images: &named });
                 let run = RunOptions {
+                    registries: &registries,
                     force: request.force,
                     check_every_blob: context.resumed,
                     platforms: filter.as_ref(),
@@ -235,6 +277,7 @@ impl Engine {
                     referrer_tags: &referrer_tags,
                     observers: &observers,
                     cancel: &context.cancel,
+                    max_wait: context.max_wait,
                 };
                 let images = self.run(&pairs, &run, &log).await;
                 (images, None)
@@ -263,9 +306,13 @@ impl Engine {
                 Some(FailureKind::NotAllowed),
                 Some(e.to_string()),
             ),
-            Some(e @ PlanError::Registry(_)) => (
+            Some(PlanError::Registry(e)) => (
                 SyncStatus::Failed,
-                Some(FailureKind::Registry),
+                Some(if e.is_rate_limited() {
+                    FailureKind::RateLimited
+                } else {
+                    FailureKind::Registry
+                }),
                 Some(e.to_string()),
             ),
             None if context.cancel.is_cancelled() && failed > 0 => (
@@ -276,12 +323,19 @@ impl Engine {
                     images.len()
                 )),
             ),
-            None => match images.iter().find(|i| i.status == ImageStatus::Failed) {
-                Some(first) => (
-                    SyncStatus::Failed,
-                    Some(FailureKind::Registry),
-                    first.error.clone(),
-                ),
+            // A rate limit is what the caller can act on (wait, or go asynchronous), so
+            // it names the failure even when another image failed first.
+            None => match images
+                .iter()
+                .find(|i| i.status == ImageStatus::Failed && i.rate_limited)
+                .map(|i| (i, FailureKind::RateLimited))
+                .or_else(|| {
+                    images
+                        .iter()
+                        .find(|i| i.status == ImageStatus::Failed)
+                        .map(|i| (i, FailureKind::Registry))
+                }) {
+                Some((first, kind)) => (SyncStatus::Failed, Some(kind), first.error.clone()),
                 None => (SyncStatus::Successfully, None, None),
             },
         };
@@ -302,15 +356,16 @@ impl Engine {
     pub async fn source_tags(&self, source: &str) -> Result<Option<Vec<String>>, TagListError> {
         let log = SyncLog::default();
         let src = RuleSide::parse(source).map_err(|e| TagListError(format!("source: {e}")))?;
-        self.allowed
+        let registries = self.registries.load_full();
+        registries
+            .allowed
             .check(&src.image.registry)
             .map_err(TagListError)?;
         let listing = match &src.selector {
             Selector::Digest(_) => return Ok(None),
             Selector::Tags(tags) => return Ok(Some(tags.clone())),
             Selector::All | Selector::Regex(_) => {
-                let client = self
-                    .client(&src.image, &log)
+                let client = Self::client(&registries, &src.image, &log)
                     .map_err(|e| TagListError(e.to_string()))?;
                 client
                     .tags(&src.image.repository)
@@ -328,6 +383,7 @@ impl Engine {
     /// the network is checked first; only "every tag" and regex rules list the source's tags.
     async fn plan(
         &self,
+        registries: &Registries,
         source: &str,
         targets: &[&str],
         log: &SyncLog,
@@ -344,7 +400,8 @@ impl Engine {
             .map(|t| RuleSide::parse(t).map_err(|e| bad("target", &e)))
             .collect::<Result<Vec<_>, _>>()?;
         for side in std::iter::once(&src).chain(&dsts) {
-            self.allowed
+            registries
+                .allowed
                 .check(&side.image.registry)
                 .map_err(PlanError::NotAllowed)?;
         }
@@ -358,7 +415,7 @@ impl Engine {
             }
         }
         let tags = if needs_listing {
-            let client = self.client(&src.image, log)?;
+            let client = Self::client(registries, &src.image, log)?;
             let mut tags = client.tags(&src.image.repository).await?;
             log.info(format!("Found {} tags in {}", tags.len(), src.image.name()));
             // The copies will look for referrer tags here: they need not list again.
@@ -447,9 +504,9 @@ impl Engine {
         if options.cancel.is_cancelled() {
             return not_started("cancelled before this image started".into());
         }
-        let clients = self
-            .client(source, log)
-            .and_then(|src| Ok((src, self.client(target, log)?)));
+        let registries = options.registries;
+        let clients = Self::client(registries, source, log)
+            .and_then(|src| Ok((src, Self::client(registries, target, log)?)));
         match clients {
             Ok((src, dst)) => {
                 CopyJob {
@@ -462,6 +519,7 @@ impl Engine {
                     retry: RetryPolicy {
                         retries: self.task.retries,
                         observers: options.observers.clone(),
+                        max_wait: options.max_wait,
                     },
                     transfers: &self.transfers,
                     force: options.force,
@@ -486,12 +544,14 @@ impl Engine {
 
     /// The pooled client for `image`'s repository; logs which credential applies.
     fn client(
-        &self,
+        registries: &Registries,
         image: &ImageRef,
         log: &SyncLog,
     ) -> Result<std::sync::Arc<crate::registry::RegistryClient>, crate::registry::RegistryError>
     {
-        let Resolved { client, source } = self.pool.resolve(&image.registry, &image.repository)?;
+        let Resolved { client, source } = registries
+            .pool
+            .resolve(&image.registry, &image.repository)?;
         match source {
             Some(source) => log.info(format!("Find auth information for {image}: {source}")),
             None => log.info(format!(

@@ -3,6 +3,7 @@
 //! so an observer must be quick (update counters, notify, return).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,27 @@ pub enum SyncEvent<'a> {
         registry: &'a str,
         /// Low-cardinality cause (`network`, `rate_limited`, `server_error`, ...).
         cause: &'static str,
+    },
+    /// The sync waits for a registry's rate limit (Docker Hub's pull quota under
+    /// `task.dockerhub_min_remaining`, or a 429's `Retry-After`) before it goes on;
+    /// [`SyncEvent::RateLimitOver`] follows when the wait ends.
+    RateLimitWait {
+        /// Image position, when one image's pull waits (a retry after a 429 names none).
+        image: Option<usize>,
+        /// host[:port] of the registry.
+        registry: &'a str,
+        /// How long this wait lasts.
+        wait: Duration,
+        /// Why, in the registry's numbers (for the sync log and the job).
+        reason: &'a str,
+        /// A further wait of the same pull after looking again: it updates the reason
+        /// and the time, and is ended by the same one [`SyncEvent::RateLimitOver`].
+        again: bool,
+    },
+    /// A wait announced by [`SyncEvent::RateLimitWait`] (and its repeats) is over.
+    RateLimitOver {
+        /// host[:port] of the registry.
+        registry: &'a str,
     },
     /// An image copy ended.
     ImageFinished {

@@ -30,8 +30,9 @@ pub enum FailureKind {
     /// The service runs as many syncs as it may; nothing was tried (HTTP 503, try again
     /// after `Retry-After`).
     Busy,
-    /// Too many failed logins from the caller's address (HTTP 429): wait, then fix the
-    /// credentials.
+    /// Too many failed logins from the caller's address, or a registry's rate limit
+    /// (Docker Hub's pull quota, a 429) asking for a longer wait than the caller waits
+    /// (HTTP 429): wait, or run the sync asynchronously.
     RateLimited,
 }
 
@@ -62,6 +63,10 @@ pub struct ImageResult {
     pub referrers_copied: u64,
     /// What failed, where, and what to do; absent on success.
     pub error: Option<String>,
+    /// The failure came from a registry's rate limit (a 429, or a wait longer than the
+    /// sync may wait); decides the sync's failure class.
+    #[serde(skip)]
+    pub rate_limited: bool,
 }
 
 /// Outcome of one image copy.

@@ -20,6 +20,9 @@ pub struct RetryPolicy {
     pub retries: u32,
     /// Told of every retry (metrics count them by cause).
     pub observers: Observers,
+    /// The longest this sync may wait for a registry's rate limit (its caller waits for
+    /// the answer); `None`: as long as the quota asks, and [`MAX_BACKOFF`] for a 429.
+    pub max_wait: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -44,6 +47,21 @@ impl RetryPolicy {
                 return Err(err);
             }
             let wait = match err.retry_after() {
+                Some(asked) if err.is_rate_limited() => {
+                    // A 429 asking for more than this sync may wait fails now, saying how
+                    // long the wait would be, instead of waiting into the caller's timeout.
+                    let limit = self.max_wait.map_or(MAX_BACKOFF, |w| w.min(MAX_BACKOFF));
+                    if asked > limit {
+                        return Err(RegistryError::RateLimited {
+                            registry: err.registry().to_owned(),
+                            step: what.to_owned(),
+                            cause: format!("HTTP 429 Too Many Requests, asking to wait {}s (Retry-After or the quota window)", asked.as_secs()),
+                            wait: asked,
+                            limit,
+                        });
+                    }
+                    asked
+                }
                 Some(asked) if asked > MAX_BACKOFF => return Err(err),
                 Some(asked) => asked,
                 None => backoff(tried),
@@ -53,12 +71,27 @@ impl RetryPolicy {
                 registry: err.registry(),
                 cause: err.retry_cause(),
             });
-            log.warn(format!(
+            let message = format!(
                 "{what} failed, retry {tried}/{} in {:.1}s: {err}",
                 self.retries,
                 wait.as_secs_f64()
-            ));
-            tokio::time::sleep(wait).await;
+            );
+            log.warn(&message);
+            if err.is_rate_limited() {
+                self.observers.emit(&SyncEvent::RateLimitWait {
+                    image: None,
+                    registry: err.registry(),
+                    wait,
+                    reason: &message,
+                    again: false,
+                });
+                tokio::time::sleep(wait).await;
+                self.observers.emit(&SyncEvent::RateLimitOver {
+                    registry: err.registry(),
+                });
+            } else {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }

@@ -383,16 +383,17 @@ pub async fn require_basic_auth(
         }
     }
     let header = request.headers().get(AUTHORIZATION).cloned();
-    let checked = if state.users().is_slow() {
+    let access = state.access();
+    let checked = if access.users.is_slow() {
         // bcrypt takes tens of milliseconds of CPU: keep it off the async workers, and
         // run no more at once than there are CPUs. The semaphore is never closed.
-        let _permit = state.users().bcrypt_gate().acquire().await.ok();
-        let users = state.clone();
-        tokio::task::spawn_blocking(move || users.users().check(header.as_ref()))
+        let _permit = access.users.bcrypt_gate().acquire().await.ok();
+        let access = access.clone();
+        tokio::task::spawn_blocking(move || access.users.check(header.as_ref()))
             .await
             .unwrap_or(Err((AuthFailure::Rejected, None)))
     } else {
-        state.users().check(header.as_ref())
+        access.users.check(header.as_ref())
     };
     match checked {
         Ok(user) => {

@@ -74,7 +74,7 @@ pub async fn rsync(
         }
     };
     // Scopes before anything else: a refused request contacts no registry.
-    if let Err(message) = state.scopes().check(&username, &request.request) {
+    if let Err(message) = state.access().scopes.check(&username, &request.request) {
         tracing::warn!(user = %username, refusal = ?message, "sync refused by scope");
         let outcome = Outcome::Sync {
             status: SyncStatus::Unusual,
@@ -104,6 +104,7 @@ pub async fn rsync(
         rsync_config: serde_json::to_value(&request.echo).unwrap_or_default(),
         asynchronous,
         callback_url: request.callback_url,
+        max_wait: preferred_wait(&headers),
     };
     // Every job takes a free slot or waits in the one FIFO queue (up to jobs.max_queued);
     // a synchronous caller keeps its connection open meanwhile.
@@ -198,6 +199,23 @@ fn prefers_async(headers: &HeaderMap) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
+/// The caller's `Prefer: wait=N` (RFC 7240): how many seconds it waits for the answer,
+/// and so the longest its sync may wait for a registry's rate limit.
+fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse().ok())?
+        })
+        .map(Duration::from_secs)
+}
+
 fn set_header(response: &mut Response, name: header::HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, value);
@@ -240,4 +258,34 @@ async fn read_request(headers: &HeaderMap, body: Body) -> Result<ParsedRequest, 
         ),
     })?;
     parse_sync_request(&bytes).map_err(|e| (bad_input, e.message, e.echo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefer_wait_is_read_and_anything_else_ignored() {
+        let cases: &[(&[&str], Option<u64>)] = &[
+            (&["wait=5"], Some(5)),
+            (&["respond-async, wait=10"], Some(10)),
+            (&["handling=lenient", "Wait = \"7\""], Some(7)),
+            (&["wait=soon"], None),
+            (&["wait=-1"], None),
+            (&["waiting=5"], None),
+            (&["respond-async"], None),
+            (&[], None),
+        ];
+        for (values, want) in cases {
+            let mut headers = HeaderMap::new();
+            for v in *values {
+                headers.append("prefer", HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(
+                preferred_wait(&headers),
+                want.map(Duration::from_secs),
+                "{values:?}"
+            );
+        }
+    }
 }

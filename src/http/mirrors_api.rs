@@ -9,10 +9,9 @@ use serde::Serialize;
 
 use super::auth::AuthUser;
 use super::jobs_api::JobView;
-use super::response::error_response;
+use super::response::{error_response, mirror_run_status};
 use super::state::AppState;
-use crate::jobs::SubmitError;
-use crate::mirrors::{MirrorStatus, RunError};
+use crate::mirrors::MirrorStatus;
 
 /// The mirrors route.
 pub const MIRRORS_PATH: &str = "/v1/mirrors";
@@ -61,19 +60,6 @@ pub async fn run_mirror(
             tracing::info!(mirror = %name, job = job.id, by = %user, "mirror run started by hand");
             (StatusCode::ACCEPTED, Json(JobView::new(job))).into_response()
         }
-        Err(e) => {
-            let status = match &e {
-                RunError::NotFound(_) => StatusCode::NOT_FOUND,
-                RunError::Running { .. } => StatusCode::CONFLICT,
-                RunError::NoTags(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                RunError::Tags { .. } => StatusCode::BAD_GATEWAY,
-                RunError::Submit {
-                    source: SubmitError::Store(_),
-                    ..
-                } => StatusCode::INTERNAL_SERVER_ERROR,
-                RunError::Submit { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            error_response(status, e.to_string())
-        }
+        Err(e) => error_response(mirror_run_status(&e), e.to_string()),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! One job per module: [`router`](mod@router) wires routes and layers, [`auth`] checks
 //! credentials (with `crate::access` for damping and scopes), [`body`] parses the sync request, [`handlers`] answer, [`jobs_api`]
-//! serves the job routes, [`response`] holds the JSON shapes and the single outcome →
+//! serves the job routes, [`mirrors_api`] the mirror routes, [`events_api`] the push-event routes, [`response`] holds the JSON shapes and the single outcome →
 //! status mapping, [`recorder`] logs finished syncs, [`home`] renders the page at
 //! `GET /` and [`dashboard`] serves it with its script and stylesheet, [`openapi`]
 //! serves the API description, [`access_log`] writes one line per request,
@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod auth;
 pub mod body;
 pub mod dashboard;
+pub mod events_api;
 pub mod handlers;
 pub mod home;
 pub mod jobs_api;

@@ -1,5 +1,6 @@
-//! The JSON shapes the API answers with, and [`http_status`]: the one place where an
-//! outcome becomes an HTTP status code.
+//! The JSON shapes the API answers with, and the one place where an outcome or an error
+//! becomes an HTTP status code: [`http_status`] (syncs), [`mirror_run_status`] (mirror
+//! runs) and [`events_status`] (push events).
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
@@ -7,7 +8,10 @@ use axum::Json;
 use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
+use super::events_api::EventsError;
 use crate::engine::{FailureKind, ImageResult, SyncReport, SyncStatus};
+use crate::jobs::SubmitError;
+use crate::mirrors::{EventOutcome, RunError};
 
 /// What a sync-route response reports, reduced to what decides its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +81,57 @@ pub fn http_status(outcome: Outcome) -> StatusCode {
         Outcome::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Outcome::Unauthenticated => StatusCode::UNAUTHORIZED,
         Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The status of a mirror run that did not start (`POST /v1/mirrors/{name}/run`, and
+/// push events).
+pub fn mirror_run_status(error: &RunError) -> StatusCode {
+    match error {
+        RunError::NotFound(_) => StatusCode::NOT_FOUND,
+        RunError::Running { .. } => StatusCode::CONFLICT,
+        RunError::NoTags(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RunError::Tags { .. } => StatusCode::BAD_GATEWAY,
+        RunError::Submit {
+            source: SubmitError::Store(_),
+            ..
+        } => StatusCode::INTERNAL_SERVER_ERROR,
+        RunError::Submit { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The status of a refused push-event post. A 4xx tells the registry the envelope will
+/// never be taken; a 5xx makes it send the envelope again.
+pub fn events_status(error: &EventsError) -> StatusCode {
+    match error {
+        EventsError::NotListed(_) => StatusCode::FORBIDDEN,
+        EventsError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        EventsError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        EventsError::Body(_) | EventsError::Envelope(_) => StatusCode::BAD_REQUEST,
+        EventsError::Run(run) => mirror_run_status(run),
+    }
+}
+
+/// The answer to an accepted event post: what became of each event.
+#[derive(Debug, Serialize)]
+pub struct EventsAnswer {
+    /// New jobs queued.
+    pub queued: usize,
+    /// Events that joined a job still queued for their tag.
+    pub joined: usize,
+    /// One entry per event and mirror concerned, in envelope order.
+    pub events: Vec<EventOutcome>,
+}
+
+impl EventsAnswer {
+    /// Counts the outcomes.
+    pub fn new(events: Vec<EventOutcome>) -> Self {
+        let count = |r: &str| events.iter().filter(|e| e.result == r).count();
+        Self {
+            queued: count("queued"),
+            joined: count("joined"),
+            events,
+        }
     }
 }
 
@@ -401,6 +456,48 @@ mod tests {
         for (outcome, code) in cases {
             assert_eq!(http_status(outcome).as_u16(), code, "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn mirror_and_event_errors_map_to_their_statuses() {
+        use crate::mirrors::events::EnvelopeError;
+        let run = |e: RunError| mirror_run_status(&e).as_u16();
+        assert_eq!(run(RunError::NotFound("m".into())), 404);
+        assert_eq!(
+            run(RunError::Running {
+                name: "m".into(),
+                job: 1,
+                state: "running"
+            }),
+            409
+        );
+        assert_eq!(run(RunError::NoTags("m".into())), 422);
+        let tags = || RunError::Tags {
+            name: "m".into(),
+            cause: "x".into(),
+        };
+        assert_eq!(run(tags()), 502);
+        let submit = |source| RunError::Submit {
+            name: "m".into(),
+            source,
+        };
+        assert_eq!(run(submit(SubmitError::QueueFull)), 503);
+        assert_eq!(run(submit(SubmitError::ShuttingDown)), 503);
+        let events = |e: EventsError| events_status(&e).as_u16();
+        assert_eq!(events(EventsError::NotListed("u".into())), 403);
+        assert_eq!(events(EventsError::TooLarge), 413);
+        assert_eq!(events(EventsError::ContentType("text/plain".into())), 415);
+        assert_eq!(events(EventsError::Body("cut".into())), 400);
+        let envelope = EnvelopeError::Shape {
+            format: "f",
+            reason: "r".into(),
+        };
+        assert_eq!(events(EventsError::Envelope(envelope)), 400);
+        assert_eq!(events(EventsError::Run(tags())), 502);
+        assert_eq!(
+            events(EventsError::Run(submit(SubmitError::QueueFull))),
+            503
+        );
     }
 
     #[test]

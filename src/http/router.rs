@@ -7,6 +7,7 @@ use axum::Router;
 use super::access_log::log_request;
 use super::auth::require_basic_auth;
 use super::dashboard;
+use super::events_api;
 use super::handlers;
 use super::jobs_api;
 use super::mirrors_api::{self, MIRRORS_PATH};
@@ -68,6 +69,12 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
     let mirror_run = axum::routing::post(mirrors_api::run_mirror)
         .route_layer(auth())
         .fallback(handlers::method_not_allowed);
+    let distribution_events = axum::routing::post(events_api::distribution)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
+    let harbor_events = axum::routing::post(events_api::harbor)
+        .route_layer(auth())
+        .fallback(handlers::method_not_allowed);
     vec![
         ("/".into(), public(get(dashboard::page))),
         (
@@ -88,5 +95,7 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
         (format!("{RSYNC_PATH}/jobs/{{id}}/events"), job_events),
         (MIRRORS_PATH.into(), mirrors),
         (format!("{MIRRORS_PATH}/{{name}}/run"), mirror_run),
+        (events_api::DISTRIBUTION_PATH.into(), distribution_events),
+        (events_api::HARBOR_PATH.into(), harbor_events),
     ]
 }

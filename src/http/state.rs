@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use super::auth::UserTable;
@@ -28,9 +29,10 @@ pub struct AppState {
 
 struct Inner {
     jobs: JobManager,
-    users: UserTable,
-    scopes: Scopes,
-    admins: BTreeSet<String>,
+    /// Swapped whole on reload; a request loads it once.
+    access: ArcSwap<ServiceAccess>,
+    /// `rsyncserver.events.users`: read at start-up only.
+    event_users: BTreeSet<String>,
     login_damping: LoginDamping,
     tools: BTreeMap<String, String>,
     recorder: Recorder,
@@ -38,14 +40,38 @@ struct Inner {
     mirrors: Mirrors,
 }
 
+/// Who may call the sync routes and what they may do: the users, their scopes and the
+/// admins of one config. Replaced as a whole when the config is reloaded.
+pub struct ServiceAccess {
+    /// The service users allowed on the sync routes.
+    pub users: UserTable,
+    /// What each user may sync from and to.
+    pub scopes: Scopes,
+    /// Users who see and cancel every user's jobs.
+    pub admins: BTreeSet<String>,
+}
+
+impl ServiceAccess {
+    /// The users, scopes and admins of `config`.
+    pub fn new(config: &Config) -> Self {
+        let server = &config.rsyncserver;
+        Self {
+            users: UserTable::new(&server.auth),
+            scopes: Scopes::new(&server.scopes),
+            admins: server.admins.iter().cloned().collect(),
+        }
+    }
+}
+
 /// Written by hand so that nothing secret can ever show: the users appear as a count,
 /// the engine (registry credentials) not at all.
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let access = self.access();
         f.debug_struct("AppState")
-            .field("users", &self.inner.users)
-            .field("scopes", &self.inner.scopes)
-            .field("admins", &self.inner.admins)
+            .field("users", &access.users)
+            .field("scopes", &access.scopes)
+            .field("admins", &access.admins)
             .field("jobs", &self.inner.jobs)
             .field("running_syncs", &self.syncs().active())
             .field("analysis_log", &self.analysis_log().path())
@@ -81,16 +107,20 @@ impl AppState {
                 // A hand-built config may say 0; one slot at least keeps the service usable.
                 max_running: server.max_concurrent_syncs.max(1),
                 max_queued: server.jobs.max_queued,
+                sync_wait: std::time::Duration::from_secs(server.jobs.sync_wait_seconds),
             },
         );
-        let mirrors = Mirrors::new(&server.mirrors, jobs.clone());
+        let mirrors = Mirrors::new(
+            &server.mirrors,
+            jobs.clone(),
+            server.events.settle_duration(),
+        );
         Self {
             inner: Arc::new(Inner {
                 mirrors,
                 jobs,
-                users: UserTable::new(&server.auth),
-                scopes: Scopes::new(&server.scopes),
-                admins: server.admins.iter().cloned().collect(),
+                access: ArcSwap::from_pointee(ServiceAccess::new(config)),
+                event_users: server.events.users.iter().cloned().collect(),
                 login_damping: LoginDamping::new(&server.login_damping),
                 tools: config.config.tools.clone(),
                 recorder,
@@ -128,19 +158,27 @@ impl AppState {
         &self.inner.jobs
     }
 
-    /// The service users allowed on the sync routes.
-    pub fn users(&self) -> &UserTable {
-        &self.inner.users
+    /// The users, scopes and admins in force now. A request takes it once, so it is
+    /// checked against one config even while a reload swaps in the next.
+    pub fn access(&self) -> Arc<ServiceAccess> {
+        self.inner.access.load_full()
     }
 
-    /// What each user may sync from and to.
-    pub fn scopes(&self) -> &Scopes {
-        &self.inner.scopes
+    /// Puts the users, scopes and admins of `config` in force for the next request.
+    pub fn reload_access(&self, config: &Config) {
+        self.inner
+            .access
+            .store(Arc::new(ServiceAccess::new(config)));
     }
 
     /// Whether `user` sees and cancels every user's jobs.
     pub fn is_admin(&self, user: &str) -> bool {
-        self.inner.admins.contains(user)
+        self.inner.access.load().admins.contains(user)
+    }
+
+    /// Whether `user` may post push events (`rsyncserver.events.users`).
+    pub fn may_post_events(&self, user: &str) -> bool {
+        self.inner.event_users.contains(user)
     }
 
     /// Failed-login tallies per client address.

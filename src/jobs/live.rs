@@ -1,12 +1,13 @@
 //! A job while it is queued or running: its record, updated as the engine reports
 //! progress, watchable by server-sent-event streams, and its cancel switch.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::model::JobRecord;
+use super::model::{JobRecord, JobState, JobWaiting};
 use crate::engine::{SyncEvent, SyncObserver};
 
 /// The in-memory side of an unfinished job.
@@ -17,6 +18,8 @@ pub struct LiveJob {
     /// Fires when someone cancels the job.
     pub cancel: CancellationToken,
     record: watch::Sender<JobRecord>,
+    /// Rate-limit waits of the engine in progress (several images may wait at once).
+    waits: AtomicUsize,
 }
 
 impl LiveJob {
@@ -26,6 +29,7 @@ impl LiveJob {
             id: record.id,
             cancel: CancellationToken::new(),
             record: watch::Sender::new(record),
+            waits: AtomicUsize::new(0),
         })
     }
 
@@ -48,7 +52,102 @@ impl LiveJob {
 
 impl SyncObserver for LiveJob {
     fn on_event(&self, event: &SyncEvent<'_>) {
-        self.record
-            .send_if_modified(|record| record.progress.apply(event));
+        match *event {
+            // A job waiting for a registry's quota is not copying: it shows as queued, with
+            // the reason, until the wait is over (the engine knows nothing of jobs; it only
+            // says that it waits).
+            SyncEvent::RateLimitWait {
+                registry,
+                wait,
+                reason,
+                again,
+                ..
+            } => {
+                let waiting = JobWaiting::rate_limited(registry, wait, reason, chrono::Utc::now());
+                tracing::info!(job = self.id, "{}", waiting.message);
+                self.record.send_modify(|job| {
+                    if !again {
+                        self.waits.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if job.state == JobState::Running {
+                        job.state = JobState::Queued;
+                    }
+                    job.waiting = Some(waiting);
+                });
+            }
+            SyncEvent::RateLimitOver { .. } => {
+                self.record.send_modify(|job| {
+                    let left = self.waits.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+                    if left == 0 {
+                        job.waiting = None;
+                        if job.state == JobState::Queued {
+                            job.state = JobState::Running;
+                        }
+                    }
+                });
+            }
+            _ => {
+                self.record
+                    .send_if_modified(|record| record.progress.apply(event));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::model::{NewJob, Trigger};
+    use std::time::Duration;
+
+    #[test]
+    fn a_rate_limit_wait_shows_as_queued_with_the_reason_until_it_is_over() {
+        let mut record = NewJob {
+            user: "u".into(),
+            trigger: Trigger::Request,
+            request: crate::engine::SyncRequest::default(),
+            rsync_config: serde_json::Value::Null,
+            asynchronous: true,
+            callback_url: None,
+            max_wait: None,
+        }
+        .into_record(chrono::Utc::now());
+        record.state = JobState::Running;
+        let live = LiveJob::new(record);
+        let wait = |image, again| SyncEvent::RateLimitWait {
+            image,
+            registry: "docker.io",
+            wait: Duration::from_secs(216),
+            reason: "only 2 of 100 pulls left",
+            again,
+        };
+        let over = SyncEvent::RateLimitOver {
+            registry: "docker.io",
+        };
+        live.on_event(&wait(Some(0), false));
+        live.on_event(&wait(Some(0), true));
+        live.on_event(&wait(Some(1), false));
+        let job = live.snapshot();
+        assert_eq!(job.state, JobState::Queued);
+        let waiting = job.waiting.expect("waiting");
+        assert_eq!(waiting.reason, "rate_limited");
+        assert!(
+            waiting
+                .message
+                .starts_with("rate_limited: registry docker.io quota, resuming at ")
+                && waiting.message.ends_with(": only 2 of 100 pulls left"),
+            "{}",
+            waiting.message
+        );
+        live.on_event(&over);
+        assert_eq!(
+            live.snapshot().state,
+            JobState::Queued,
+            "image 1 still waits"
+        );
+        live.on_event(&over);
+        let job = live.snapshot();
+        assert_eq!(job.state, JobState::Running);
+        assert!(job.waiting.is_none());
     }
 }

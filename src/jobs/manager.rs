@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::FutureExt as _;
@@ -87,6 +88,19 @@ pub struct Submitted {
     pub done: oneshot::Receiver<JobRecord>,
 }
 
+/// What a job waits for before it asks for a sync slot (see [`JobManager::submit_held`]).
+pub type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// How a job gets its sync slot.
+enum Start {
+    /// It has one already (a synchronous caller who found a free slot).
+    Now(OwnedSemaphorePermit),
+    /// It waits in the queue.
+    Queue,
+    /// It waits for the hold, then in the queue.
+    Held(Hold),
+}
+
 /// Limits of the manager, from `rsyncserver`.
 #[derive(Debug, Clone, Copy)]
 pub struct JobLimits {
@@ -94,6 +108,9 @@ pub struct JobLimits {
     pub max_running: usize,
     /// Jobs waiting for a slot at once (synchronous and asynchronous alike).
     pub max_queued: usize,
+    /// The longest a synchronous job waits for a registry's rate limit when its caller
+    /// names no other (`rsyncserver.jobs.sync_wait_seconds`); a longer wait fails at once.
+    pub sync_wait: Duration,
 }
 
 /// Runs and keeps jobs; cheap to clone.
@@ -193,13 +210,26 @@ impl JobManager {
     /// for the answer (`asynchronous: false`) or not. A synchronous caller that goes away
     /// while its job waits calls [`Self::abandon`].
     pub async fn submit(&self, new: NewJob) -> Result<Submitted, SubmitError> {
+        self.submit_held(new, None).await
+    }
+
+    /// [`Self::submit`] for a job that, before it asks for a sync slot, waits for `hold`
+    /// (it stays `queued` meanwhile, and a cancel or shutdown still ends the wait). A
+    /// mirror's push job waits so for more pushes of its tag and for the mirror's
+    /// previous run to end. After a restart a resumed job no longer waits.
+    pub async fn submit_held(
+        &self,
+        new: NewJob,
+        hold: Option<Hold>,
+    ) -> Result<Submitted, SubmitError> {
         if self.inner.stopping.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
         // A free slot is taken at once only by a caller who waits: an asynchronous job
         // always goes through the queue, as before. The semaphore hands freed permits to
-        // waiters first, so this never jumps ahead of a job already queued.
-        let permit = if new.asynchronous {
+        // waiters first, so this never jumps ahead of a job already queued. A held job
+        // always queues: it must not take a slot before its hold ends.
+        let permit = if new.asynchronous || hold.is_some() {
             None
         } else {
             self.inner.slots.clone().try_acquire_owned().ok()
@@ -217,6 +247,10 @@ impl JobManager {
                 return Err(SubmitError::QueueFull);
             }
         }
+        // Only a caller who waits for the answer bounds the rate-limit wait; an
+        // asynchronous job waits for the quota as long as it takes.
+        let max_wait =
+            (!new.asynchronous).then(|| new.max_wait.unwrap_or(self.inner.limits.sync_wait));
         let record = new.into_record(Utc::now());
         let stored = self.blocking(move |store| store.create(record)).await;
         let job = match stored {
@@ -229,7 +263,11 @@ impl JobManager {
             }
         };
         let (done_tx, done) = oneshot::channel();
-        self.spawn(job.clone(), permit, Some(done_tx));
+        let start = match hold {
+            Some(hold) => Start::Held(hold),
+            None => permit.map_or(Start::Queue, Start::Now),
+        };
+        self.spawn(job.clone(), start, Some(done_tx), max_wait);
         Ok(Submitted { job, done })
     }
 
@@ -246,7 +284,8 @@ impl JobManager {
             let saved = job.clone();
             self.blocking(move |store| store.save(&saved)).await?;
             self.inner.queued.fetch_add(1, Ordering::SeqCst);
-            self.spawn(job, None, None);
+            // Nobody waits for a resumed job's answer: no bound on its waits.
+            self.spawn(job, Start::Queue, None, None);
         }
         Ok(count)
     }
@@ -267,11 +306,32 @@ impl JobManager {
 
     /// Jobs matching `filter`, newest first, with live progress for unfinished ones.
     pub async fn list(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let wanted = filter.clone();
         let mut jobs = self.blocking(move |store| store.list(&filter)).await?;
         for job in &mut jobs {
             if let Some(live) = self.live(job.id) {
                 *job = live.snapshot();
             }
+        }
+        // A live job's state may differ from the stored one (a running job waiting for a
+        // registry's quota shows as queued without a save): filter by what is shown.
+        if let Some(state) = wanted.state {
+            jobs.retain(|job| job.state == state);
+            let live: Vec<JobRecord> = {
+                let live = self.inner.live.lock().expect("live jobs lock");
+                live.values().map(|job| job.snapshot()).collect()
+            };
+            for job in live {
+                let matches = job.state == state
+                    && wanted.user.as_ref().is_none_or(|u| *u == job.user)
+                    && wanted.since.is_none_or(|t| job.created_at >= t)
+                    && wanted.before_id.is_none_or(|id| job.id < id);
+                if matches && !jobs.iter().any(|j| j.id == job.id) {
+                    jobs.push(job);
+                }
+            }
+            jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
+            jobs.truncate(wanted.limit);
         }
         Ok(jobs)
     }
@@ -354,8 +414,9 @@ impl JobManager {
     fn spawn(
         &self,
         job: JobRecord,
-        permit: Option<OwnedSemaphorePermit>,
+        start: Start,
         done: Option<oneshot::Sender<JobRecord>>,
+        max_wait: Option<Duration>,
     ) {
         let live = LiveJob::new(job);
         self.inner
@@ -373,7 +434,7 @@ impl JobManager {
         // Its own task: a caller hanging up must not cancel the copy half-way.
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let finished = manager.run(&live, permit).await;
+                let finished = manager.run(&live, start, max_wait).await;
                 if let Some(job) = finished {
                     if let Some(done) = done {
                         let _ = done.send(job.clone());
@@ -389,16 +450,28 @@ impl JobManager {
     async fn run(
         &self,
         live: &Arc<LiveJob>,
-        permit: Option<OwnedSemaphorePermit>,
+        start: Start,
+        max_wait: Option<Duration>,
     ) -> Option<JobRecord> {
-        let permit = match permit {
-            Some(permit) => permit,
-            None => {
+        let permit = match start {
+            Start::Now(permit) => permit,
+            Start::Queue | Start::Held(_) => {
+                let hold = match start {
+                    Start::Held(hold) => Some(hold),
+                    _ => None,
+                };
+                let slots = self.inner.slots.clone();
+                let acquire = async move {
+                    if let Some(hold) = hold {
+                        hold.await;
+                    }
+                    slots.acquire_owned().await
+                };
                 let waited = tokio::select! {
                     biased;
                     _ = live.cancel.cancelled() => Err(true),
                     _ = self.inner.stopping.cancelled() => Err(false),
-                    permit = self.inner.slots.clone().acquire_owned() => Ok(permit.expect("slots never close")),
+                    permit = acquire => Ok(permit.expect("slots never close")),
                 };
                 self.inner.queued.fetch_sub(1, Ordering::SeqCst);
                 match waited {
@@ -449,6 +522,7 @@ impl JobManager {
             observer: live.clone(),
             cancel: live.cancel.clone(),
             resumed: job.resumed > 0,
+            max_wait,
         };
         let sync = self.inner.engine.run_request_with(&job.request, &context);
         // A panic in the engine ends this one job as an internal error.
@@ -485,6 +559,8 @@ impl JobManager {
         let result = self.inner.hooks.finished(&live.snapshot(), end);
         live.update(|job| {
             job.state = state;
+            // A wait cut short by a cancel never said it was over.
+            job.waiting = None;
             job.finished_at = Some(Utc::now());
             job.result = Some(result.body);
             job.http_status = Some(result.http_status);

@@ -16,7 +16,7 @@ pub mod tracker;
 pub mod webhook;
 
 pub use manager::{
-    CancelError, JobEnd, JobHooks, JobLimits, JobManager, JobResult, SubmitError, Submitted,
+    CancelError, Hold, JobEnd, JobHooks, JobLimits, JobManager, JobResult, SubmitError, Submitted,
 };
 pub use model::{JobFilter, JobProgress, JobRecord, JobState, NewJob, Trigger};
 pub use sqlite::SqliteStore;

@@ -187,6 +187,8 @@ impl JobProgress {
                 p.referrers_copied += 1;
             }
             SyncEvent::Retry { .. } => self.retries += 1,
+            // The job's state and `waiting` show these (see LiveJob).
+            SyncEvent::RateLimitWait { .. } | SyncEvent::RateLimitOver { .. } => return false,
             SyncEvent::ImageFinished { image, result } => {
                 let Some(p) = self.images.get_mut(image) else {
                     return false;
@@ -265,6 +267,42 @@ pub struct JobRecord {
     pub http_status: Option<u16>,
     /// Delivery of the completion webhook, when one was asked for.
     pub callback: Option<CallbackStatus>,
+    /// While a started job waits for a registry's rate limit (its state is then `queued`
+    /// again): why, and until when. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<JobWaiting>,
+}
+
+/// Why a started job waits, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWaiting {
+    /// The failure class the wait avoids: `rate_limited`.
+    pub reason: String,
+    /// host[:port] of the registry whose limit it waits for.
+    pub registry: String,
+    /// When the job expects to go on (it looks again then).
+    pub until: DateTime<Utc>,
+    /// One line for people: `rate_limited: registry R quota, resuming at T: why`.
+    pub message: String,
+}
+
+impl JobWaiting {
+    /// A wait of `wait` from `now` for `registry`'s rate limit, for `why`.
+    pub fn rate_limited(
+        registry: &str,
+        wait: std::time::Duration,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        let at = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        Self {
+            reason: "rate_limited".into(),
+            registry: registry.to_owned(),
+            until,
+            message: format!("rate_limited: registry {registry} quota, resuming at {at}: {why}"),
+        }
+    }
 }
 
 /// What a caller hands over to create a job.
@@ -282,6 +320,9 @@ pub struct NewJob {
     pub asynchronous: bool,
     /// Completion webhook.
     pub callback_url: Option<String>,
+    /// For a synchronous job: the longest its caller waits for a registry's rate limit
+    /// (`Prefer: wait=N`); `None` takes `rsyncserver.jobs.sync_wait_seconds`.
+    pub max_wait: Option<std::time::Duration>,
 }
 
 impl NewJob {
@@ -306,6 +347,7 @@ impl NewJob {
             result: None,
             http_status: None,
             callback: None,
+            waiting: None,
         }
     }
 }

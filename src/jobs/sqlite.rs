@@ -209,6 +209,7 @@ mod tests {
             rsync_config: serde_json::json!({"source": "r/a:v1", "target": "r/b:v1"}),
             asynchronous: true,
             callback_url: None,
+            max_wait: None,
         }
         .into_record(at)
     }

@@ -146,7 +146,7 @@ impl WebhookSender {
             .connect_timeout(ATTEMPT_TIMEOUT)
             // A redirect could carry the body somewhere the caller did not name.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")));
+            .user_agent(crate::registry::USER_AGENT);
         if let Some(host) = url.host_str().filter(|_| url.domain().is_some()) {
             // Connect to the addresses just checked, not to a fresh lookup's answer.
             builder = builder.resolve_to_addrs(host, &addrs);

@@ -3,8 +3,10 @@
 //! events endpoints; every run is an ordinary job of user `mirror:<name>` with its
 //! trigger. Runs of one mirror never overlap. Nothing here knows HTTP.
 
+pub mod events;
 pub mod filters;
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +14,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use self::events::{Announced, Push};
 use self::filters::TagFilter;
 use crate::config::{MirrorConfig, Schedule};
-use crate::engine::rules::RuleSide;
+use crate::engine::rules::{RuleSide, Selector};
 use crate::engine::SyncRequest;
-use crate::jobs::{JobFilter, JobManager, JobRecord, JobState, NewJob, SubmitError, Trigger};
+use crate::jobs::{Hold, JobFilter, JobManager, JobRecord, JobState, NewJob, SubmitError, Trigger};
 
 /// The user a mirror's jobs run as.
 pub fn mirror_user(name: &str) -> String {
@@ -76,6 +79,77 @@ struct MirrorState {
     last_job: Option<i64>,
     /// When the schedule runs it next.
     next_run: Option<DateTime<Utc>>,
+    /// Push jobs by tag: while one is still queued, more pushes of its tag join it.
+    pending: HashMap<String, PendingPush>,
+}
+
+/// A push job not yet started and when it may start (pushed back by each push joining it).
+struct PendingPush {
+    job: i64,
+    settle_until: tokio::sync::watch::Sender<tokio::time::Instant>,
+}
+
+/// Event ids already acted on, so a registry's resend of an accepted envelope (it resends
+/// whenever our 2xx got lost) adds nothing. Bounded: the oldest are forgotten first.
+#[derive(Default)]
+struct SeenIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// Event ids remembered; a registry resends within seconds, so this is plenty.
+const SEEN_IDS: usize = 10_000;
+
+impl SeenIds {
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+            while self.order.len() > SEEN_IDS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What became of one announced event (one entry per mirror it concerned).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventOutcome {
+    /// The event's id.
+    pub id: String,
+    /// `queued` (a new job), `joined` (a job still queued for the tag), `duplicate`
+    /// (this id was acted on already) or `ignored`.
+    pub result: &'static str,
+    /// The mirror, for `queued` and `joined`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    /// The tag pushed, for pushes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The job, for `queued` and `joined`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<i64>,
+    /// Why it was ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl EventOutcome {
+    fn ignored(id: &str, tag: Option<&str>, reason: impl Into<String>) -> Self {
+        Self {
+            id: id.to_owned(),
+            result: "ignored",
+            mirror: None,
+            tag: tag.map(str::to_owned),
+            job: None,
+            reason: Some(reason.into()),
+        }
+    }
 }
 
 /// A mirror as `GET /v1/mirrors` shows it.
@@ -142,6 +216,9 @@ pub struct Mirrors {
 struct Inner {
     jobs: JobManager,
     mirrors: Vec<Arc<Mirror>>,
+    /// How long a push job waits for more pushes of its tag.
+    settle: Duration,
+    seen: std::sync::Mutex<SeenIds>,
 }
 
 impl std::fmt::Debug for Mirrors {
@@ -155,7 +232,8 @@ impl std::fmt::Debug for Mirrors {
 impl Mirrors {
     /// Parses the configured mirrors (config loading checked them; a bad hand-built entry
     /// is logged and left out).
-    pub fn new(configs: &[MirrorConfig], jobs: JobManager) -> Self {
+    /// `settle` is how long a push job waits for more pushes of its tag before it starts.
+    pub fn new(configs: &[MirrorConfig], jobs: JobManager, settle: Duration) -> Self {
         let mut mirrors = Vec::new();
         for config in configs {
             let parsed = (|| {
@@ -176,7 +254,12 @@ impl Mirrors {
             }
         }
         Self {
-            inner: Arc::new(Inner { jobs, mirrors }),
+            inner: Arc::new(Inner {
+                jobs,
+                mirrors,
+                settle,
+                seen: std::sync::Mutex::default(),
+            }),
         }
     }
 
@@ -356,6 +439,7 @@ impl Mirrors {
             }),
             asynchronous: true,
             callback_url: None,
+            max_wait: None,
         };
         let submitted = self
             .inner
@@ -400,6 +484,254 @@ impl Mirrors {
             return Err(RunError::NoTags(name.clone()));
         }
         Ok(format!("{repo}:{}", kept.join(",")))
+    }
+}
+
+impl Mirrors {
+    /// Acts on the events of one envelope: each tagged push to the source of a mirror
+    /// with `on_push: true`, whose tag the mirror's rule and tag filters select, queues a
+    /// copy of that tag (or joins the one still queued for it). Returns once the jobs are
+    /// stored. Everything else is ignored with a debug line. An error (a tag listing for
+    /// `keep_latest`, the job store) fails the envelope so that the sender tries again;
+    /// events acted on before it are recognised then as duplicates.
+    pub async fn on_push(&self, announced: Vec<Announced>) -> Result<Vec<EventOutcome>, RunError> {
+        let mut out = Vec::new();
+        for event in announced {
+            let push = match event {
+                Announced::Ignored { id, action, why } => {
+                    tracing::debug!(event = %id, action = %action, "event ignored: {why}");
+                    out.push(EventOutcome::ignored(&id, None, why));
+                    continue;
+                }
+                Announced::Push(push) => push,
+            };
+            if self.seen().contains(&push.id) {
+                tracing::debug!(event = %push.id, "event ignored: already acted on (a resend)");
+                out.push(EventOutcome {
+                    result: "duplicate",
+                    ..EventOutcome::ignored(
+                        &push.id,
+                        Some(&push.tag),
+                        "this event id was acted on already",
+                    )
+                });
+                continue;
+            }
+            let outcomes = self.on_one_push(&push).await?;
+            self.seen().insert(&push.id);
+            out.extend(outcomes);
+        }
+        Ok(out)
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, SeenIds> {
+        self.inner.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn on_one_push(&self, push: &Push) -> Result<Vec<EventOutcome>, RunError> {
+        let ignored = |why: String| {
+            tracing::debug!(event = %push.id, host = %push.host, repository = %push.repository, tag = %push.tag, "push ignored: {why}");
+            Ok(vec![EventOutcome::ignored(&push.id, Some(&push.tag), why)])
+        };
+        if let Some(agent) = push
+            .user_agent
+            .as_deref()
+            .filter(|a| a.starts_with("imagersync/"))
+        {
+            return ignored(format!(
+                "pushed by imagersync itself ({agent}); its own writes never trigger a run"
+            ));
+        }
+        let concerned: Vec<&Arc<Mirror>> = self
+            .inner
+            .mirrors
+            .iter()
+            .filter(|m| {
+                m.config.on_push
+                    && m.source.image.registry == push.host
+                    && m.source.image.repository == push.repository
+            })
+            .collect();
+        if concerned.is_empty() {
+            return ignored(format!(
+                "no mirror with on_push: true has {}/{} as its source",
+                push.host, push.repository
+            ));
+        }
+        let mut out = Vec::new();
+        for mirror in concerned {
+            let name = &mirror.config.name;
+            if let Some(why) = self.refuses_tag(mirror, &push.tag).await? {
+                tracing::debug!(event = %push.id, mirror = %name, tag = %push.tag, "push ignored: {why}");
+                out.push(EventOutcome::ignored(&push.id, Some(&push.tag), why));
+                continue;
+            }
+            let (job, joined) = self.queue_push(mirror, &push.tag).await?;
+            tracing::info!(
+                event = %push.id,
+                mirror = %name,
+                tag = %push.tag,
+                job,
+                "push event {} job {job}",
+                if joined { "joined queued" } else { "queued" }
+            );
+            out.push(EventOutcome {
+                id: push.id.clone(),
+                result: if joined { "joined" } else { "queued" },
+                mirror: Some(name.clone()),
+                tag: Some(push.tag.clone()),
+                job: Some(job),
+                reason: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Why the mirror does not copy `tag`, if it does not: its source rule names other
+    /// tags, or its tag filters drop it (`keep_latest` needs the source's tag list).
+    async fn refuses_tag(&self, mirror: &Mirror, tag: &str) -> Result<Option<String>, RunError> {
+        let name = &mirror.config.name;
+        let selected = match &mirror.source.selector {
+            Selector::All => true,
+            Selector::Tags(tags) => tags.iter().any(|t| t == tag),
+            Selector::Regex(re) => re.is_match(tag),
+            Selector::Digest(_) => false,
+        };
+        if !selected {
+            return Ok(Some(format!(
+                "mirror {name}: its source rule {} does not select tag {tag}",
+                mirror.config.source
+            )));
+        }
+        if !mirror.filter.admits(tag) {
+            return Ok(Some(format!(
+                "mirror {name}: its tag filters drop tag {tag}"
+            )));
+        }
+        if mirror.filter.needs_listing() {
+            let listed = self
+                .inner
+                .jobs
+                .engine()
+                .source_tags(&mirror.config.source)
+                .await
+                .map_err(|e| RunError::Tags {
+                    name: name.clone(),
+                    cause: e.to_string(),
+                })?
+                .unwrap_or_default();
+            if !mirror.filter.apply(listed).iter().any(|t| t == tag) {
+                return Ok(Some(format!(
+                    "mirror {name}: tag {tag} is not among the newest keep_latest tags"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Queues a copy of `tag` for `mirror`, or joins the one still queued for it.
+    /// Returns the job and whether it was joined. The new job waits for `settle` after
+    /// the last push joining it, then for the mirror's previous run to end, so runs of one
+    /// mirror never overlap.
+    async fn queue_push(&self, mirror: &Mirror, tag: &str) -> Result<(i64, bool), RunError> {
+        let name = &mirror.config.name;
+        let jobs = &self.inner.jobs;
+        let settle = self.inner.settle;
+        let mut state = mirror.gate.lock().await;
+        if let Some(pending) = state.pending.get(tag) {
+            // Joining is safe while the job is queued: it has not read the source yet,
+            // so it copies what this push wrote.
+            if let Ok(Some(job)) = jobs.get(pending.job).await {
+                if job.state == JobState::Queued {
+                    pending
+                        .settle_until
+                        .send_replace(tokio::time::Instant::now() + settle);
+                    return Ok((job.id, true));
+                }
+            }
+        }
+        let previous = match state.last_job {
+            Some(id) => match jobs.get(id).await {
+                Ok(Some(job)) if !job.state.is_final() => Some(id),
+                _ => None,
+            },
+            None => None,
+        };
+        let (settle_until, mut due) =
+            tokio::sync::watch::channel(tokio::time::Instant::now() + settle);
+        let waiter = jobs.clone();
+        let hold: Hold = Box::pin(async move {
+            loop {
+                let until = *due.borrow_and_update();
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+                tokio::time::sleep_until(until).await;
+            }
+            if let Some(previous) = previous {
+                wait_ended(&waiter, previous).await;
+            }
+        });
+        let source = format!("{}:{tag}", mirror.source.image.name());
+        let targets = mirror.config.target.to_vec();
+        let new = NewJob {
+            user: mirror_user(name),
+            trigger: Trigger::Push,
+            request: SyncRequest {
+                source: source.clone(),
+                targets: targets.clone(),
+                force: false,
+                platforms: mirror.config.platforms.clone(),
+                referrers: None,
+            },
+            rsync_config: serde_json::json!({
+                "source": source,
+                "target": if targets.len() == 1 { serde_json::json!(targets[0]) } else { serde_json::json!(targets) },
+                "mirror": name,
+            }),
+            asynchronous: true,
+            callback_url: None,
+            max_wait: None,
+        };
+        let submitted =
+            jobs.submit_held(new, Some(hold))
+                .await
+                .map_err(|source| RunError::Submit {
+                    name: name.clone(),
+                    source,
+                })?;
+        let id = submitted.job.id;
+        state.last_job = Some(id);
+        if state.pending.len() >= 256 {
+            // Forget push jobs that have started or ended; they can no longer be joined.
+            state.pending.retain(|_, p| {
+                jobs.watch(p.job)
+                    .is_some_and(|w| w.borrow().state == JobState::Queued)
+            });
+        }
+        state.pending.insert(
+            tag.to_owned(),
+            PendingPush {
+                job: id,
+                settle_until,
+            },
+        );
+        Ok((id, false))
+    }
+}
+
+/// Returns once job `id` has ended (at once when it is not live any more).
+async fn wait_ended(jobs: &JobManager, id: i64) {
+    let Some(mut watch) = jobs.watch(id) else {
+        return;
+    };
+    loop {
+        if watch.borrow_and_update().state.is_final() {
+            return;
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -66,6 +66,10 @@ impl Access<'_> {
     }
 }
 
+/// Told of a pull's quota waits: `Some((wait, why))` before each, `None` once after the
+/// last (see [`RegistryClient::wait_for_pull_quota`]).
+pub type QuotaReport<'a> = dyn Fn(Option<(Duration, &str)>) + Sync + 'a;
+
 /// How to reach a registry.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -253,20 +257,47 @@ impl RegistryClient {
     }
 
     /// Waits while the registry's announced pull quota (Docker Hub's `ratelimit-*`
-    /// headers, read from every answer) is under the floor, telling `report` why before
-    /// each wait. Each look again is a HEAD of the manifest, which does not count as a pull.
+    /// headers, read from every answer) is under the floor, telling `report` how long and
+    /// why before each wait (`Some`), and once, after the last wait, that waiting is over
+    /// (`None`). Each look again is a HEAD of the manifest, which does not count as a
+    /// pull. A wait longer than `max_wait` (a caller who waits for the answer) is not
+    /// started: it fails at once with [`RegistryError::RateLimited`].
     pub async fn wait_for_pull_quota(
         &self,
         repository: &str,
         reference: &str,
-        report: &(dyn Fn(&str) + Sync),
+        max_wait: Option<Duration>,
+        report: &QuotaReport<'_>,
     ) -> Result<(), RegistryError> {
-        while let Some((wait, why)) = self.limiter.pull_pause(self.endpoint.pull_floor) {
-            report(&format!("registry {}: {why}", self.registry()));
-            tokio::time::sleep(wait).await;
-            self.manifest_digest(repository, reference).await?;
+        let mut waited = false;
+        let outcome = async {
+            while let Some((wait, why)) = self.limiter.pull_pause(self.endpoint.pull_floor) {
+                if let Some(limit) = max_wait.filter(|limit| wait > *limit) {
+                    return Err(RegistryError::RateLimited {
+                        registry: self.registry().to_owned(),
+                        step: format!("pulling {repository}:{reference}"),
+                        cause: format!("{why}: a pull comes back in about {}s", wait.as_secs()),
+                        wait,
+                        limit,
+                    });
+                }
+                let line = format!(
+                    "registry {}: {why}: waiting {}s before pulling",
+                    self.registry(),
+                    wait.as_secs()
+                );
+                waited = true;
+                report(Some((wait, &line)));
+                tokio::time::sleep(wait).await;
+                self.manifest_digest(repository, reference).await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        if waited {
+            report(None);
+        }
+        outcome
     }
 
     /// GET a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]; a digest
@@ -1043,9 +1074,18 @@ impl RegistryClient {
     /// An error for an unexpected status, with the registry's own error code if it sent one.
     async fn status_error(&self, resp: Response, step: &str) -> RegistryError {
         let status = resp.status().as_u16();
-        let retry_after = header_str(resp.headers(), "retry-after")
+        let mut retry_after = header_str(resp.headers(), "retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        if status == 429 && retry_after.is_none() {
+            // Docker Hub's 429 names no Retry-After; its quota headers say how soon a
+            // pull comes back (the window shared by the limit).
+            retry_after = Quota::from_headers(
+                header_str(resp.headers(), "ratelimit-limit").as_deref(),
+                header_str(resp.headers(), "ratelimit-remaining").as_deref(),
+            )
+            .map(|q| q.refill());
+        }
         if status == 429 {
             self.limiter.throttled(retry_after);
         }
@@ -1162,7 +1202,7 @@ fn http_client(
         .connect_timeout(endpoint.timeouts.connect)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("imagersync/", env!("CARGO_PKG_VERSION")));
+        .user_agent(crate::registry::USER_AGENT);
     if let Some(limit) = read_timeout {
         builder = builder.read_timeout(limit);
     }

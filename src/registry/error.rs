@@ -86,6 +86,21 @@ pub enum RegistryError {
         /// What the engine was doing.
         step: String,
     },
+    /// The registry's rate limit (Docker Hub's pull quota, or a 429's `Retry-After`) asks
+    /// for a longer wait than this sync may wait: it fails now instead of timing out.
+    #[error("registry {registry}: {step}: rate limited: {cause}; that wait ({}s) is longer than this sync may wait ({}s): run it again after that, or as an asynchronous job, which waits for the quota", .wait.as_secs(), .limit.as_secs())]
+    RateLimited {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the engine was about to do.
+        step: String,
+        /// What the registry announced.
+        cause: String,
+        /// The wait the registry asks for.
+        wait: Duration,
+        /// The longest this sync may wait.
+        limit: Duration,
+    },
     /// Content whose digest differs from the one its descriptor promised.
     #[error("registry {registry}: {step}: digest mismatch: expected {expected}, got {actual}; the source served corrupt content, nothing was written for it")]
     DigestMismatch {
@@ -116,6 +131,15 @@ impl RegistryError {
         }
     }
 
+    /// Whether the registry's rate limit stopped this: a 429, or a wait longer than the
+    /// sync may wait.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::RateLimited { .. } | RegistryError::Status { status: 429, .. }
+        )
+    }
+
     /// The wait a registry asked for with `Retry-After`, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -142,6 +166,7 @@ impl RegistryError {
             RegistryError::Auth { .. }
             | RegistryError::Certificate { .. }
             | RegistryError::Protocol { .. }
+            | RegistryError::RateLimited { .. }
             | RegistryError::DigestMismatch { .. } => "not_retried",
         }
     }
@@ -156,6 +181,7 @@ impl RegistryError {
             | RegistryError::TokenEndpoint { registry, .. }
             | RegistryError::Protocol { registry, .. }
             | RegistryError::TokenExpired { registry, .. }
+            | RegistryError::RateLimited { registry, .. }
             | RegistryError::DigestMismatch { registry, .. } => registry,
         }
     }

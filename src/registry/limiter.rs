@@ -47,7 +47,7 @@ impl Quota {
     }
 
     /// How long until about one pull is given back: the window shared by the limit.
-    fn refill(&self) -> Duration {
+    pub fn refill(&self) -> Duration {
         (self.window / self.limit.max(1) as u32).clamp(MIN_QUOTA_WAIT, MAX_QUOTA_WAIT)
     }
 }
@@ -78,15 +78,13 @@ impl RateLimiter {
     pub fn pull_pause(&self, floor: u64) -> Option<(Duration, String)> {
         let quota = (*self.quota.lock().expect("rate limiter lock"))?;
         (quota.remaining < floor).then(|| {
-            let wait = quota.refill();
             (
-                wait,
+                quota.refill(),
                 format!(
-                    "only {} of {} pulls left in the registry's {}s window (ratelimit-remaining, floor {floor}): waiting {}s before pulling",
+                    "only {} of {} pulls left in the registry's {}s window (ratelimit-remaining, floor {floor})",
                     quota.remaining,
                     quota.limit,
                     quota.window.as_secs(),
-                    wait.as_secs()
                 ),
             )
         })

@@ -22,3 +22,7 @@ pub(crate) use error::describe_transport_error;
 pub use error::RegistryError;
 pub use pool::{transport_of, ClientPool, Resolved};
 pub use tls::TlsFiles;
+
+/// The `User-Agent` of every request imagersync makes (registries, webhooks). Push
+/// events whose `request.useragent` starts with `imagersync/` are its own writes.
+pub const USER_AGENT: &str = concat!("imagersync/", env!("CARGO_PKG_VERSION"));

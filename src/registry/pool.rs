@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::client::{Endpoint, RegistryClient, Timeouts, Transport};
-use super::credentials::{helper_server, AuthFile, CredentialProvider, Login, Source};
+use super::credentials::{helper_server, CredentialProvider, Login, Source, WatchedAuthFile};
 use super::error::RegistryError;
 use super::limiter::RateLimiter;
 use super::tls::TlsFiles;
@@ -32,22 +32,25 @@ pub struct Resolved {
     pub source: Option<String>,
 }
 
-/// A registry and where its login comes from (entry name, auth-file key).
-type ClientKey = (String, String);
+/// A registry, where its login comes from (entry name, auth-file key), and the version
+/// of the auth file it was read from (0 when not from the auth file): a rotated file
+/// gives new clients, while syncs still running keep theirs.
+type ClientKey = (String, String, u64);
 
 /// Registry clients by (registry, credential entry).
 pub struct ClientPool {
     entries: Vec<Entry>,
-    /// `rsyncserver.rsyncconfig.auth_file`, or why it could not be read.
-    auth_file: Option<Result<AuthFile, String>>,
+    /// `rsyncserver.rsyncconfig.auth_file`, read again when it changes.
+    auth_file: Option<WatchedAuthFile>,
     helper_timeout: Duration,
     pull_floor: u64,
     timeouts: Timeouts,
     /// Docker `certs.d` folder: `<host[:port]>/` folders of certificates.
     certs_d: Option<std::path::PathBuf>,
     clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
-    /// One 429 pause per registry host, whatever the credential.
-    limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
+    /// One 429 pause per registry host, whatever the credential; shared with the pool
+    /// a reload replaces this one with, so a pause outlives the reload.
+    limiters: Arc<Mutex<HashMap<String, Arc<RateLimiter>>>>,
 }
 
 impl ClientPool {
@@ -72,12 +75,19 @@ impl ClientPool {
             timeouts,
             certs_d: None,
             clients: Mutex::new(HashMap::new()),
-            limiters: Mutex::new(HashMap::new()),
+            limiters: Arc::default(),
         }
     }
 
-    /// Uses `file` (or the error reading it) for registries no entry gives a login for.
-    pub fn with_auth_file(mut self, file: Option<Result<AuthFile, String>>) -> Self {
+    /// Shares `other`'s rate-limit pauses (a 429's `Retry-After`, Docker Hub's pull
+    /// floor): a pool built on reload must not forget that a registry asked to wait.
+    pub fn with_limiters_of(mut self, other: &ClientPool) -> Self {
+        self.limiters = other.limiters.clone();
+        self
+    }
+
+    /// Uses `file` for registries no entry gives a login for.
+    pub fn with_auth_file(mut self, file: Option<WatchedAuthFile>) -> Self {
         self.auth_file = file;
         self
     }
@@ -108,10 +118,8 @@ impl ClientPool {
                 format!("{}: {}", e.prefix, provider.describe())
             })
             .collect();
-        match &self.auth_file {
-            Some(Ok(file)) => lines.push(file.summary()),
-            Some(Err(e)) => lines.push(e.clone()),
-            None => {}
+        if let Some(file) = &self.auth_file {
+            lines.push(file.summary());
         }
         lines
     }
@@ -132,17 +140,22 @@ impl ClientPool {
             .iter()
             .filter(|e| full.starts_with(&format!("{}/", e.prefix)))
             .max_by_key(|e| e.prefix.len());
+        // Version 0: not from the auth file.
+        let mut generation = 0;
         let (source, origin) = match entry {
             Some(e) if e.credential.has_credentials() => (
                 entry_source(registry, &e.credential),
                 format!("entry {}", e.name),
             ),
             _ => {
-                let found = match &self.auth_file {
-                    Some(Ok(file)) => file
-                        .lookup(registry, repository)
-                        .map(|(s, how)| (s, format!("auth file {} {how}", file.path().display()))),
-                    Some(Err(e)) => {
+                // One stat per lookup; read again only when the file changed.
+                let version = self.auth_file.as_ref().map(WatchedAuthFile::current);
+                let found = match version.as_ref().map(|v| (v.generation, v.file.as_ref())) {
+                    Some((g, Ok(file))) => file.lookup(registry, repository).map(|(s, how)| {
+                        generation = g;
+                        (s, format!("auth file {} {how}", file.path().display()))
+                    }),
+                    Some((_, Err(e))) => {
                         return Err(RegistryError::Auth {
                             registry: registry.to_owned(),
                             step: format!("finding the login for {repository}"),
@@ -161,7 +174,7 @@ impl ClientPool {
                 }
             }
         };
-        let key = (registry.to_owned(), origin.clone());
+        let key = (registry.to_owned(), origin.clone(), generation);
         let mut clients = self.clients.lock().expect("client pool lock");
         let described =
             |client: &RegistryClient| (!origin.is_empty()).then(|| client.credentials().describe());
@@ -199,6 +212,10 @@ impl ClientPool {
             .or_default()
             .clone();
         let client = Arc::new(RegistryClient::new(endpoint, limiter)?);
+        if generation > 0 {
+            // Logins of an older version of the auth file are not handed out again.
+            clients.retain(|(_, _, g), _| *g == 0 || *g >= generation);
+        }
         clients.insert(key, client.clone());
         Ok(Resolved {
             source: described(&client),
@@ -329,13 +346,15 @@ mod tests {
                 ..RegistryCredential::default()
             },
         );
-        let file = AuthFile::parse(
+        let file = crate::registry::credentials::AuthFile::parse(
             br#"{"auths": {"reg.example.com": {"username": "f", "password": "fp"}},
                  "credHelpers": {"gcr.io": "gcr"}}"#,
             std::path::Path::new("/etc/auth.json"),
         )
         .unwrap();
-        let pool = ClientPool::new(&creds, Timeouts::default()).with_auth_file(Some(Ok(file)));
+        let pool = ClientPool::new(&creds, Timeouts::default()).with_auth_file(Some(
+            WatchedAuthFile::from_loaded(std::path::Path::new("/etc/auth.json"), Ok(file)),
+        ));
         let source = |reg: &str| pool.resolve(reg, "a/b").unwrap().source.unwrap_or_default();
         assert_eq!(
             source("reg.example.com"),
@@ -350,8 +369,12 @@ mod tests {
             "entry helper, credential helper docker-credential-ecr-login"
         );
         assert_eq!(source("other.example.com"), "");
-        let broken = ClientPool::new(&creds, Timeouts::default())
-            .with_auth_file(Some(Err("auth file /x: bad".into())));
+        let broken = ClientPool::new(&creds, Timeouts::default()).with_auth_file(Some(
+            WatchedAuthFile::from_loaded(
+                std::path::Path::new("/x"),
+                Err("auth file /x: bad".into()),
+            ),
+        ));
         assert!(broken.resolve("other.example.com", "a").is_err());
         assert!(broken.resolve("ecr.example.com", "a").is_ok());
     }

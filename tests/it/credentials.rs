@@ -623,3 +623,424 @@ async fn a_pull_waits_while_docker_hubs_quota_is_under_the_floor() {
     );
     skopeo::assert_landed(&dst, "library/app:v2", &two).await;
 }
+
+/// Config for the rate-limit tests: the front `hub` (a fault proxy adding Docker Hub's
+/// `ratelimit-*` headers to a real registry's answers), the target, floor 5, and the
+/// given `rsyncserver.jobs` keys.
+fn hub_config(hub: &FaultProxy, dst: &Registry, jobs: &str) -> String {
+    let mut yaml = config(&[("hub", hub.host(), ""), ("dst", dst.host(), "")], None).replace(
+        "task: {retries: 2,",
+        "task: {dockerhub_min_remaining: 5, retries: 2,",
+    );
+    if !jobs.is_empty() {
+        yaml.push_str(&format!("  jobs: {{{jobs}}}\n"));
+    }
+    yaml
+}
+
+/// POSTs a synchronous sync with optional extra headers; returns status, answer and how
+/// long the answer took.
+async fn timed_sync(
+    service: &Service,
+    source: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value, Duration) {
+    let body = serde_json::json!({"rsync_config": {"source": source, "target": target}});
+    let mut req = service
+        .client()
+        .post(service.url("/v1/image/rsync"))
+        .basic_auth("admin", Some("adminpw"))
+        .json(&body);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let start = std::time::Instant::now();
+    let resp = req.send().await.expect("POST the sync");
+    let status = resp.status().as_u16();
+    let answer: Value = resp.json().await.expect("JSON answer");
+    eprintln!("sync {source} -> {target}: HTTP {status}\n{answer:#}");
+    (status, answer, start.elapsed())
+}
+
+/// A synchronous request whose rate-limit wait would outlast what its caller waits
+/// (`rsyncserver.jobs.sync_wait_seconds`, or `Prefer: wait=N`) fails at once with 429
+/// `rate_limited`, saying how long the wait would be and what to do, instead of waiting
+/// into the caller's timeout. Docker Hub's headers and 429s come from a front over a real
+/// registry (no packaged registry sends them). One row per way the wait is announced:
+/// the quota under the floor (216 s until a pull comes back: 100 pulls per 21600 s), a
+/// 429 with `Retry-After: 3600`, and a 429 naming only its quota window, as Docker Hub's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_request_fails_at_once_when_the_rate_limit_wait_outlasts_it() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let one = src
+        .push_image("library/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    src.push_image("library/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let hub_low = [
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "2;w=21600"),
+    ];
+    // (row, jobs keys, request headers, rule added after the first sync, wanted wait,
+    //  wanted limit, wanted words)
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        Option<Rule>,
+        u64,
+        u64,
+        &'a str,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "quota under the floor, default limit",
+            "",
+            &[],
+            None,
+            216,
+            60,
+            "only 2 of 100 pulls left in the registry's 21600s window (ratelimit-remaining, floor 5): a pull comes back in about 216s",
+        ),
+        (
+            "quota under the floor, Prefer: wait=5",
+            "sync_wait_seconds: 600",
+            &[("prefer", "wait=5")],
+            None,
+            216,
+            5,
+            "only 2 of 100 pulls left",
+        ),
+        (
+            "429 with Retry-After",
+            "",
+            &[],
+            Some(
+                Rule::on("GET", "/manifests/v2")
+                    .every()
+                    .respond(Reply::too_many_requests(3600, true)),
+            ),
+            3600,
+            30,
+            "HTTP 429 Too Many Requests, asking to wait 3600s",
+        ),
+        (
+            "429 with only Docker Hub's quota window",
+            "",
+            &[],
+            Some(
+                Rule::on("GET", "/manifests/v2").every().respond(
+                    Reply::json_error(429, "TOOMANYREQUESTS", "You have reached your pull rate limit")
+                        .header("ratelimit-limit", "100;w=21600")
+                        .header("ratelimit-remaining", "0;w=21600"),
+                ),
+            ),
+            216,
+            30,
+            "HTTP 429 Too Many Requests, asking to wait 216s",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (row, jobs, headers, rule, wait, limit, words) in rows {
+        let hub = FaultProxy::start(&src.host()).await;
+        let quota_low = rule.is_none();
+        if quota_low {
+            hub.add(Rule::on("*", "/manifests/").every().add_headers(&hub_low));
+        }
+        let service = Service::start_raw(&hub_config(&hub, &dst, jobs), 0o600).await;
+        // The first sync learns the quota (or meets no 429 yet) and lands.
+        let (status, first, _) = timed_sync(
+            &service,
+            &format!("{}/library/app:v1", hub.host()),
+            &format!("{}/library/app:v1", dst.host()),
+            &[],
+        )
+        .await;
+        if status != 200 {
+            failures.push(format!("{row}: first sync HTTP {status}: {first}"));
+            continue;
+        }
+        if let Some(rule) = rule {
+            hub.add(rule);
+        }
+        hub.clear_requests();
+        let (status, answer, took) = timed_sync(
+            &service,
+            &format!("{}/library/app:v2", hub.host()),
+            &format!("{}/library/app:v2", dst.host()),
+            headers,
+        )
+        .await;
+        let error = error_of(&answer).unwrap_or_default().to_owned();
+        let wanted_error = format!("that wait ({wait}s) is longer than this sync may wait ({limit}s): run it again after that, or as an asynchronous job");
+        let pulls = hub
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/manifests/v2"))
+            .count();
+        let checks = [
+            (status == 429, format!("HTTP {status}, want 429")),
+            (
+                answer["rsync_data"]["failure"] == "rate_limited",
+                format!("failure {}", answer["rsync_data"]["failure"]),
+            ),
+            (
+                status_of(&answer) == "failed",
+                format!("status {}", status_of(&answer)),
+            ),
+            (
+                error.contains(words),
+                format!("error lacks {words:?}: {error}"),
+            ),
+            (
+                error.contains(&wanted_error),
+                format!("error lacks {wanted_error:?}: {error}"),
+            ),
+            (error.contains("rate limited"), format!("error: {error}")),
+            // Not a speed measure: the answer came before the limit, so it did not wait.
+            (
+                took < Duration::from_secs(limit.min(30)),
+                format!("answered after {took:?}"),
+            ),
+            (
+                !quota_low || pulls == 0,
+                format!("{pulls} manifest GETs (pulls) while the quota was low"),
+            ),
+        ];
+        for (ok, what) in checks {
+            if !ok {
+                failures.push(format!("{row}: {what}"));
+            }
+        }
+        skopeo::assert_absent(&dst, "library/app:v2").await;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    skopeo::assert_landed(&dst, "library/app:v1", &one).await;
+}
+
+/// An asynchronous job that meets Docker Hub's quota under the floor waits instead of
+/// failing, and shows it: state `queued` (not `running`) with `waiting` saying
+/// `rate_limited`, the registry, and when it resumes; once the quota is back it runs on
+/// and lands. The quota headers come from a front over a real registry, which keeps the
+/// quota low until the test has seen the job wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_job_stays_queued_with_the_reason_while_the_quota_is_low() {
+    let src = Registry::start_anonymous().await;
+    let dst = Registry::start_anonymous().await;
+    let hub = FaultProxy::start(&src.host()).await;
+    // 100 pulls per 100 s: one comes back each second, so the job looks again each second.
+    hub.add(
+        Rule::on("*", "/manifests/")
+            .every()
+            .label("quota low")
+            .add_headers(&[
+                ("ratelimit-limit", "100;w=100"),
+                ("ratelimit-remaining", "2;w=100"),
+            ]),
+    );
+    src.push_image("library/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let two = src
+        .push_image("library/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let service = Service::start_raw(&hub_config(&hub, &dst, ""), 0o600).await;
+    let first = sync_one(&service, &hub.host(), &dst.host(), "library/app:v1").await;
+    assert_synced(&first);
+
+    let body = serde_json::json!({"async": true, "rsync_config": {
+        "source": format!("{}/library/app:v2", hub.host()),
+        "target": format!("{}/library/app:v2", dst.host())}});
+    let (status, job) = service.post_json(Some(&admin()), &body).await;
+    assert_eq!(status.as_u16(), 202, "{job}");
+    let path = format!("/v1/image/rsync/jobs/{}", job["id"]);
+    let get = || async { service.call_json(Method::GET, &path, &admin()).await.1 };
+
+    // Wait for the event "job waits on the quota"; it stays so while the quota is low.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        let job = get().await;
+        if job["waiting"].is_object() {
+            break job;
+        }
+        assert!(
+            !job["state"]
+                .as_str()
+                .is_some_and(|s| ["succeeded", "failed", "cancelled"].contains(&s)),
+            "the job ended without waiting: {job}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never waited: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Two looks at the quota later (one each second) it still waits, and still says why.
+    let looks = hub.requests_to("HEAD", "/manifests/v2").len();
+    while hub.requests_to("HEAD", "/manifests/v2").len() < looks + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new look at the quota"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let still = get().await;
+    for job in [&waiting, &still] {
+        assert_eq!(
+            job["state"], "queued",
+            "waiting on the quota is not running: {job}"
+        );
+        assert_eq!(job["waiting"]["reason"], "rate_limited", "{job}");
+        assert_eq!(job["waiting"]["registry"], hub.host(), "{job}");
+        let message = job["waiting"]["message"].as_str().unwrap_or_default();
+        let until = job["waiting"]["until"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("rate_limited: registry {} quota, resuming at ", hub.host()))
+                && message.contains("only 2 of 100 pulls left in the registry's 100s window (ratelimit-remaining, floor 5): waiting 1s before pulling"),
+            "{message}"
+        );
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(until).is_ok(),
+            "until is a time: {job}"
+        );
+        assert_eq!(
+            job["progress"]["images"][0]["step"], "rate_limited",
+            "{job}"
+        );
+        assert!(job["started_at"].is_string(), "it had its slot: {job}");
+    }
+    let (_, queued) = service
+        .call_json(Method::GET, "/v1/image/rsync/jobs?state=queued", &admin())
+        .await;
+    assert!(
+        queued["jobs"]
+            .as_array()
+            .is_some_and(|j| j.iter().any(|j| j["id"] == waiting["id"])),
+        "listed among the queued jobs: {queued}"
+    );
+    let pulls_while_low = hub
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/manifests/v2"))
+        .count();
+    assert_eq!(
+        pulls_while_low,
+        0,
+        "no pull while the quota was low:\n{}",
+        hub.summary()
+    );
+
+    // The quota comes back: the job runs on and lands.
+    hub.clear_rules();
+    hub.add(
+        Rule::on("*", "/manifests/")
+            .every()
+            .label("quota back")
+            .add_headers(&[
+                ("ratelimit-limit", "100;w=100"),
+                ("ratelimit-remaining", "60;w=100"),
+            ]),
+    );
+    let done = loop {
+        let job = get().await;
+        if job["state"]
+            .as_str()
+            .is_some_and(|s| ["succeeded", "failed", "cancelled"].contains(&s))
+        {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job not done: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        done.get("waiting").is_none(),
+        "no wait left on the ended job: {done}"
+    );
+    assert!(
+        info_of(&done["result"]).contains("waiting 1s before pulling"),
+        "the sync log says why it waited: {}",
+        info_of(&done["result"])
+    );
+    skopeo::assert_landed(&dst, "library/app:v2", &two).await;
+}
+
+/// `auth_file` is read again when it changes, as docker reads its config.json for every
+/// command: the registry's password is rotated (htpasswd rewritten) and the file
+/// rewritten the way `docker login` writes it (a new file renamed over the old one); the
+/// next sync logs in with the new password, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_auth_file_is_used_by_the_next_sync() {
+    let mut src = Registry::start_htpasswd("filer", "old-Pw-90").await;
+    let dst = Registry::start_anonymous().await;
+    let host = src.host();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    let write_file = |password: &str| {
+        let next = dir.path().join("config.json.tmp");
+        std::fs::write(
+            &next,
+            format!(
+                r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+                b64(&format!("filer:{password}"))
+            ),
+        )
+        .unwrap();
+        std::fs::rename(&next, &file).unwrap();
+    };
+    write_file("old-Pw-90");
+    let one = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let yaml = config(
+        &[("dst", dst.host(), ""), ("src", host.clone(), "")],
+        Some(&file),
+    );
+    let service = Service::start_raw(&yaml, 0o600).await;
+    let first = sync_one(&service, &host, &dst.host(), "team/app:v1").await;
+    assert_synced(&first);
+    skopeo::assert_landed(&dst, "team/app:v1", &one).await;
+
+    src.rotate_htpasswd(Creds::new("filer", "newer-Pw-91"));
+    let two = src
+        .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    // The registry now refuses the old password: the file's old login fails.
+    let refused = sync_one(&service, &host, &dst.host(), "team/app:v2").await;
+    assert_eq!(status_of(&refused), "failed", "{refused}");
+    assert!(
+        error_of(&refused)
+            .is_some_and(|e| e.contains("authentication failed") || e.contains("401")),
+        "{refused}"
+    );
+
+    write_file("newer-Pw-91");
+    let second = sync_one(&service, &host, &dst.host(), "team/app:v2").await;
+    assert_synced(&second);
+    assert!(
+        info_of(&second).contains(&format!(
+            "Find auth information for {host}/team/app:v2: auth file {} auths[{host}] (entry src)",
+            file.display()
+        )),
+        "{}",
+        info_of(&second)
+    );
+    skopeo::assert_landed(&dst, "team/app:v2", &two).await;
+    let log = service.stdout() + &service.stderr();
+    assert!(
+        log.contains("auth file changed, read again: auth file"),
+        "the service log says the file was read again:\n{log}"
+    );
+    assert_nothing_leaks(
+        &service,
+        &[&first, &refused, &second],
+        &[
+            "old-Pw-90".into(),
+            "newer-Pw-91".into(),
+            b64("filer:old-Pw-90"),
+            b64("filer:newer-Pw-91"),
+        ],
+    )
+    .await;
+}

@@ -1,7 +1,7 @@
 //! The dashboard at `GET /` in a real headless Chromium (through chromedriver), against
 //! the real service binary and real registries: sign in through the form, watch a
 //! slowed-down sync run and finish, read its log lines, cancel another from the page,
-//! and check that the page fits a narrow window.
+//! see a mirror with its last and next run, and check that the page fits a narrow window.
 //!
 //! The source registry sits behind the fault proxy, which trickles every blob download,
 //! so a 4 MiB image takes about ten seconds and the page is seen mid-transfer.
@@ -55,12 +55,26 @@ async fn dashboard_follows_jobs_live_shows_their_log_and_cancels() {
     let pushed = src.push_image(REPO, "v1", &image).await;
     let slow = Image::random(Format::Oci, &[4096 * KIB]);
     src.push_image(REPO, "v2", &slow).await;
+    // The mirror's own image: sharing no blob with the others, so that the slowed jobs
+    // below cannot mount what it copied.
+    let mirrored = src
+        .push_image("other/app", "v1", &Image::random(Format::Oci, &[16 * KIB]))
+        .await;
     // 32 KiB every 100 ms per blob download: the 3 MiB layer takes about 10 s, plenty
     // for a page that looks every 2 s while idle and every second while a job runs.
     proxy.add(Rule::on("GET", "/blobs/sha256:").trickle(Duration::from_millis(100), 32 * KIB));
-    let config = ServiceConfig::new()
+    let mut config = ServiceConfig::new()
         .entry("src", &proxy.host(), None)
+        .registry("src-direct", &src)
         .registry("dst", &dst);
+    // An admin sees the mirrors; this one has never run, so it runs at start, unslowed.
+    config.admins = vec!["admin".into()];
+    config.mirrors = vec![json!({
+        "name": "app-mirror",
+        "source": format!("{}/other/app:v1", src.host()),
+        "target": format!("{}/mirror/app", dst.host()),
+        "every": "1h",
+    })];
     let service = Service::start(&config).await;
     let shots = browser.dir().to_path_buf();
 
@@ -105,6 +119,54 @@ async fn dashboard_follows_jobs_live_shows_their_log_and_cancels() {
         .execute(r#"return JSON.parse(sessionStorage.getItem("imagersync.credentials")).user"#)
         .await;
     assert_eq!(stored, "admin", "credentials kept for this tab only");
+
+    // The mirror's row: its last run (state, trigger, a link to the job) and next run,
+    // the same run the API lists.
+    let mirror = browser
+        .wait_for(
+            "the mirror's row with its finished run",
+            WAIT,
+            r#"const row = document.querySelector('#mirrors tr[data-mirror="app-mirror"]');
+               if (!row || document.getElementById("mirrors-panel").hidden) return null;
+               const link = row.querySelector(".last a.job-link");
+               const state = row.querySelector(".last .state");
+               if (!link || !state || state.textContent !== "succeeded") return null;
+               return {href: link.getAttribute("href"), text: link.textContent,
+                       what: row.querySelector(".what").textContent,
+                       runs: row.querySelector(".schedule").textContent,
+                       next: row.querySelector(".next").textContent};"#,
+        )
+        .await;
+    let (status, listed) = service
+        .call_json(reqwest::Method::GET, "/v1/mirrors", &admin())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let last = listed["mirrors"][0]["last_job"]["id"]
+        .as_i64()
+        .expect("last job");
+    assert_eq!(mirror["href"], format!("#job-{last}"), "{mirror}");
+    assert_eq!(mirror["text"], format!("#{last}"));
+    assert_eq!(mirror["runs"], "every 1h");
+    assert!(
+        mirror["what"].as_str().unwrap().contains("/mirror/app"),
+        "{mirror}"
+    );
+    assert!(
+        listed["mirrors"][0]["next_run"].is_string() && mirror["next"] != "—",
+        "next run shown: {mirror}"
+    );
+    // The link opens that job.
+    browser
+        .click(r#"#mirrors tr[data-mirror="app-mirror"] a.job-link"#)
+        .await;
+    browser
+        .wait_for(
+            "the mirror's job selected from its row",
+            WAIT,
+            &format!("{DETAIL_FN} const d = detail(); return d && d.id === {last} && d.state === 'succeeded';"),
+        )
+        .await;
+    skopeo::assert_digest(&dst, "mirror/app:v1", &mirrored.digest).await;
 
     // A job that fails at once (no such tag), then the slowed one.
     let dst_repo = format!("{}/{REPO}", dst.host());

@@ -186,13 +186,18 @@ pub(crate) async fn head_blob(registry: &Registry, repo: &str, digest: &str) -> 
 /// Asserts the sync failed because of a registry, with an error holding every needle
 /// (case-insensitive); returns the error.
 pub(crate) fn assert_failed(report: &SyncReport, needles: &[&str]) -> String {
+    assert_failed_as(report, FailureKind::Registry, needles)
+}
+
+/// [`assert_failed`] with another failure class.
+pub(crate) fn assert_failed_as(report: &SyncReport, kind: FailureKind, needles: &[&str]) -> String {
     assert_eq!(
         report.status,
         SyncStatus::Failed,
         "expected a failure; log:\n{}",
         report.log
     );
-    assert_eq!(report.failure, Some(FailureKind::Registry));
+    assert_eq!(report.failure, Some(kind));
     let error = report.error.clone().expect("a failed sync has an error");
     for needle in needles {
         assert!(
@@ -673,7 +678,13 @@ async fn f07_429_with_retry_after_an_hour_fails_fast() {
         "took {:?}",
         started.elapsed()
     );
-    assert_failed(&report, &["429", "rate limit", &s.sp.host()]);
+    // A registry's rate limit is its own failure class (HTTP 429 from the API), and the
+    // error says how long the registry asked to wait.
+    assert_failed_as(
+        &report,
+        FailureKind::RateLimited,
+        &["429", "rate limit", "asking to wait 3600s", &s.sp.host()],
+    );
     assert_eq!(s.sp.requests_to("GET", "/manifests/").len(), 1);
     assert!(writes(&s.dp.requests()).is_empty());
     s.check(&report, "v1", &pushed).await;

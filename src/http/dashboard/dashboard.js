@@ -18,6 +18,7 @@
 
 (() => {
   const JOBS = "/v1/image/rsync/jobs";
+  const MIRRORS = "/v1/mirrors";
   const STORAGE_KEY = "imagersync.credentials";
   const LIST_LIMIT = 25;
   const POLL_ACTIVE_MS = 1000;
@@ -30,6 +31,8 @@
   let selected = selectedFromHash();
   let timer = null;
   let serverSkewMs = 0;
+  // Whether this user may list mirrors (admins); a 403 turns the panel off for the session.
+  let mirrorsAllowed = true;
   // Finished jobs as GET /jobs/{id} answers them: the listing leaves out each result's
   // log lines, so they are fetched once per finished job that is shown.
   const details = new Map();
@@ -177,6 +180,7 @@
     $("jobs-panel").hidden = !signedIn;
     $("session").hidden = !signedIn;
     if (!signedIn) $("job-panel").hidden = true;
+    if (!signedIn) $("mirrors-panel").hidden = true;
     $("session-user").textContent = signedIn ? creds.user : "";
   }
 
@@ -184,6 +188,7 @@
     sessionStorage.removeItem(STORAGE_KEY);
     creds = null;
     jobs = [];
+    mirrorsAllowed = true;
     clearTimeout(timer);
     $("jobs").replaceChildren();
     showSignedIn(false);
@@ -264,6 +269,58 @@
     const same = wanted.length === list.children.length && wanted.every((li, i) => list.children[i] === li);
     if (!same) list.replaceChildren(...wanted);
     $("jobs-empty").hidden = jobs.length > 0;
+  }
+
+  // ---- mirrors (admins) ----------------------------------------------------------
+
+  function schedule(mirror) {
+    const parts = [];
+    if (mirror.every) parts.push(`every ${mirror.every}`);
+    if (mirror.cron) parts.push(`cron ${mirror.cron}`);
+    if (mirror.on_push) parts.push("on push");
+    return parts.length ? parts.join(", ") : "by hand";
+  }
+
+  function mirrorRow(mirror) {
+    const row = el("tr");
+    row.dataset.mirror = mirror.name;
+    row.append(el("td", "name mono", mirror.name));
+    const ts = Array.isArray(mirror.targets) ? mirror.targets : [];
+    const what = el("td", "what mono", `${mirror.source} → ${ts.join(", ")}`);
+    what.title = what.textContent;
+    row.append(what, el("td", "schedule", schedule(mirror)));
+    const last = el("td", "last");
+    const job = mirror.last_job;
+    if (job) {
+      const link = el("a", "job-link", `#${job.id}`);
+      link.href = `#job-${job.id}`;
+      const state = el("span", `state state-${job.state}`, job.state);
+      const when = el("span", "muted", ` ${job.trigger} · ${formatTime(job.finished_at || job.created_at)}`);
+      last.append(link, " ", state, when);
+    } else {
+      last.append(el("span", "muted", "never ran"));
+    }
+    row.append(last, el("td", "next", mirror.next_run ? formatTime(mirror.next_run) : "—"));
+    return row;
+  }
+
+  async function refreshMirrors() {
+    if (!mirrorsAllowed) return;
+    try {
+      const body = await api(MIRRORS);
+      const mirrors = Array.isArray(body.mirrors) ? body.mirrors : [];
+      $("mirrors").tBodies[0].replaceChildren(...mirrors.map(mirrorRow));
+      $("mirrors-error").hidden = true;
+      $("mirrors-panel").hidden = mirrors.length === 0;
+    } catch (e) {
+      if (e.status === 403) {
+        mirrorsAllowed = false;
+        $("mirrors-panel").hidden = true;
+        return;
+      }
+      $("mirrors-error").textContent = `Could not load mirrors: ${e.message}`;
+      $("mirrors-error").hidden = false;
+    }
   }
 
   // ---- the selected job ----------------------------------------------------------
@@ -423,6 +480,7 @@
         if (job) renderJob(job);
         else await refreshSelected();
       }
+      await refreshMirrors();
       $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
       if (jobs.some((j) => ACTIVE.has(j.state)) || $("job-panel").dataset.state === "running") {
         delay = POLL_ACTIVE_MS;

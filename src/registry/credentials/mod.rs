@@ -4,6 +4,7 @@
 
 mod authfile;
 mod helper;
+mod watched;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Mutex;
 
 pub use authfile::{discover_auth_file, AuthFile};
+pub use watched::{AuthFileVersion, WatchedAuthFile};
 
 use crate::secret::Secret;
 

@@ -63,6 +63,8 @@ pub struct ServiceConfig {
     pub max_queued: Option<usize>,
     /// `rsyncserver.jobs.history_days`, when set.
     pub history_days: Option<u32>,
+    /// `rsyncserver.mirrors` entries, as JSON objects.
+    pub mirrors: Vec<Value>,
 }
 
 impl Default for ServiceConfig {
@@ -77,6 +79,7 @@ impl Default for ServiceConfig {
             history_days: None,
             max_concurrent_syncs: None,
             callback_allowed_hosts: Vec::new(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -147,6 +150,9 @@ impl ServiceConfig {
         if let Some(days) = self.history_days {
             doc["rsyncserver"]["jobs"]["history_days"] = json!(days);
         }
+        if !self.mirrors.is_empty() {
+            doc["rsyncserver"]["mirrors"] = json!(self.mirrors);
+        }
         serde_yaml_ng::to_string(&doc).expect("config yaml")
     }
 }
@@ -208,6 +214,49 @@ impl Service {
         Self::start_with(text, 0o600, Vec::new(), env).await
     }
 
+    /// [`Service::start_raw_env`] on `port`, in one attempt: for a service whose address
+    /// must be known before it starts (a registry's notification endpoint points at it).
+    /// An error when the port was taken meanwhile; the caller tries another.
+    pub async fn try_start_raw_on(
+        port: u16,
+        rsyncserver_yaml: &str,
+        env: &[(&str, String)],
+    ) -> Result<Service, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("imagersync-service-")
+            .tempdir()
+            .expect("tempdir");
+        let config_path = dir.path().join("config.yaml");
+        let logfile = dir.path().join("logs").join("rsync_analysis.log");
+        let text = format!(
+            "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+            logfile.display()
+        );
+        std::fs::write(&config_path, text).expect("write service config");
+        std::fs::set_permissions(
+            &config_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod config");
+        let client = Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .expect("http client");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let (process, port) = launch_on(dir.path(), &client, &[], &env, port).await?;
+        Ok(Service {
+            process,
+            port,
+            dir,
+            client,
+            args: Vec::new(),
+            env,
+        })
+    }
+
     /// Writes the config made by `config_text(logfile)` with file mode `mode` and starts
     /// the service on a free port; returns once `GET /check` is 200.
     async fn start_with(
@@ -267,6 +316,46 @@ impl Service {
         let (process, port) = launch(self.dir.path(), &self.client, &self.args, &self.env).await;
         self.process = process;
         self.port = port;
+    }
+
+    /// Rewrites the config file in place (as an operator edits it), the body of its
+    /// `rsyncserver:` section as [`Service::start_raw`] takes it; the running service
+    /// reads it on [`Service::hangup`].
+    pub fn rewrite_raw(&self, rsyncserver_yaml: &str) {
+        let text = format!(
+            "rsyncserver:\n  logfile: {}\n{rsyncserver_yaml}",
+            self.logfile().display()
+        );
+        std::fs::write(self.dir.path().join("config.yaml"), text).expect("rewrite config");
+    }
+
+    /// Sends SIGHUP, as `systemctl reload` does: "re-read the config".
+    pub fn hangup(&self) {
+        // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "kill -HUP: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits until stdout holds `count` lines containing `needle` (the event, not a
+    /// sleep); returns the last such line. Panics after `limit` with the output, or at
+    /// once if the process exited.
+    pub async fn wait_stdout(&mut self, needle: &str, count: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.stdout();
+            let lines: Vec<&str> = out.lines().filter(|l| l.contains(needle)).collect();
+            if lines.len() >= count {
+                return lines[count - 1].to_owned();
+            }
+            if let Some(status) = self.process.exited() {
+                panic!("service exited with {status} while waiting for {needle:?}:\n{out}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {count} lines with {needle:?} on stdout after {limit:?}:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts the service again after it exited on its own (a graceful stop), with the
@@ -441,26 +530,39 @@ async fn launch(
     args: &[String],
     env: &[(String, String)],
 ) -> (Owned, u16) {
-    let config_path = dir.join("config.yaml");
     let mut failures = String::new();
     for _ in 0..5 {
-        let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--address")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--configFile")
-            .arg(&config_path)
-            .args(args)
-            .current_dir(dir)
-            .envs(env.iter().map(|(k, v)| (k, v)));
-        let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
-        let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
-        match wait_ready(client, &mut process, port).await {
-            Ok(()) => return (process, port),
-            Err(e) => failures.push_str(&format!("{e}\n{}", process.log_tail(20))),
+        match launch_on(dir, client, args, env, free_port()).await {
+            Ok(started) => return started,
+            Err(e) => failures.push_str(&e),
         }
     }
     panic!("imagersync_service_bin did not start:\n{failures}");
+}
+
+/// One attempt of [`launch`] on `port`.
+async fn launch_on(
+    dir: &Path,
+    client: &Client,
+    args: &[String],
+    env: &[(String, String)],
+    port: u16,
+) -> Result<(Owned, u16), String> {
+    let config_path = dir.join("config.yaml");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--address")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--configFile")
+        .arg(&config_path)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
+    let mut process = Owned::spawn(&format!("imagersync :{port}"), cmd, &out, &err);
+    match wait_ready(client, &mut process, port).await {
+        Ok(()) => Ok((process, port)),
+        Err(e) => Err(format!("{e}\n{}", process.log_tail(20))),
+    }
 }
 
 /// Waits until `GET /check` on `port` answers 200 (within 20 s); an error if `process`

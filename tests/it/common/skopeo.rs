@@ -178,3 +178,24 @@ async fn run(mut cmd: Command) -> Result<Vec<u8>, String> {
         ))
     }
 }
+
+/// `skopeo copy --preserve-digests` of `from_ref` in `from` to `to_ref` in `to`: a push
+/// by a real client (its own `User-Agent`), e.g. to make a registry announce it.
+/// Anonymous registries only.
+pub async fn copy(from: &Registry, from_ref: &str, to: &Registry, to_ref: &str) {
+    let mut cmd = skopeo();
+    cmd.args([
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-no-creds",
+        "--dest-no-creds",
+    ]);
+    cmd.arg(format!("docker://{}/{from_ref}", from.host()));
+    cmd.arg(format!("docker://{}/{to_ref}", to.host()));
+    if let Err(e) = run(cmd).await {
+        panic!("skopeo copy {from_ref} -> {to_ref}: {e}");
+    }
+}

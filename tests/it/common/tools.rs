@@ -27,6 +27,12 @@ pub const HTPASSWD: Tool = Tool {
     package: "apache2-utils",
 };
 
+/// Runs a command under a pseudo-terminal (`script -qec`), as a person at a terminal
+/// would: the CLI's progress bars.
+pub const SCRIPT: Tool = Tool {
+    name: "script",
+    package: "util-linux",
+};
 /// Runs a command in a network namespace of its own (tests naming non-loopback addresses).
 pub const UNSHARE: Tool = Tool {
     name: "unshare",
