@@ -211,7 +211,7 @@ impl CopyJob<'_> {
 
     /// Everything up to the tag: manifests read, target checked, blobs and children sent.
     async fn prepare(&self, result: &mut ImageResult) -> Result<Prepared, CopyError> {
-        let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
+        let src_repo = &self.source.repository;
         let source_ref = self.source.reference().expect("source has a tag or digest");
         let waited = std::sync::atomic::AtomicBool::new(false);
         let registry = self.src.registry();
