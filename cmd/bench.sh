@@ -7,7 +7,8 @@
 #
 # Environment:
 #   RUNS              runs per tool and scenario (default 3; 1 with --quick)
-#   SCENARIOS         which scenarios to run (default "big many multi noop fanin huge mirror")
+#   SCENARIOS         which scenarios to run (default "big many multi noop fanin huge mirror wan")
+#   WAN_DELAYS        wan: milliseconds each request is held (default "20 50"; "20" with --quick)
 #   PROC_NUM          the service's task.proc_num (default 6 = skopeo's parallel blob copies)
 #   IMAGERSYNC_BIN    use this service binary instead of building the release one
 #   CARGO_TARGET_DIR  where the release build goes (default target/)
@@ -26,7 +27,7 @@ quick_flag "$@"
 
 if $QUICK; then RUNS="${RUNS:-1}"; else RUNS="${RUNS:-3}"; fi
 PROC_NUM="${PROC_NUM:-6}"
-ALL_SCENARIOS="big many multi noop fanin huge mirror"
+ALL_SCENARIOS="big many multi noop fanin huge mirror wan"
 SCENARIOS="${SCENARIOS:-$ALL_SCENARIOS}"
 for s in $SCENARIOS; do
     case " $ALL_SCENARIOS " in *" $s "*) ;; *)
@@ -38,6 +39,10 @@ done
 wants() { case " $SCENARIOS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive integer, not '$RUNS'" >&2; exit 2; }
 [[ "$PROC_NUM" =~ ^[1-9][0-9]*$ ]] || { echo "PROC_NUM must be a positive integer, not '$PROC_NUM'" >&2; exit 2; }
+if $QUICK; then WAN_DELAYS="${WAN_DELAYS:-20}"; else WAN_DELAYS="${WAN_DELAYS:-20 50}"; fi
+for d in $WAN_DELAYS; do
+    [[ "$d" =~ ^[1-9][0-9]*$ ]] || { echo "WAN_DELAYS must hold positive integers (ms), not '$d'" >&2; exit 2; }
+done
 
 KIB=1024
 MIB=$((1024 * 1024))
@@ -89,7 +94,7 @@ fi
 # ---------------------------------------------------------------------------------------
 # Processes and clean-up
 WORK="$(mktemp -d -t imagersync-bench.XXXXXX)"
-SRC_PID="" DST_PID="" SVC_PID=""
+SRC_PID="" DST_PID="" SVC_PID="" PROXY_PIDS=""
 
 # kill_tree PID: PID and everything it started (background pipelines of the floor).
 kill_tree() {
@@ -102,10 +107,10 @@ kill_tree() {
 cleanup() {
     local pid
     trap - EXIT INT TERM
-    for pid in $SVC_PID $DST_PID $SRC_PID $(jobs -p); do
+    for pid in $SVC_PID $PROXY_PIDS $DST_PID $SRC_PID $(jobs -p); do
         kill_tree "$pid"
     done
-    for pid in $SVC_PID $DST_PID $SRC_PID $(jobs -p); do
+    for pid in $SVC_PID $PROXY_PIDS $DST_PID $SRC_PID $(jobs -p); do
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK"
@@ -151,6 +156,25 @@ while [ "$DST_PORT" = "$SRC_PORT" ]; do DST_PORT="$(free_port)"; done
 DST_HOST="127.0.0.1:$DST_PORT"
 write_registry_config dst "$DST_PORT"
 
+# wan: both registries behind cmd/delay_proxy.py, which holds every request D ms before
+# passing it on (one round trip of a distant registry; see doc/perf.md). One pair of
+# proxies per delay, started once; both tools go through the same ones.
+declare -A WAN_SRC WAN_DST
+wan_entries=""
+if wants wan; then
+    for d in $WAN_DELAYS; do
+        for side in src dst; do
+            port="$(free_port)"
+            if [ "$side" = src ]; then up="$SRC_HOST"; WAN_SRC[$d]="127.0.0.1:$port"; else up="$DST_HOST"; WAN_DST[$d]="127.0.0.1:$port"; fi
+            python3 cmd/delay_proxy.py "$port" "$up" "$d" >>"$WORK/proxy.log" 2>&1 &
+            PROXY_PIDS="$PROXY_PIDS $!"
+            wan_entries+="      wan${d}_$side: {registry: \"127.0.0.1:$port\", plain_http: true}"$'\n'
+        done
+    done
+fi
+# The hosts the measured requests name: the registries themselves, or wan's proxies.
+REQ_SRC="$SRC_HOST" REQ_DST="$DST_HOST"
+
 SVC_USER=bench
 SVC_PASS="bench-$RANDOM$RANDOM"
 cat >"$WORK/service.yaml" <<YAML
@@ -163,7 +187,7 @@ rsyncserver:
     auth:
       src: {registry: "$SRC_HOST", plain_http: true}
       dst: {registry: "$DST_HOST", plain_http: true}
-    task: {proc_num: $PROC_NUM, retries: 2, max_transfers: 16}
+${wan_entries}    task: {proc_num: $PROC_NUM, retries: 2, max_transfers: 16}
 YAML
 chmod 600 "$WORK/service.yaml"
 
@@ -337,11 +361,11 @@ if wants big || wants noop; then
     IMAGES+=(big)
     specs+=("\"big\": {\"layers\": $BIG_LAYERS, \"size\": $BIG_SIZE}")
 fi
-if wants many; then
+if wants many || wants wan; then
     IMAGES+=(many)
     specs+=("\"many\": {\"layers\": $MANY_LAYERS, \"size\": $MANY_SIZE}")
 fi
-if wants multi; then
+if wants multi || wants wan; then
     IMAGES+=(multi)
     archs="$(python3 -c 'import json, sys; print(json.dumps(["amd64", "arm64", "ppc64le", "s390x", "riscv64", "386", "mips64le", "arm"][:int(sys.argv[1])]))' "$MULTI_PLATFORMS")"
     specs+=("\"multi\": {\"layers\": $MULTI_LAYERS, \"size\": $MULTI_SIZE, \"archs\": $archs}")
@@ -536,7 +560,7 @@ run_imagersync() {
         curl -sS -o "$WORK/resp-$name.json" -w '%{http_code} %{time_total}' --max-time 3600 \
             -u "$SVC_USER:$SVC_PASS" -H 'Content-Type: application/json' \
             -X POST "http://127.0.0.1:$SVC_PORT/v1/image/rsync" \
-            -d "{\"rsync_config\":{\"source\":\"$SRC_HOST/bench/$name:v1\",\"target\":\"$DST_HOST/bench/$name:v1\"}}" \
+            -d "{\"rsync_config\":{\"source\":\"$REQ_SRC/bench/$name:v1\",\"target\":\"$REQ_DST/bench/$name:v1\"}}" \
             >"$WORK/curl-$name.out" &
         pids+=($!)
     done
@@ -587,7 +611,7 @@ run_skopeo() {
     for name in "${names[@]}"; do
         timed_skopeo "$WORK/skopeo-$name" copy --all --preserve-digests \
             --src-tls-verify=false --dest-tls-verify=false \
-            "docker://$SRC_HOST/bench/$name:v1" "docker://$DST_HOST/bench/$name:v1" &
+            "docker://$REQ_SRC/bench/$name:v1" "docker://$REQ_DST/bench/$name:v1" &
         pids+=($!)
     done
     for i in "${!pids[@]}"; do
@@ -729,6 +753,14 @@ DESC[fanin]="$FANIN_IMAGES different images of $FANIN_LAYERS layers x $(human "$
 DESC[huge]="one image with a single layer of $(human "$HUGE_SIZE")"
 DESC[mirror]="one repository of $MIRROR_TAGS tags (a $(human "$MIRROR_BASE") base layer shared by all, each its own $(human "$MIRROR_OWN") layer and config), a rule without a tag against skopeo sync"
 DESC[mirror-noop]="the mirror scenario again when the target already holds every tag"
+WAN_NAMES=()
+for d in $WAN_DELAYS; do
+    for name in many multi; do
+        WAN_NAMES+=("wan$d-$name")
+        DESC[wan$d-$name]="$name through proxies holding every request $d ms (cmd/delay_proxy.py)"
+        SCEN_BYTES[wan$d-$name]="${BYTES[$name]:-0}"
+    done
+done
 SCEN_BYTES[mirror]="${BYTES[mirror]:-0}"
 SCEN_BYTES[mirror-noop]=0
 SCEN_BYTES[big]="${BYTES[big]:-0}"
@@ -798,6 +830,14 @@ if wants multi; then copy_scenario multi yes multi; fi
 if wants noop; then noop_scenario; fi
 if wants fanin; then copy_scenario fanin no "${FANIN_NAMES[@]}"; fi
 if wants huge; then copy_scenario huge no huge; fi
+if wants wan; then
+    for d in $WAN_DELAYS; do
+        REQ_SRC="${WAN_SRC[$d]}" REQ_DST="${WAN_DST[$d]}"
+        copy_scenario "wan$d-many" no many
+        copy_scenario "wan$d-multi" no multi
+    done
+    REQ_SRC="$SRC_HOST" REQ_DST="$DST_HOST"
+fi
 if wants mirror; then
     log "scenario mirror: ${DESC[mirror]}; then mirror-noop"
     for run in $(seq 1 "$RUNS"); do
@@ -824,6 +864,12 @@ fi
 {
     for s in $ALL_SCENARIOS; do
         wants "$s" || continue
+        if [ "$s" = wan ]; then
+            for w in "${WAN_NAMES[@]}"; do
+                printf '%s\t%s\t%s\n' "$w" "${SCEN_BYTES[$w]}" "${DESC[$w]}"
+            done
+            continue
+        fi
         printf '%s\t%s\t%s\n' "$s" "${SCEN_BYTES[$s]}" "${DESC[$s]}"
         if [ "$s" = mirror ]; then
             printf '%s\t%s\t%s\n' mirror-noop 0 "${DESC[mirror-noop]}"
@@ -947,6 +993,11 @@ check("mirror: wall / skopeo sync", ratio(get("mirror", "imagersync", "wall"), g
       pair=paired("mirror", "imagersync", "skopeo"))
 check("mirror-noop: wall / skopeo sync", ratio(get("mirror-noop", "imagersync", "wall"), get("mirror-noop", "skopeo", "wall")), 0.04,
       pair=paired("mirror-noop", "imagersync", "skopeo"))
+for d, s, limit in ((50, "many", 0.30), (50, "multi", 0.25), (20, "many", 0.35)):
+    w = f"wan{d}-{s}"
+    if (w, "skopeo") in stats:
+        check(f"{w}: wall / skopeo, same proxies", ratio(get(w, "imagersync", "wall"), get(w, "skopeo", "wall")),
+              limit, pair=paired(w, "imagersync", "skopeo"))
 check("big: service peak RSS", get("big", "imagersync", "rss"), 20, "MiB")
 check("huge: service peak RSS", get("huge", "imagersync", "rss"), 20, "MiB")
 print("Targets of the issue (\"this run\": ratio of the medians in the table, which decides;")

@@ -332,7 +332,8 @@ impl RegistryCredential {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
-    /// Blob transfers run at once within one sync.
+    /// Blob transfers run at once within one sync; blobs up to 1 MiB go up to four
+    /// times as many, never more than `max_transfers`.
     #[serde(default = "default_proc_num")]
     pub proc_num: usize,
     /// How many times a failed blob or manifest transfer is tried again.

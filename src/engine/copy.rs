@@ -33,6 +33,11 @@ const MAX_INDEX_DEPTH: usize = 4;
 /// which the distribution API allows: at most this many bytes are sent for nothing.
 const SMALL_BLOB: u64 = 1 << 20;
 
+/// Small blobs in flight per large one allowed by `proc_num`: a small blob's time goes
+/// on round trips, not on bytes, so more of them at once hide latency at no cost in
+/// bandwidth or memory; the service-wide `max_transfers` still bounds them all.
+const SMALL_PER_LARGE: usize = 4;
+
 /// Fewest blobs for which finding out whether the target repository is new (one request)
 /// can pay off.
 const MIN_BLOBS_TO_PROBE: usize = 2;
@@ -120,11 +125,34 @@ enum Prepared {
     Ready { top: Manifest, reference: String },
 }
 
+/// What the existence check ahead of a blob's copy found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// Not checked ahead (a small blob into a new repository, or the check failed): the
+    /// copy decides for itself.
+    No,
+    /// The target answered 404: the copy's first attempt needs no HEAD of its own.
+    Absent,
+    /// Already at the target: nothing to copy.
+    Present,
+}
+
 /// How one blob reached the target.
 enum BlobOutcome {
     Copied(u64),
     Mounted,
     Skipped,
+}
+
+/// When a copy attempt may go without its own HEAD of the blob at the target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SkipHead {
+    /// Always check (a retry, or a repository that existed before).
+    Never,
+    /// The check ahead found the blob absent.
+    CheckedAbsent,
+    /// A new repository: small blobs go unchecked.
+    IfSmall,
 }
 
 /// Source content gathered before anything is written.
@@ -183,7 +211,7 @@ impl CopyJob<'_> {
 
     /// Everything up to the tag: manifests read, target checked, blobs and children sent.
     async fn prepare(&self, result: &mut ImageResult) -> Result<Prepared, CopyError> {
-        let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
+        let src_repo = &self.source.repository;
         let source_ref = self.source.reference().expect("source has a tag or digest");
         let waited = std::sync::atomic::AtomicBool::new(false);
         let registry = self.src.registry();
@@ -209,12 +237,22 @@ impl CopyJob<'_> {
             .wait_for_pull_quota(src_repo, source_ref, self.retry.max_wait, &report)
             .await?;
         self.observers.step(self.index, Step::ReadingManifest);
-        let top = self
+        let read_source = self
             .retry
             .run(self.log, "fetching the source manifest", || {
                 self.src.manifest_get(src_repo, source_ref)
-            })
-            .await?;
+            });
+        // A tagged target is checked while the source manifest is on its way: an image
+        // already in sync then costs one round trip, not two (a mirror run of many tags
+        // is mostly such images).
+        let check_tag = async {
+            match &self.target.tag {
+                Some(tag) if self.source != self.target => Some(self.check_target(tag).await),
+                _ => None,
+            }
+        };
+        let (top, checked_early) = tokio::join!(read_source, check_tag);
+        let top = top?;
         self.log.info(format!(
             "Get manifest from {} ({}, {})",
             self.source, top.media_type, top.digest
@@ -246,12 +284,10 @@ impl CopyJob<'_> {
             .clone()
             .unwrap_or_else(|| top.digest.clone());
         self.observers.step(self.index, Step::CheckingTarget);
-        let existing = self
-            .retry
-            .run(self.log, "checking the target manifest", || {
-                self.dst.manifest_digest(dst_repo, &target_ref)
-            })
-            .await?;
+        let existing = match checked_early {
+            Some(existing) => existing?,
+            None => self.check_target(&target_ref).await?,
+        };
         let in_sync = existing.as_ref().is_some_and(|(d, _)| *d == top.digest);
         if in_sync && self.force {
             self.log.info(format!(
@@ -303,6 +339,18 @@ impl CopyJob<'_> {
             top,
             reference: target_ref,
         })
+    }
+
+    /// The digest (and media type) the target holds under `reference`, if any.
+    async fn check_target(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(String, String)>, RegistryError> {
+        self.retry
+            .run(self.log, "checking the target manifest", || {
+                self.dst.manifest_digest(&self.target.repository, reference)
+            })
+            .await
     }
 
     /// Writes the top manifest under the target's tag (or digest): the last write.
@@ -477,52 +525,153 @@ impl CopyJob<'_> {
         }
     }
 
-    /// Brings every blob over, `parallel` at a time; the first failure stops the rest.
-    /// `fresh`: the target repository did not exist when the copy began.
+    /// Brings every blob over; the first failure stops the rest. `fresh`: the target
+    /// repository did not exist when the copy began.
+    ///
+    /// Two stages run at once, so a distant registry's round trips overlap instead of
+    /// adding up: existence checks (HEAD) of many blobs go ahead, and copies follow as
+    /// their checks answer. Large blobs are copied `parallel` at a time; small ones (up
+    /// to [`SMALL_BLOB`]) up to [`SMALL_PER_LARGE`] times as many (unless `parallel` is 1),
+    /// never more than the service-wide cap of streams, which bounds every stream in any case.
     pub(super) async fn copy_blobs(
         &self,
         blobs: &[Descriptor],
         fresh: bool,
         result: &mut ImageResult,
     ) -> Result<(), CopyError> {
+        // `proc_num: 1` keeps its plain meaning, one request at a time, for a registry
+        // that cannot take more.
+        let in_flight = if self.parallel == 1 {
+            1
+        } else {
+            (self.parallel * SMALL_PER_LARGE)
+                .min(self.transfers.max_streams())
+                .max(self.parallel)
+        };
+        let large = tokio::sync::Semaphore::new(self.parallel);
         // One log line per target repository when its registry refuses blob HEADs.
         let head_refused = AtomicBool::new(false);
         let head_refused = &head_refused;
-        let copies: Vec<_> = blobs
-            .iter()
-            .map(|b| async move { (b.size, self.copy_blob(b, fresh, head_refused).await) })
-            .collect();
-        let mut transfers = futures_util::stream::iter(copies).buffer_unordered(self.parallel);
-        while let Some((size, outcome)) = transfers.next().await {
-            let kind = match outcome? {
-                BlobOutcome::Copied(bytes) => {
-                    result.blobs_copied += 1;
-                    result.bytes_copied += bytes;
-                    BlobKind::Copied
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // `move`: the sender must go when the checks are done, or the copies wait forever.
+        let checks = async move {
+            let checks: Vec<_> = blobs
+                .iter()
+                .map(|b| async move { (b, self.check_ahead(b, fresh).await) })
+                .collect();
+            let mut checks = futures_util::stream::iter(checks).buffer_unordered(in_flight);
+            while let Some(checked) = checks.next().await {
+                // The receiver only goes away when the copies failed: stop checking.
+                if tx.send(checked).is_err() {
+                    break;
                 }
-                BlobOutcome::Mounted => {
-                    result.blobs_mounted += 1;
-                    BlobKind::Mounted
+            }
+        };
+        let copies = async {
+            // A plain loop rather than stream combinators over the channel: closures in
+            // the stream type trip the compiler's Send check (rust-lang/rust#102211).
+            let (mut rx, mut open) = (rx, true);
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    item = rx.recv(), if open && running.len() < in_flight => match item {
+                        Some((blob, checked)) => {
+                            running.push(self.copy_checked(blob, fresh, checked, &large, head_refused));
+                        }
+                        None => open = false,
+                    },
+                    Some((size, outcome)) = running.next(), if !running.is_empty() => {
+                        self.count(size, outcome?, result);
+                    }
+                    else => return Ok(()),
                 }
-                BlobOutcome::Skipped => {
-                    result.blobs_skipped += 1;
-                    BlobKind::Skipped
-                }
-            };
-            self.observers.emit(&SyncEvent::BlobDone {
-                image: self.index,
-                registry: self.dst.registry(),
-                kind,
-                bytes: size,
-            });
+            }
+        };
+        tokio::pin!(checks, copies);
+        let mut checks_done = false;
+        loop {
+            tokio::select! {
+                () = &mut checks, if !checks_done => checks_done = true,
+                copied = &mut copies => return copied,
+            }
         }
-        Ok(())
+    }
+
+    /// One blob after its check ahead; a large one waits for one of `large`'s permits.
+    async fn copy_checked(
+        &self,
+        blob: &Descriptor,
+        fresh: bool,
+        checked: Checked,
+        large: &tokio::sync::Semaphore,
+        head_refused: &AtomicBool,
+    ) -> (u64, Result<BlobOutcome, RegistryError>) {
+        let outcome = if checked == Checked::Present {
+            Ok(BlobOutcome::Skipped)
+        } else if blob.size > SMALL_BLOB {
+            let _large = large.acquire().await.expect("never closed");
+            self.copy_blob(blob, fresh, checked, head_refused).await
+        } else {
+            self.copy_blob(blob, fresh, checked, head_refused).await
+        };
+        (blob.size, outcome)
+    }
+
+    /// Adds one blob's outcome to the result and tells the observers.
+    fn count(&self, size: u64, outcome: BlobOutcome, result: &mut ImageResult) {
+        let kind = match outcome {
+            BlobOutcome::Copied(bytes) => {
+                result.blobs_copied += 1;
+                result.bytes_copied += bytes;
+                BlobKind::Copied
+            }
+            BlobOutcome::Mounted => {
+                result.blobs_mounted += 1;
+                BlobKind::Mounted
+            }
+            BlobOutcome::Skipped => {
+                result.blobs_skipped += 1;
+                BlobKind::Skipped
+            }
+        };
+        self.observers.emit(&SyncEvent::BlobDone {
+            image: self.index,
+            registry: self.dst.registry(),
+            kind,
+            bytes: size,
+        });
+    }
+
+    /// The existence check of a blob, ahead of its copy. Left to the copy where it would
+    /// not be sent at all (a small blob into a new repository) and where it fails (the
+    /// copy checks again, with retries).
+    async fn check_ahead(&self, blob: &Descriptor, fresh: bool) -> Checked {
+        if fresh && blob.size <= SMALL_BLOB {
+            return Checked::No;
+        }
+        let (dst_repo, digest) = (&self.target.repository, &blob.digest);
+        match self.dst.blob_check(dst_repo, digest).await {
+            Ok(BlobCheck::Present(_)) => {
+                self.transfers
+                    .remember(self.dst.registry(), digest, dst_repo);
+                self.log.info(format!(
+                    "Blob {digest}({}) has been pushed to {}, will not be pulled",
+                    blob.size,
+                    self.target.name()
+                ));
+                Checked::Present
+            }
+            Ok(BlobCheck::Absent) => Checked::Absent,
+            // A refused HEAD is logged once by the copy, which checks again.
+            Ok(BlobCheck::Refused(_)) | Err(_) => Checked::No,
+        }
     }
 
     async fn copy_blob(
         &self,
         blob: &Descriptor,
         fresh: bool,
+        checked: Checked,
         head_refused: &AtomicBool,
     ) -> Result<BlobOutcome, RegistryError> {
         let what = format!("transferring blob {}", blob.digest);
@@ -531,8 +680,14 @@ impl CopyJob<'_> {
         let first = AtomicBool::new(true);
         self.retry
             .run(self.log, &what, || {
-                let may_skip_head = fresh && first.swap(false, Ordering::Relaxed);
-                self.copy_blob_once(blob, may_skip_head, head_refused)
+                let first = first.swap(false, Ordering::Relaxed);
+                let skip = match checked {
+                    _ if !first => SkipHead::Never,
+                    Checked::Absent => SkipHead::CheckedAbsent,
+                    _ if fresh => SkipHead::IfSmall,
+                    _ => SkipHead::Never,
+                };
+                self.copy_blob_once(blob, skip, head_refused)
             })
             .await
     }
@@ -540,7 +695,7 @@ impl CopyJob<'_> {
     async fn copy_blob_once(
         &self,
         blob: &Descriptor,
-        may_skip_head: bool,
+        skip: SkipHead,
         head_refused: &AtomicBool,
     ) -> Result<BlobOutcome, RegistryError> {
         let (src_repo, dst_repo) = (&self.source.repository, &self.target.repository);
@@ -551,14 +706,15 @@ impl CopyJob<'_> {
         // blob waits here, then finds it present or mountable.
         let _turn = self.transfers.turn(dst_registry, digest).await;
         let known = self.transfers.location(dst_registry, digest);
-        // HEAD first: also what makes a retry after a lost PUT answer cheap. In a new
-        // repository it is left out where it cannot pay: for a blob to mount (the mount
-        // answers for itself) and for a small blob no sync of this service has put there
-        // (a concurrent sync that did, within its turn, recorded it in `known`).
-        let skip_head = may_skip_head
+        // HEAD first: also what makes a retry after a lost PUT answer cheap. It is left
+        // out where it cannot pay: for a blob to mount (the mount answers for itself), for
+        // a blob the check ahead found absent, and in a new repository for a small blob;
+        // unless a concurrent sync put the blob into this repository meanwhile (it
+        // recorded that, within its turn, in `known`).
+        let skip_head = skip != SkipHead::Never
             && match &known {
                 Some(repo) => repo != dst_repo,
-                None => blob.size <= SMALL_BLOB,
+                None => skip == SkipHead::CheckedAbsent || blob.size <= SMALL_BLOB,
             };
         let present = if skip_head {
             false
@@ -632,7 +788,12 @@ impl CopyJob<'_> {
                 cause: "the manifest declares size 0 for a non-empty blob".into(),
             });
         }
-        let response = self.src.blob_get(src_repo, digest).await?;
+        // The upload session is opened while the GET is on its way: a blob costs two
+        // round trips in sequence (GET and POST at once, then the PUT), not three.
+        let (response, location) = tokio::try_join!(
+            self.src.blob_get(src_repo, digest),
+            self.dst.upload_open(dst_repo, digest)
+        )?;
         let sent = Arc::new(AtomicU64::new(0));
         let (stream, source_failure) = VerifyingStream::new(
             response.bytes_stream(),
@@ -653,7 +814,7 @@ impl CopyJob<'_> {
         });
         let upload = self
             .dst
-            .blob_upload(dst_repo, digest, blob.size, Rechunk::new(stream))
+            .upload_put(dst_repo, &location, digest, blob.size, Rechunk::new(stream))
             .await;
         let source_err = source_failure.lock().expect("source failure lock").take();
         if source_err.is_some() || upload.is_err() {

@@ -51,12 +51,17 @@ impl SubjectLocks {
     }
 }
 
-/// The referrer tags of each source repository, listed once per sync: an all-tags rule
-/// over a repository of N tags would otherwise read its tag list N times.
+/// What one sync learns of each source repository's referrers, once: an all-tags rule
+/// over a repository of N tags would otherwise read its tag list N times and probe the
+/// referrers API N times.
 #[derive(Default)]
 pub struct ReferrerTags {
     /// By `registry/repository`; `None` when the list could not be read.
     known: Mutex<HashMap<String, Option<Arc<HashSet<String>>>>>,
+    /// By `registry/repository`: whether it serves the referrers API. Only "no" is kept:
+    /// a registry with the API answers 200 for any digest (OCI distribution spec 1.1),
+    /// so its 404 holds for every image of the repository.
+    no_api: Mutex<HashSet<String>>,
 }
 
 impl ReferrerTags {
@@ -86,6 +91,20 @@ impl ReferrerTags {
             .lock()
             .expect("referrer tags")
             .insert(repository, tags);
+    }
+
+    fn lacks_api(&self, repository: &str) -> bool {
+        self.no_api
+            .lock()
+            .expect("referrers api")
+            .contains(repository)
+    }
+
+    fn note_no_api(&self, repository: String) {
+        self.no_api
+            .lock()
+            .expect("referrers api")
+            .insert(repository);
     }
 }
 
@@ -141,6 +160,9 @@ impl CopyJob<'_> {
             return Ok(());
         }
         walk.source_tags = self.list_referrer_tags().await;
+        if self.referrer_tags.lacks_api(&self.source.name()) {
+            walk.source_api = Some(false);
+        }
         let mut queue: VecDeque<(String, usize)> = subjects.into_iter().map(|s| (s, 0)).collect();
         // A manifest found twice (listed and under a cosign tag) is searched once.
         let mut searched = HashSet::new();
@@ -250,6 +272,9 @@ impl CopyJob<'_> {
                 ));
             }
             walk.source_api = Some(listed.is_some());
+            if listed.is_none() {
+                self.referrer_tags.note_no_api(self.source.name());
+            }
             entries = listed;
         }
         if entries.is_none() {

@@ -46,6 +46,11 @@ impl Transfers {
             .expect("transfer semaphore never closes")
     }
 
+    /// The service-wide cap of streams at once.
+    pub(crate) fn max_streams(&self) -> usize {
+        self.max_streams
+    }
+
     /// Streams holding a slot right now.
     pub(crate) fn in_flight(&self) -> usize {
         self.max_streams - self.slots.available_permits()

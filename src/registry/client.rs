@@ -618,6 +618,19 @@ impl RegistryClient {
     where
         S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Unpin + 'static,
     {
+        let location = self.upload_open(repository, digest).await?;
+        self.upload_put(repository, &location, digest, size, body)
+            .await
+    }
+
+    /// Opens an upload session for `digest` in `repository` (the POST) and returns where
+    /// its bytes go. Separate from [`Self::upload_put`] so a caller can open it while the
+    /// source GET is still on its way: one round trip less per blob on a distant registry.
+    pub async fn upload_open(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<reqwest::Url, RegistryError> {
         let step = format!("pushing blob {digest} to {repository}");
         let resp = self
             .send(&step, Access::Push(repository), |c, base| {
@@ -626,10 +639,27 @@ impl RegistryClient {
             })
             .await?;
         let resp = self.expect(resp, &step, &[StatusCode::ACCEPTED]).await?;
-        let location = self.upload_location(&resp, &step).await?;
+        self.upload_location(&resp, &step).await
+    }
+
+    /// Sends the blob's bytes from `body` to a session [`Self::upload_open`] opened and
+    /// closes it with the digest (the PUT). A session is used once: a failed PUT is
+    /// retried by the caller from a new session and a fresh GET.
+    pub async fn upload_put<S>(
+        &self,
+        repository: &str,
+        location: &reqwest::Url,
+        digest: &str,
+        size: u64,
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Unpin + 'static,
+    {
+        let step = format!("pushing blob {digest} to {repository}");
         let activity = Activity::new();
         // The stream cannot be replayed, so this request is sent once with the token
-        // the POST just used; a failure is retried by the caller from a fresh GET.
+        // the POST used; a failure is retried by the caller from a fresh GET.
         let request = self
             .upload_http
             .put(location.as_str())

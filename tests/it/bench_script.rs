@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 10] = [
     "big",
     "many",
     "multi",
@@ -14,6 +14,9 @@ const SCENARIOS: [&str; 8] = [
     "huge",
     "mirror",
     "mirror-noop",
+    // wan in quick mode: the tiny many and multi through proxies holding each request 20 ms.
+    "wan20-many",
+    "wan20-multi",
 ];
 
 #[test]
