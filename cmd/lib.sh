@@ -1,6 +1,6 @@
 # Shared helpers of the cmd/ scripts; source it, do not run it.
 #   ensure_tools  installs docker-registry, skopeo, htpasswd, wrk, unshare, ip, curl,
-#                 openssl and systemd-analyze (Debian) when missing
+#                 openssl, systemd-analyze and PostgreSQL 15 (Debian) when missing
 #   ensure_browser installs chromium and chromedriver (Debian) when missing: tests only
 #   ensure_cargo  puts cargo on PATH (~/.cargo/env) or stops with a hint
 #   free_port     prints a TCP port that is free on 127.0.0.1 right now
@@ -40,9 +40,12 @@ ensure_tools() {
     # tests/it/registry_tls.rs makes certificates with it, as Docker's docs do.
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # The job suite runs against PostgreSQL too (tests/it/common/postgres.rs starts a
+    # throwaway server from these binaries, which are not on PATH).
+    [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd), wrk, util-linux, iproute2, curl, openssl and systemd yourself" >&2
+        echo "missing packages ${missing[*]} and no apt-get: install docker-registry, skopeo, apache2-utils (htpasswd), wrk, util-linux, iproute2, curl, openssl, systemd and postgresql-15 yourself" >&2
         return 1
     fi
     echo "installing ${missing[*]} (apt-get)" >&2

@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 use crate::access::default_passwords::{is_loopback, DefaultPasswords};
 use crate::analysis_log::AnalysisLog;
 use crate::config::Config;
+use crate::config::JobDatabase;
 use crate::engine::Engine;
 use crate::http::{router, AppState};
-use crate::jobs::SqliteStore;
+use crate::jobs::{JobStore, PostgresStore, SqliteStore};
 use crate::reload::Reloader;
 
 /// How long shutdown waits for running syncs before exiting anyway.
@@ -91,7 +92,8 @@ pub async fn serve(
         }
         None => (None, None),
     };
-    let state = app_state(&config)?;
+    let store = open_job_store(&config).await?;
+    let state = app_state_with(&config, store)?;
     crate::reload::on_hangup(
         Reloader::new(config_file, address, state.clone(), config.clone()),
         tls_reload,
@@ -107,7 +109,8 @@ pub async fn serve(
         users = config.rsyncserver.auth.len(),
         registries = config.rsyncserver.rsyncconfig.auth.len(),
         analysis_log = %state.analysis_log().path().display(),
-        jobs_database = %config.rsyncserver.jobs.database.display(),
+        jobs_database = %config.rsyncserver.jobs.database.redacted(),
+        replica = state.jobs().replica(),
         scheme = if tls.is_some() { "https" } else { "http" },
         "imagersync listening"
     );
@@ -153,15 +156,43 @@ pub fn refuse_default_passwords(config: &Config, address: SocketAddr) -> Result<
     Err(ServeError::DefaultPassword(found.message(address)))
 }
 
-/// The router state for `config`: engine, users, the opened analysis log and job store.
+/// Opens the job store `rsyncserver.jobs.database` names: the SQLite file, or the
+/// PostgreSQL database (connected and migrated).
+pub async fn open_job_store(config: &Config) -> Result<Arc<dyn JobStore>, ServeError> {
+    let database = &config.rsyncserver.jobs.database;
+    Ok(match database {
+        JobDatabase::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path).map_err(ServeError::JobStore)?)
+        }
+        JobDatabase::Postgres(url) => Arc::new(
+            PostgresStore::connect(url, &database.redacted())
+                .await
+                .map_err(ServeError::JobStore)?,
+        ),
+    })
+}
+
+/// The router state for `config` with its SQLite job store (a PostgreSQL one needs
+/// [`open_job_store`], which connects asynchronously).
 pub fn app_state(config: &Config) -> Result<AppState, ServeError> {
+    let database = &config.rsyncserver.jobs.database;
+    let JobDatabase::Sqlite(path) = database else {
+        return Err(ServeError::JobStore(crate::jobs::StoreError::Connect {
+            url: database.redacted(),
+            cause: "a PostgreSQL store is opened with open_job_store".into(),
+        }));
+    };
+    let store = SqliteStore::open(path).map_err(ServeError::JobStore)?;
+    app_state_with(config, Arc::new(store))
+}
+
+/// The router state for `config`: engine, users, the opened analysis log, and `store`.
+pub fn app_state_with(config: &Config, store: Arc<dyn JobStore>) -> Result<AppState, ServeError> {
     let path = config.rsyncserver.logfile.clone();
     let log =
         AnalysisLog::open(&path).map_err(|source| ServeError::AnalysisLog { path, source })?;
-    let store =
-        SqliteStore::open(&config.rsyncserver.jobs.database).map_err(ServeError::JobStore)?;
     let engine = Engine::new(&config.rsyncserver.rsyncconfig);
-    Ok(AppState::new(config, engine, log, Arc::new(store)))
+    Ok(AppState::new(config, engine, log, store))
 }
 
 /// Prunes old jobs and picks up those a previous run left queued or running; then

@@ -237,3 +237,36 @@ pub fn parse_allowed_host(raw: &str) -> Result<AllowedHost, String> {
             .ok_or_else(|| format!("{raw:?}: port {p:?} is not a number from 1 to 65535")),
     }
 }
+
+/// Checks a `postgres://user:password@host:port/db` job database URL: a host and a database
+/// name are required; `sslmode`, if given, must be one PostgreSQL knows. The driver parses
+/// it again at start-up; this catches typos at load with the key's name.
+pub fn check_postgres_url(raw: &str) -> Result<(), String> {
+    let hint = "write postgres://user:password@host:port/database (percent-encode special characters of the password)";
+    let url = reqwest::Url::parse(raw)
+        .map_err(|e| format!("not a valid PostgreSQL URL ({e}): {hint}"))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("the PostgreSQL URL names no host: {hint}"));
+    }
+    let database = url.path().trim_start_matches('/');
+    if database.is_empty() || database.contains('/') {
+        return Err(format!("the PostgreSQL URL names no database: {hint}"));
+    }
+    for (key, value) in url.query_pairs() {
+        let known = [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ];
+        if key == "sslmode" && !known.contains(&value.as_ref()) {
+            return Err(format!(
+                "sslmode={value} is not one of {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}

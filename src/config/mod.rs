@@ -136,10 +136,16 @@ fn default_events_settle() -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
-    /// SQLite database file holding every job; relative to the working directory, its
-    /// folder created if missing. History and queued jobs survive restarts through it.
+    /// Where jobs are kept: a file path selects the embedded SQLite store (relative to the
+    /// working directory, its folder created if missing); a `postgres://` URL selects a
+    /// shared PostgreSQL database, which several replicas can use at once. History and
+    /// queued jobs survive restarts through it.
     #[serde(default = "default_jobs_database")]
-    pub database: PathBuf,
+    pub database: JobDatabase,
+    /// Seconds a running job's lease in a shared (PostgreSQL) store lasts without a
+    /// heartbeat; another replica takes the job over once it lapses. Renewed every third.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
     /// Jobs (synchronous or asynchronous) allowed to wait for a sync slot; one more gets 503.
     #[serde(default = "default_max_queued")]
     pub max_queued: usize,
@@ -163,6 +169,7 @@ impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             database: default_jobs_database(),
+            lease_seconds: default_lease_seconds(),
             max_queued: default_max_queued(),
             history_days: default_history_days(),
             callback_allowed_hosts: Vec::new(),
@@ -382,8 +389,79 @@ impl Default for TaskConfig {
 fn default_logfile() -> PathBuf {
     PathBuf::from("logs/rsync_analysis.log")
 }
-fn default_jobs_database() -> PathBuf {
-    PathBuf::from("data/jobs.sqlite3")
+fn default_jobs_database() -> JobDatabase {
+    JobDatabase::Sqlite(PathBuf::from("data/jobs.sqlite3"))
+}
+fn default_lease_seconds() -> u64 {
+    30
+}
+
+/// `rsyncserver.jobs.database`: which job store, chosen by the value's form.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum JobDatabase {
+    /// A file path: the embedded SQLite store.
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL (checked at load): a shared PostgreSQL store.
+    Postgres(String),
+}
+
+impl From<String> for JobDatabase {
+    fn from(value: String) -> Self {
+        let lower = value.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            JobDatabase::Postgres(value)
+        } else {
+            JobDatabase::Sqlite(PathBuf::from(value))
+        }
+    }
+}
+
+impl JobDatabase {
+    /// What to show in logs: the path, or the URL without its password.
+    pub fn redacted(&self) -> String {
+        match self {
+            JobDatabase::Sqlite(path) => path.display().to_string(),
+            JobDatabase::Postgres(url) => match reqwest::Url::parse(url) {
+                Ok(mut parsed) => {
+                    if parsed.password().is_some() {
+                        let _ = parsed.set_password(Some("***"));
+                    }
+                    parsed.to_string()
+                }
+                Err(_) => "postgres://(unparsable URL)".into(),
+            },
+        }
+    }
+
+    /// Checks the value; the message says what is wrong and what to write instead.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            JobDatabase::Sqlite(path) => {
+                let text = path.to_string_lossy();
+                if text.is_empty() {
+                    return Err("empty path: name the job database file".into());
+                }
+                if text.contains("://") {
+                    return Err(format!(
+                        "{text:?} is neither a file path nor a postgres:// URL (the only database URL accepted)"
+                    ));
+                }
+                Ok(())
+            }
+            JobDatabase::Postgres(url) => checks::check_postgres_url(url),
+        }
+    }
+}
+
+/// The password never reaches a log through `{:?}`.
+impl std::fmt::Debug for JobDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobDatabase::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            JobDatabase::Postgres(_) => f.debug_tuple("Postgres").field(&self.redacted()).finish(),
+        }
+    }
 }
 fn default_max_queued() -> usize {
     1000
@@ -580,10 +658,13 @@ impl Config {
                 "must be between 1 and 86400 seconds".into(),
             ));
         }
-        if server.jobs.database.as_os_str().is_empty() {
+        if let Err(e) = server.jobs.database.check() {
+            return Err(("rsyncserver.jobs.database".into(), e));
+        }
+        if !(3..=3600).contains(&server.jobs.lease_seconds) {
             return Err((
-                "rsyncserver.jobs.database".into(),
-                "empty path: name the job database file".into(),
+                "rsyncserver.jobs.lease_seconds".into(),
+                "must be between 3 and 3600 seconds".into(),
             ));
         }
         if server.jobs.max_queued > 1_000_000 {
@@ -1001,6 +1082,30 @@ rsyncserver:
             (
                 "rsyncserver: {auth: {a: b}, jobs: {database: ''}}",
                 "rsyncserver.jobs.database",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {database: 'mysql://u:p@h/db'}}",
+                "rsyncserver.jobs.database",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {database: 'postgres://u:p@/db'}}",
+                "rsyncserver.jobs.database",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {database: 'postgres://u:p@h:notaport/db'}}",
+                "rsyncserver.jobs.database",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {database: 'postgres://u:p@h:5432'}}",
+                "rsyncserver.jobs.database",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {database: 'postgres://u:p@h:5432/db?sslmode=sometimes'}}",
+                "rsyncserver.jobs.database",
+            ),
+            (
+                "rsyncserver: {auth: {a: b}, jobs: {lease_seconds: 1}}",
+                "rsyncserver.jobs.lease_seconds",
             ),
             (
                 "rsyncserver: {auth: {a: b}, jobs: {max_queue: 5}}",

@@ -13,8 +13,8 @@ use super::auth::AuthUser;
 use super::body::{parse_sync_request, read_body, ParsedRequest, ReadError, MAX_BODY_BYTES};
 use super::jobs_api::{job_path, JobView};
 use super::response::{
-    close_connection, error_response, set_retry_after, Health, Outcome, RsyncConfigEcho,
-    SyncResponse, UsePost,
+    close_connection, error_response, ready_response, set_retry_after, Health, Outcome,
+    RsyncConfigEcho, SyncResponse, UsePost,
 };
 use super::state::AppState;
 use crate::engine::{FailureKind, SyncStatus};
@@ -27,6 +27,26 @@ pub const BUSY_RETRY_AFTER_SECONDS: u64 = 10;
 /// `GET /check`: answers while the process can serve requests at all.
 pub async fn health() -> Json<Health> {
     Json(Health { status: "healthy" })
+}
+
+/// How long `GET /ready` waits for the job database before it answers 503.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /ready`: 200 while the job database answers, 503 while it cannot be reached (a
+/// replica without its database cannot take, run or show jobs). Liveness is `/check`.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let error = match tokio::time::timeout(READY_TIMEOUT, state.jobs().ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "job database: no answer within {} s",
+            READY_TIMEOUT.as_secs()
+        )),
+    };
+    if let Some(error) = &error {
+        tracing::warn!(error = %error, "not ready: the job database cannot be reached");
+    }
+    ready_response(error)
 }
 
 /// `GET /metrics`: the service's metrics in the Prometheus text format, for scrapers.

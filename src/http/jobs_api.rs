@@ -173,7 +173,9 @@ pub async fn job_events(
     };
     let phase = match state.jobs().watch(job.id) {
         Some(rx) => Phase::Live { rx, first: true },
-        None => Phase::Ended(Box::new(job.clone())),
+        None if job.state.is_final() => Phase::Ended(Box::new(job.clone())),
+        // Unfinished but not run here: another replica holds it.
+        None => Phase::Stored { last: None },
     };
     let stream = events(state.jobs().clone(), job.id, phase);
     Sse::new(stream)
@@ -187,8 +189,16 @@ enum Phase {
         first: bool,
     },
     Ended(Box<JobRecord>),
+    /// A job another replica runs: its row is read every [`STORED_GAP`] (the holder
+    /// saves progress about once a second).
+    Stored {
+        last: Option<Box<JobRecord>>,
+    },
     Closed,
 }
+
+/// How often a stream follows a job that another replica runs.
+const STORED_GAP: Duration = Duration::from_millis(500);
 
 fn events(
     jobs: JobManager,
@@ -201,6 +211,19 @@ fn events(
             match phase {
                 Phase::Closed => None,
                 Phase::Ended(job) => Some((Ok(event("done", *job)), Phase::Closed)),
+                Phase::Stored { last } => loop {
+                    let job = jobs.get(id).await.ok().flatten()?;
+                    if job.state.is_final() {
+                        return Some((Ok(event("done", job)), Phase::Closed));
+                    }
+                    if last.as_deref() != Some(&job) {
+                        let next = Phase::Stored {
+                            last: Some(Box::new(job.clone())),
+                        };
+                        return Some((Ok(event("progress", job)), next));
+                    }
+                    tokio::time::sleep(STORED_GAP).await;
+                },
                 Phase::Live { mut rx, first } => {
                     if !first {
                         tokio::time::sleep(EVENT_GAP).await;

@@ -363,6 +363,34 @@ pub struct Health {
     pub status: &'static str,
 }
 
+/// `GET /ready`.
+#[derive(Debug, Serialize)]
+pub struct Ready {
+    /// `ready` while the job database answers, `unavailable` while it does not.
+    pub status: &'static str,
+    /// Why the job database cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer of `GET /ready`: 200 when the job database answered, else 503 with why.
+pub fn ready_response(database_error: Option<String>) -> Response {
+    let status = if database_error.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = Ready {
+        status: if database_error.is_some() {
+            "unavailable"
+        } else {
+            "ready"
+        },
+        error: database_error,
+    };
+    (status, Json(body)).into_response()
+}
+
 /// `GET /v1/image/rsync`: tells an authenticated caller how to use the route.
 #[derive(Debug, Serialize)]
 pub struct UsePost {

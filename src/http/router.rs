@@ -87,6 +87,7 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
         ),
         ("/openapi.json".into(), public(get(openapi::spec))),
         ("/check".into(), public(get(handlers::health))),
+        ("/ready".into(), public(get(handlers::ready))),
         (METRICS_PATH.into(), public(get(handlers::metrics))),
         (RSYNC_PATH.into(), rsync.clone()),
         (format!("{RSYNC_PATH}/"), rsync),

@@ -108,6 +108,7 @@ impl AppState {
                 max_running: server.max_concurrent_syncs.max(1),
                 max_queued: server.jobs.max_queued,
                 sync_wait: std::time::Duration::from_secs(server.jobs.sync_wait_seconds),
+                lease: std::time::Duration::from_secs(server.jobs.lease_seconds),
             },
         );
         let mirrors = Mirrors::new(

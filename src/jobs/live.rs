@@ -1,13 +1,14 @@
 //! A job while it is queued or running: its record, updated as the engine reports
 //! progress, watchable by server-sent-event streams, and its cancel switch.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{JobRecord, JobState, JobWaiting};
+use super::store::Fence;
 use crate::engine::{SyncEvent, SyncObserver};
 
 /// The in-memory side of an unfinished job.
@@ -17,20 +18,40 @@ pub struct LiveJob {
     pub id: i64,
     /// Fires when someone cancels the job.
     pub cancel: CancellationToken,
+    /// This replica's hold on the job's row; every write carries it.
+    pub fence: Fence,
+    /// Why the job was picked up again (restart, takeover), for the top of its log.
+    pub resumed_because: Option<String>,
+    lost: AtomicBool,
     record: watch::Sender<JobRecord>,
     /// Rate-limit waits of the engine in progress (several images may wait at once).
     waits: AtomicUsize,
 }
 
 impl LiveJob {
-    /// Wraps a freshly stored or resumed record.
-    pub fn new(record: JobRecord) -> Arc<Self> {
+    /// Wraps a freshly stored or resumed record held under `fence`.
+    pub fn new(record: JobRecord, fence: Fence, resumed_because: Option<String>) -> Arc<Self> {
         Arc::new(Self {
             id: record.id,
             cancel: CancellationToken::new(),
+            fence,
+            resumed_because,
+            lost: AtomicBool::new(false),
             record: watch::Sender::new(record),
             waits: AtomicUsize::new(0),
         })
+    }
+
+    /// Marks the job as taken over by another replica (its lease lapsed): this replica
+    /// stops it and writes nothing more about it.
+    pub fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
+    /// Whether another replica has taken the job over.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// The record as it is now.
@@ -113,7 +134,14 @@ mod tests {
         }
         .into_record(chrono::Utc::now());
         record.state = JobState::Running;
-        let live = LiveJob::new(record);
+        let live = LiveJob::new(
+            record,
+            Fence {
+                owner: "r1".into(),
+                attempt: 1,
+            },
+            None,
+        );
         let wait = |image, again| SyncEvent::RateLimitWait {
             image,
             registry: "docker.io",

@@ -1,6 +1,12 @@
 //! Runs jobs: creates them in the store, queues them for a sync slot, runs the engine with
 //! live progress and a cancel switch, records the end, sends the webhook, and after a
 //! restart picks up whatever was queued or running.
+//!
+//! Each manager is one replica with its own id. It holds the jobs it runs or queues in the
+//! store under a lease and an attempt number ([`Fence`]). On a shared store (PostgreSQL) a
+//! heartbeat renews the leases, and a poll takes over jobs whose holder stopped renewing
+//! (a replica that died); a replica that finds it lost a job stops it and writes nothing
+//! more about it.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -16,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::LiveJob;
 use super::model::{JobFilter, JobRecord, JobState, NewJob};
-use super::store::{JobStore, StoreError};
+use super::store::{Claimed, Fence, JobStore, StoreError};
 use super::tracker::SyncTracker;
 use super::webhook::WebhookSender;
 use crate::engine::{Engine, SyncContext, SyncLog, SyncReport, SyncStatus};
@@ -111,6 +117,8 @@ pub struct JobLimits {
     /// The longest a synchronous job waits for a registry's rate limit when its caller
     /// names no other (`rsyncserver.jobs.sync_wait_seconds`); a longer wait fails at once.
     pub sync_wait: Duration,
+    /// How long a job's lease in a shared store lasts without a heartbeat.
+    pub lease: Duration,
 }
 
 /// Runs and keeps jobs; cheap to clone.
@@ -130,6 +138,8 @@ struct Inner {
     live: Mutex<HashMap<i64, Arc<LiveJob>>>,
     syncs: Arc<SyncTracker>,
     stopping: CancellationToken,
+    /// This replica's id: the owner written into the rows it holds.
+    replica: String,
 }
 
 impl std::fmt::Debug for JobManager {
@@ -166,6 +176,7 @@ impl JobManager {
                 live: Mutex::default(),
                 syncs: Arc::new(SyncTracker::default()),
                 stopping: CancellationToken::new(),
+                replica: replica_id(),
             }),
         }
     }
@@ -179,6 +190,16 @@ impl JobManager {
     /// The engine jobs run on.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// This replica's id (host name, process id and a random part: unique per process).
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// Whether the job database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|store| store.ping()).await
     }
 
     /// The configured limits.
@@ -252,8 +273,11 @@ impl JobManager {
         let max_wait =
             (!new.asynchronous).then(|| new.max_wait.unwrap_or(self.inner.limits.sync_wait));
         let record = new.into_record(Utc::now());
-        let stored = self.blocking(move |store| store.create(record)).await;
-        let job = match stored {
+        let (owner, lease) = (self.inner.replica.clone(), self.inner.limits.lease);
+        let stored = self
+            .blocking(move |store| store.create(record, &owner, lease))
+            .await;
+        let (job, fence) = match stored {
             Ok(job) => job,
             Err(e) => {
                 if queued {
@@ -267,27 +291,150 @@ impl JobManager {
             Some(hold) => Start::Held(hold),
             None => permit.map_or(Start::Queue, Start::Now),
         };
-        self.spawn(job.clone(), start, Some(done_tx), max_wait);
+        self.spawn(job.clone(), fence, None, start, Some(done_tx), max_wait);
         Ok(Submitted { job, done })
     }
 
-    /// Picks up every job the store holds as queued or running (the service stopped
-    /// before they ended); each is queued again and says it was resumed.
+    /// Picks up the jobs the store holds as queued or running that nobody holds any more
+    /// (the service stopped before they ended; on a shared store, only those whose
+    /// holder's lease lapsed or that were let go); each is queued again and says it was
+    /// resumed. On a shared store it then starts the heartbeat and the takeover poll.
     pub async fn resume_unfinished(&self) -> Result<usize, StoreError> {
-        let jobs = self.blocking(|store| store.unfinished()).await?;
-        let count = jobs.len();
-        for mut job in jobs {
+        let shared = self.inner.store.shared();
+        // An embedded store has one process: whatever it holds is left from the last one.
+        let count = self.take_over(usize::MAX, !shared).await?;
+        if shared {
+            self.start_lease_tasks();
+        }
+        Ok(count)
+    }
+
+    /// Claims up to `limit` jobs nobody holds and queues them here as resumed jobs.
+    async fn take_over(&self, limit: usize, everything: bool) -> Result<usize, StoreError> {
+        let (owner, lease) = (self.inner.replica.clone(), self.inner.limits.lease);
+        let claimed = self
+            .blocking(move |store| store.claim(&owner, lease, limit, everything))
+            .await?;
+        let count = claimed.len();
+        for Claimed {
+            mut job,
+            fence,
+            previous_owner,
+            cancel_requested_by,
+        } in claimed
+        {
             let was = job.state;
             job.resumed += 1;
             job.state = JobState::Queued;
-            tracing::info!(job = job.id, user = %job.user, was = was.as_str(), "resuming job after a restart");
-            let saved = job.clone();
-            self.blocking(move |store| store.save(&saved)).await?;
+            // On a shared store a job with a previous owner was taken from a replica that
+            // stopped renewing its lease (it died or lost the database).
+            let because = match &previous_owner {
+                Some(previous) if !everything => format!(
+                    "a service restart: taken over from replica {previous}, whose lease lapsed (attempt {})",
+                    fence.attempt
+                ),
+                _ => "a service restart".to_owned(),
+            };
+            tracing::info!(
+                job = job.id,
+                user = %job.user,
+                was = was.as_str(),
+                previous_owner = previous_owner.as_deref().unwrap_or(""),
+                attempt = fence.attempt,
+                "resuming job after {because}"
+            );
+            let (saved, saved_fence) = (job.clone(), fence.clone());
+            if !self
+                .blocking(move |store| store.save(&saved, &saved_fence))
+                .await?
+            {
+                continue;
+            }
             self.inner.queued.fetch_add(1, Ordering::SeqCst);
             // Nobody waits for a resumed job's answer: no bound on its waits.
-            self.spawn(job, Start::Queue, None, None);
+            let live = self.spawn(job, fence, Some(because), Start::Queue, None, None);
+            if let Some(by) = cancel_requested_by {
+                self.cancel_live(&live, &by);
+            }
         }
         Ok(count)
+    }
+
+    /// Renews the leases of the jobs held here every third of the lease, and takes over
+    /// jobs whose holder let its lease lapse while this replica has a free slot.
+    fn start_lease_tasks(&self) {
+        let every = self.inner.limits.lease / 3;
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                manager.heartbeat().await;
+                if manager.inner.stopping.is_cancelled() {
+                    continue;
+                }
+                let free = manager.inner.slots.available_permits();
+                let room = manager
+                    .inner
+                    .limits
+                    .max_queued
+                    .saturating_sub(manager.queued());
+                let limit = free.min(room);
+                if limit > 0 {
+                    if let Err(e) = manager.take_over(limit, false).await {
+                        tracing::warn!(error = %e, "cannot look for jobs to take over");
+                    }
+                }
+            }
+        });
+    }
+
+    /// One heartbeat: extends the leases of every job held here; a job whose lease was
+    /// taken by another replica meanwhile is stopped here.
+    async fn heartbeat(&self) {
+        let live: Vec<Arc<LiveJob>> = self
+            .inner
+            .live
+            .lock()
+            .expect("live jobs lock")
+            .values()
+            .filter(|l| !l.is_lost())
+            .cloned()
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let held: Vec<(i64, i64)> = live.iter().map(|l| (l.id, l.fence.attempt)).collect();
+        let (owner, lease) = (self.inner.replica.clone(), self.inner.limits.lease);
+        match self
+            .blocking(move |store| store.renew(&owner, &held, lease))
+            .await
+        {
+            Ok(kept) => {
+                for renewed in &kept {
+                    let asked = renewed.cancel_requested_by.as_deref();
+                    if let (Some(by), Some(job)) = (asked, self.live(renewed.id)) {
+                        if !job.cancel.is_cancelled() {
+                            self.cancel_live(&job, by);
+                        }
+                    }
+                }
+                for job in live.iter().filter(|l| !kept.iter().any(|k| k.id == l.id)) {
+                    // It may have just ended (its final save takes it out of the renewal):
+                    // only a job still unfinished here was really lost.
+                    if !job.snapshot().state.is_final() {
+                        tracing::warn!(
+                            job = job.id,
+                            attempt = job.fence.attempt,
+                            "lease lost: another replica has taken the job over; stopping it here"
+                        );
+                        job.lose();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew job leases"),
+        }
     }
 
     /// Deletes finished jobs older than `days`.
@@ -345,19 +492,39 @@ impl JobManager {
     /// Returns the record as it is at the moment of the cancel.
     pub async fn cancel(&self, id: i64, by: &str) -> Result<JobRecord, CancelError> {
         let Some(live) = self.live(id) else {
-            return match self.blocking(move |store| store.get(id)).await? {
-                Some(job) => Err(CancelError::Finished(job.state)),
+            // Not run here: another replica may hold it. The request goes through the
+            // database; the holder reads it at its next heartbeat and stops the job.
+            let asker = by.to_owned();
+            return match self
+                .blocking(move |store| store.request_cancel(id, &asker))
+                .await?
+            {
+                Some(job) if job.state.is_final() => Err(CancelError::Finished(job.state)),
+                Some(mut job) => {
+                    tracing::info!(
+                        job = id,
+                        by,
+                        "cancel requested of the replica holding the job"
+                    );
+                    job.cancelled_by.get_or_insert_with(|| by.to_owned());
+                    Ok(job)
+                }
                 None => Err(CancelError::NotFound),
             };
         };
+        self.cancel_live(&live, by);
+        Ok(live.snapshot())
+    }
+
+    /// Cancels a job that runs or waits here.
+    fn cancel_live(&self, live: &Arc<LiveJob>, by: &str) {
         live.update(|job| {
             if job.cancelled_by.is_none() {
                 job.cancelled_by = Some(by.to_owned());
             }
         });
         live.cancel.cancel();
-        tracing::info!(job = id, by, "job cancelled");
-        Ok(live.snapshot())
+        tracing::info!(job = live.id, by, "job cancelled");
     }
 
     /// Cancels job `id` if it is still waiting for a slot, so that it never runs; a job
@@ -414,17 +581,20 @@ impl JobManager {
     fn spawn(
         &self,
         job: JobRecord,
+        fence: Fence,
+        resumed_because: Option<String>,
         start: Start,
         done: Option<oneshot::Sender<JobRecord>>,
         max_wait: Option<Duration>,
-    ) {
-        let live = LiveJob::new(job);
+    ) -> Arc<LiveJob> {
+        let live = LiveJob::new(job, fence, resumed_because);
         self.inner
             .live
             .lock()
             .expect("live jobs lock")
             .insert(live.id, live.clone());
         let manager = self.clone();
+        let task_live = live.clone();
         // Every line logged while the job runs (engine, registry client) names the job
         // and its user; a root span, as the job outlives the request that made it.
         let span = {
@@ -434,16 +604,21 @@ impl JobManager {
         // Its own task: a caller hanging up must not cancel the copy half-way.
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let live = task_live;
                 let finished = manager.run(&live, start, max_wait).await;
                 if let Some(job) = finished {
                     if let Some(done) = done {
                         let _ = done.send(job.clone());
                     }
-                    manager.notify(job).await;
+                    // Taken over by another replica: that one ends it and sends the webhook.
+                    if !live.is_lost() {
+                        manager.notify(job, &live).await;
+                    }
                 }
             },
             span,
         ));
+        live
     }
 
     /// Runs one job to its end; `None` when shutdown came first and it stays queued.
@@ -488,6 +663,12 @@ impl JobManager {
                         return Some(self.finish(live, end, JobState::Cancelled).await);
                     }
                     Err(false) => {
+                        // Let go, so another replica may run it now rather than after
+                        // this one's lease lapses.
+                        let (id, fence) = (live.id, live.fence.clone());
+                        if let Err(e) = self.blocking(move |s| s.release(id, &fence)).await {
+                            tracing::warn!(job = id, error = %e, "cannot let go of a queued job");
+                        }
                         self.forget(live);
                         return None;
                     }
@@ -517,7 +698,7 @@ impl JobManager {
         self.inner
             .hooks
             .started(&job, job.queued_seconds.unwrap_or_default());
-        self.save(&job).await;
+        self.save(live, &job).await;
         let context = SyncContext {
             observer: live.clone(),
             cancel: live.cancel.clone(),
@@ -526,10 +707,27 @@ impl JobManager {
         };
         let sync = self.inner.engine.run_request_with(&job.request, &context);
         // A panic in the engine ends this one job as an internal error.
-        let (end, state) = match AssertUnwindSafe(sync).catch_unwind().await {
+        let sync = AssertUnwindSafe(sync).catch_unwind();
+        let outcome = if self.inner.store.shared() {
+            // Other replicas show this job from its row: keep its progress there fresh.
+            // Stopped and awaited before the final save, so no progress write lands after it.
+            let stop = CancellationToken::new();
+            let saver = tokio::spawn({
+                let (manager, live, stop) = (self.clone(), live.clone(), stop.clone());
+                async move { manager.save_progress(&live, &stop).await }
+            });
+            let outcome = sync.await;
+            stop.cancel();
+            let _ = saver.await;
+            outcome
+        } else {
+            sync.await
+        };
+        let (end, state) = match outcome {
             Ok(mut report) => {
                 if job.resumed > 0 {
-                    prepend_resume_note(&mut report, job.resumed);
+                    let because = live.resumed_because.as_deref();
+                    prepend_resume_note(&mut report, job.resumed, because);
                 }
                 let state =
                     if live.cancel.is_cancelled() && report.status != SyncStatus::Successfully {
@@ -566,18 +764,33 @@ impl JobManager {
             job.http_status = Some(result.http_status);
         });
         let job = live.snapshot();
-        self.save(&job).await;
+        self.save(live, &job).await;
         self.forget(live);
         job
     }
 
+    /// Saves the live record about once a second while it changes, until `stop`.
+    async fn save_progress(&self, live: &Arc<LiveJob>, stop: &CancellationToken) {
+        let mut changes = live.subscribe();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(PROGRESS_SAVE_GAP) => {}
+            }
+            if changes.has_changed().unwrap_or(false) {
+                let job = changes.borrow_and_update().clone();
+                self.save(live, &job).await;
+            }
+        }
+    }
+
     /// Sends the webhook, if asked for, and records whether it got through.
-    async fn notify(&self, mut job: JobRecord) {
+    async fn notify(&self, mut job: JobRecord, live: &Arc<LiveJob>) {
         if job.callback_url.is_none() {
             return;
         }
         job.callback = self.inner.webhook.deliver(&job).await;
-        self.save(&job).await;
+        self.save(live, &job).await;
     }
 
     fn forget(&self, live: &Arc<LiveJob>) {
@@ -588,14 +801,31 @@ impl JobManager {
             .remove(&live.id);
     }
 
-    async fn save(&self, job: &JobRecord) {
-        let copy = job.clone();
-        if let Err(e) = self.blocking(move |store| store.save(&copy)).await {
+    /// Writes the record under the job's fence. A write refused because another replica
+    /// took the job over stops the job here.
+    async fn save(&self, live: &Arc<LiveJob>, job: &JobRecord) {
+        if live.is_lost() {
+            return;
+        }
+        let (copy, fence) = (job.clone(), live.fence.clone());
+        match self.blocking(move |store| store.save(&copy, &fence)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    job = job.id,
+                    attempt = live.fence.attempt,
+                    "job taken over by another replica (newer attempt): stopping it here"
+                );
+                live.lose();
+            }
             // The job goes on; only its record in the store is stale.
-            tracing::error!(job = job.id, error = %e, "cannot save job");
+            Err(e) => tracing::error!(job = job.id, error = %e, "cannot save job"),
         }
     }
 }
+
+/// How often a running job's progress is written to a shared store, for other replicas.
+const PROGRESS_SAVE_GAP: Duration = Duration::from_secs(1);
 
 /// Seconds from `from` to `to`, never negative (the clock may step back).
 fn seconds_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> f64 {
@@ -604,10 +834,24 @@ fn seconds_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> f6
 
 /// Puts a line at the top of a resumed job's log, so its reader knows why blobs were
 /// found already at the target.
-fn prepend_resume_note(report: &mut SyncReport, times: u32) {
+fn prepend_resume_note(report: &mut SyncReport, times: u32, because: Option<&str>) {
     let note = SyncLog::default();
+    let because = because.unwrap_or("a service restart");
     note.info(format!(
-        "Resumed after a service restart (resume {times}); blobs already at the target are skipped"
+        "Resumed after {because} (resume {times}); blobs already at the target are skipped"
     ));
     report.log.insert_str(0, &note.text());
+}
+
+/// An id unique to this process among the replicas: host name, process id and a random
+/// part (a restarted process on the same host is a new replica).
+fn replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let random = std::collections::hash_map::RandomState::new();
+    let salt = std::hash::BuildHasher::hash_one(&random, std::time::SystemTime::now()) & 0xffff;
+    format!("{host}-{}-{salt:04x}", std::process::id())
 }

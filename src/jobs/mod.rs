@@ -3,13 +3,14 @@
 //! cancel, and find the history after a restart.
 //!
 //! One job per module: [`model`] says what a job is, [`store`] is the storage interface
-//! and [`sqlite`] its default implementation, [`live`] holds an unfinished job's progress
+//! with [`sqlite`] (the default) and [`postgres`] (shared by replicas) implementing it, [`live`] holds an unfinished job's progress
 //! and cancel switch, [`manager`] runs jobs, [`webhook`] delivers completion callbacks,
 //! [`tracker`] counts running syncs for shutdown. Nothing here knows HTTP.
 
 pub mod live;
 pub mod manager;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod tracker;
@@ -19,5 +20,6 @@ pub use manager::{
     CancelError, Hold, JobEnd, JobHooks, JobLimits, JobManager, JobResult, SubmitError, Submitted,
 };
 pub use model::{JobFilter, JobProgress, JobRecord, JobState, NewJob, Trigger};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use store::{JobStore, StoreError};
+pub use store::{Claimed, Fence, JobStore, Renewed, StoreError};

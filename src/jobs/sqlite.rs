@@ -3,15 +3,16 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::model::{JobFilter, JobRecord, JobState};
-use super::store::{JobStore, StoreError};
+use super::store::{Claimed, Fence, JobStore, Renewed, StoreError};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Jobs in one SQLite database file.
 pub struct SqliteStore {
@@ -65,7 +66,7 @@ impl SqliteStore {
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version < SCHEMA_VERSION {
+        if version < 1 {
             connection.execute_batch(
                 "CREATE TABLE IF NOT EXISTS jobs (
                      id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -77,6 +78,18 @@ impl SqliteStore {
                  CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
                  CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs(user, id);",
             )?;
+        }
+        if version < 2 {
+            // The same holder columns as the PostgreSQL schema, so one manager drives both;
+            // jobs from version 1 have no owner and are taken at the next start.
+            connection.execute_batch(
+                "ALTER TABLE jobs ADD COLUMN owner TEXT;
+                 ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE jobs ADD COLUMN lease_ms INTEGER;
+                 ALTER TABLE jobs ADD COLUMN cancel_requested_by TEXT;",
+            )?;
+        }
+        if version < SCHEMA_VERSION {
             connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         Ok(Self {
@@ -96,33 +109,181 @@ fn decode(id: i64, text: &str) -> Result<JobRecord, StoreError> {
     Ok(job)
 }
 
+/// The end of a lease starting now, in Unix milliseconds.
+fn lease_end(lease: Duration) -> i64 {
+    let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+    Utc::now().timestamp_millis().saturating_add(lease)
+}
+
 impl JobStore for SqliteStore {
-    fn create(&self, mut job: JobRecord) -> Result<JobRecord, StoreError> {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn create(
+        &self,
+        mut job: JobRecord,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(JobRecord, Fence), StoreError> {
         let text = serde_json::to_string(&job).map_err(json_error("write a job"))?;
         let db = self.connection();
         db.execute(
-            "INSERT INTO jobs (user, state, created_ms, record) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO jobs (user, state, created_ms, record, owner, attempt, lease_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
             params![
                 job.user,
                 job.state.as_str(),
                 job.created_at.timestamp_millis(),
-                text
+                text,
+                owner,
+                lease_end(lease),
             ],
         )
         .map_err(query_error("create a job"))?;
         job.id = db.last_insert_rowid();
-        Ok(job)
+        let fence = Fence {
+            owner: owner.to_owned(),
+            attempt: 1,
+        };
+        Ok((job, fence))
     }
 
-    fn save(&self, job: &JobRecord) -> Result<(), StoreError> {
+    fn save(&self, job: &JobRecord, fence: &Fence) -> Result<bool, StoreError> {
         let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
-        self.connection()
+        let changed = self
+            .connection()
             .execute(
-                "UPDATE jobs SET state = ?2, record = ?3 WHERE id = ?1",
-                params![job.id, job.state.as_str(), text],
+                "UPDATE jobs SET state = ?2, record = ?3,
+                        lease_ms = CASE WHEN ?2 IN ('queued', 'running') THEN lease_ms END
+                 WHERE id = ?1 AND owner = ?4 AND attempt = ?5",
+                params![job.id, job.state.as_str(), text, fence.owner, fence.attempt],
             )
             .map_err(query_error("update a job"))?;
+        Ok(changed == 1)
+    }
+
+    fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        everything: bool,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut db = self.connection();
+        // One writer: selecting then updating in one transaction cannot race.
+        let tx = db.transaction().map_err(query_error("claim jobs"))?;
+        let picked = {
+            let mut statement = tx
+                .prepare(
+                    "SELECT id, record, owner, attempt, cancel_requested_by FROM jobs
+                     WHERE state IN ('queued', 'running')
+                       AND (?1 OR owner IS NULL OR lease_ms IS NULL OR lease_ms < ?2)
+                     ORDER BY id LIMIT ?3",
+                )
+                .map_err(query_error("claim jobs"))?;
+            let rows = statement
+                .query_map(
+                    params![
+                        everything,
+                        Utc::now().timestamp_millis(),
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                        ))
+                    },
+                )
+                .map_err(query_error("claim jobs"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(query_error("claim jobs"))?
+        };
+        let mut claimed = Vec::with_capacity(picked.len());
+        for (id, text, previous_owner, attempt, cancel_requested_by) in picked {
+            tx.execute(
+                "UPDATE jobs SET owner = ?2, attempt = ?3, lease_ms = ?4 WHERE id = ?1",
+                params![id, owner, attempt + 1, lease_end(lease)],
+            )
+            .map_err(query_error("claim jobs"))?;
+            claimed.push(Claimed {
+                job: decode(id, &text)?,
+                fence: Fence {
+                    owner: owner.to_owned(),
+                    attempt: attempt + 1,
+                },
+                previous_owner,
+                cancel_requested_by,
+            });
+        }
+        tx.commit().map_err(query_error("claim jobs"))?;
+        Ok(claimed)
+    }
+
+    fn renew(
+        &self,
+        owner: &str,
+        held: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<Renewed>, StoreError> {
+        let db = self.connection();
+        let mut kept = Vec::with_capacity(held.len());
+        for &(id, attempt) in held {
+            let renewed = db
+                .query_row(
+                    "UPDATE jobs SET lease_ms = ?4
+                     WHERE id = ?1 AND owner = ?2 AND attempt = ?3
+                       AND state IN ('queued', 'running')
+                     RETURNING cancel_requested_by",
+                    params![id, owner, attempt, lease_end(lease)],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()
+                .map_err(query_error("renew job leases"))?;
+            if let Some(cancel_requested_by) = renewed {
+                kept.push(Renewed {
+                    id,
+                    cancel_requested_by,
+                });
+            }
+        }
+        Ok(kept)
+    }
+
+    fn request_cancel(&self, id: i64, by: &str) -> Result<Option<JobRecord>, StoreError> {
+        let db = self.connection();
+        db.execute(
+            "UPDATE jobs SET cancel_requested_by = COALESCE(cancel_requested_by, ?2)
+             WHERE id = ?1 AND state IN ('queued', 'running')",
+            params![id, by],
+        )
+        .map_err(query_error("cancel a job"))?;
+        let text: Option<String> = db
+            .query_row("SELECT record FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(query_error("cancel a job"))?;
+        text.map(|t| decode(id, &t)).transpose()
+    }
+
+    fn release(&self, id: i64, fence: &Fence) -> Result<(), StoreError> {
+        self.connection()
+            .execute(
+                "UPDATE jobs SET owner = NULL, lease_ms = NULL
+                 WHERE id = ?1 AND owner = ?2 AND attempt = ?3 AND state = 'queued'",
+                params![id, fence.owner, fence.attempt],
+            )
+            .map_err(query_error("release a job"))?;
         Ok(())
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.connection()
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(query_error("check the database"))
     }
 
     fn get(&self, id: i64) -> Result<Option<JobRecord>, StoreError> {
@@ -222,15 +383,16 @@ mod tests {
         let old = now - chrono::Duration::days(40);
         {
             let store = SqliteStore::open(&path).unwrap();
-            let a = store.create(job("alice", old)).unwrap();
-            let mut b = store.create(job("bob", now)).unwrap();
-            let c = store.create(job("alice", now)).unwrap();
+            let lease = Duration::from_secs(30);
+            let (a, fa) = store.create(job("alice", old), "r1", lease).unwrap();
+            let (mut b, fb) = store.create(job("bob", now), "r1", lease).unwrap();
+            let (c, _) = store.create(job("alice", now), "r1", lease).unwrap();
             assert!(a.id < b.id && b.id < c.id);
             b.state = JobState::Running;
-            store.save(&b).unwrap();
+            assert!(store.save(&b, &fb).unwrap());
             let mut a = a;
             a.state = JobState::Succeeded;
-            store.save(&a).unwrap();
+            assert!(store.save(&a, &fa).unwrap());
         }
         let store = SqliteStore::open(&path).unwrap();
         let all = store

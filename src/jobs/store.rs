@@ -1,6 +1,12 @@
-//! Where jobs are kept: one small interface, so that a shared database can serve several
-//! replicas later without touching the manager. Calls block; the manager runs them off
-//! the async workers.
+//! Where jobs are kept: one small interface with two implementations, the embedded SQLite
+//! file ([`super::sqlite`]) and a PostgreSQL database that several replicas share
+//! ([`super::postgres`]). Calls block; the manager runs them off the async workers.
+//!
+//! Every unfinished job is held by one owner (a replica id) under a numbered attempt and a
+//! lease. Writes carry the [`Fence`] (owner, attempt) they were given: once another
+//! replica has taken the job over (a new attempt), the old owner's writes change nothing.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -17,6 +23,14 @@ pub enum StoreError {
         /// Why.
         cause: String,
     },
+    /// The PostgreSQL database could not be reached or migrated at start-up.
+    #[error("job database {url}: {cause} (check rsyncserver.jobs.database, that PostgreSQL runs and that the user may log in and create tables)")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        cause: String,
+    },
     /// A read or write failed.
     #[error("job database: {what}: {cause}")]
     Query {
@@ -27,12 +41,80 @@ pub enum StoreError {
     },
 }
 
+/// Who holds a job and which attempt of it this is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The replica id of the holder.
+    pub owner: String,
+    /// Counts up by one each time the job is taken (created: 1).
+    pub attempt: i64,
+}
+
+/// A job taken by [`JobStore::claim`].
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The record as stored.
+    pub job: JobRecord,
+    /// The new holder and attempt.
+    pub fence: Fence,
+    /// Who held it before, if anyone (a replica that died or restarted).
+    pub previous_owner: Option<String>,
+    /// Who asked to cancel it, if someone did (through any replica).
+    pub cancel_requested_by: Option<String>,
+}
+
+/// A lease [`JobStore::renew`] extended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The job.
+    pub id: i64,
+    /// Who asked to cancel it, if someone did (through any replica).
+    pub cancel_requested_by: Option<String>,
+}
+
 /// Keeps job records.
 pub trait JobStore: Send + Sync {
-    /// Stores a new job and returns it with its id.
-    fn create(&self, job: JobRecord) -> Result<JobRecord, StoreError>;
-    /// Overwrites the stored record with the same id.
-    fn save(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// Whether other processes may use the same store at once (PostgreSQL): then leases
+    /// are renewed and lapsed ones taken over. An embedded store has one process.
+    fn shared(&self) -> bool;
+    /// Stores a new job held by `owner` (attempt 1, lease `lease`); returns it with its id.
+    fn create(
+        &self,
+        job: JobRecord,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(JobRecord, Fence), StoreError>;
+    /// Overwrites the stored record with the same id if `fence` still holds it; `false`
+    /// (nothing written) once another attempt took the job over.
+    fn save(&self, job: &JobRecord, fence: &Fence) -> Result<bool, StoreError>;
+    /// Takes up to `limit` queued or running jobs that nobody holds (no owner, or a lapsed
+    /// lease), oldest first, for `owner` with the next attempt and a lease `lease`.
+    /// `everything` also takes jobs whose lease still runs: for an embedded store after a
+    /// restart, whose previous process is known to be gone.
+    fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        everything: bool,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// Extends the leases of the unfinished jobs `owner` holds as (id, attempt); returns
+    /// those still held (a missing one was taken over: stop working on it), each with
+    /// the cancel request it carries.
+    fn renew(
+        &self,
+        owner: &str,
+        held: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<Renewed>, StoreError>;
+    /// Asks the holder of an unfinished job to cancel it (it reads the request at its
+    /// next heartbeat); returns the job as stored, or `None` when there is no such job.
+    /// A finished job is returned unchanged.
+    fn request_cancel(&self, id: i64, by: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Lets go of a queued job (its owner is cleared) so any replica may take it at once.
+    fn release(&self, id: i64, fence: &Fence) -> Result<(), StoreError>;
+    /// Answers when the database can be reached (readiness).
+    fn ping(&self) -> Result<(), StoreError>;
     /// The job with this id.
     fn get(&self, id: i64) -> Result<Option<JobRecord>, StoreError>;
     /// Jobs matching the filter, newest first.

@@ -2,6 +2,7 @@
 //! listing and privacy, cancel, server-sent events, resume after a crash, and the
 //! completion webhook. skopeo checks what landed (or that nothing did).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -11,9 +12,11 @@ use serde_json::{json, Value};
 use crate::common::contract::{assert_sync_shape, status_of};
 use crate::common::fault_proxy::{FaultProxy, Rule};
 use crate::common::fixture::{Pair, SourceAuth};
+use crate::common::postgres::{Backend, JobDb, DATABASE};
 use crate::common::service::{admin, jenkins, json_of};
 use crate::common::webhook::WebhookReceiver;
 use crate::common::{skopeo, Creds, Format, Image, Pushed, Registry, Service, ServiceConfig};
+use imagersync::jobs::{JobState, JobStore, PostgresStore, SqliteStore};
 
 const KIB: usize = 1024;
 const JOBS: &str = "/v1/image/rsync/jobs";
@@ -27,18 +30,18 @@ struct Slowed {
 }
 
 impl Slowed {
-    async fn start(configure: impl FnOnce(ServiceConfig) -> ServiceConfig) -> Slowed {
+    async fn start(db: &JobDb, configure: impl FnOnce(ServiceConfig) -> ServiceConfig) -> Slowed {
         let password = crate::common::fixture::random_password("dst");
         let (src, dst) = tokio::join!(
             Registry::start_anonymous(),
             Registry::start_htpasswd("pusher", &password),
         );
         let proxy = FaultProxy::start(&src.host()).await;
-        let config = configure(
+        let config = db.apply(configure(
             ServiceConfig::new()
                 .entry("src", &proxy.host(), None)
                 .registry("dst", &dst),
-        );
+        ));
         let service = Service::start(&config).await;
         Slowed {
             src,
@@ -190,9 +193,14 @@ fn assert_succeeded(job: &Value, pushed: &Pushed) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn async_post_answers_202_at_once_and_the_job_ends_with_the_synchronous_answer() {
-    let pair = Pair::start(SourceAuth::Anonymous).await;
+async fn async_post_answers_202_at_once_and_the_job_ends_with_the_synchronous_answer(
+    backend: Backend,
+) {
+    let db = JobDb::start(backend).await;
+    let pair = Pair::start_with_db(&db, SourceAuth::Anonymous, |c, _, dst| {
+        c.registry("dst", dst)
+    })
+    .await;
     let image = Image::random(Format::Oci, &[256 * KIB, 64 * KIB]);
     let pushed = pair.src.push_image("team/app", "v1", &image).await;
     let service = &pair.service;
@@ -282,9 +290,9 @@ async fn async_post_answers_202_at_once_and_the_job_ends_with_the_synchronous_an
     skopeo::assert_landed(&pair.dst, "team/app:v2", &pushed).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn jobs_are_listed_filtered_paged_and_private_to_their_user() {
-    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+async fn jobs_are_listed_filtered_paged_and_private_to_their_user(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let pair = Pair::start_with_db(&db, SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
         admins: vec!["admin".into()],
         ..config.registry("dst", dst)
     })
@@ -386,9 +394,9 @@ async fn jobs_are_listed_filtered_paged_and_private_to_their_user() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cancel_stops_a_running_job_and_leaves_no_tag() {
-    let s = Slowed::start(|c| c).await;
+async fn cancel_stops_a_running_job_and_leaves_no_tag(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let s = Slowed::start(&db, |c| c).await;
     // 1 MiB at 16 KiB per 100 ms: about 6 s, plenty of time to cancel mid-way.
     let (pushed, id) = s
         .submit_slowed("v1", &[1024 * KIB, 32 * KIB], 16 * KIB)
@@ -438,9 +446,9 @@ async fn cancel_stops_a_running_job_and_leaves_no_tag() {
     skopeo::assert_landed(&s.dst, "prod/app:v1", &pushed).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start() {
-    let s = Slowed::start(|c| ServiceConfig {
+async fn queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let s = Slowed::start(&db, |c| ServiceConfig {
         max_concurrent_syncs: Some(1),
         ..c
     })
@@ -613,9 +621,9 @@ async fn read_events(service: &Service, creds: &Creds, id: i64) -> Vec<(String, 
     panic!("the stream ended without a done event: {events:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn events_stream_progress_as_it_happens_then_done() {
-    let s = Slowed::start(|c| c).await;
+async fn events_stream_progress_as_it_happens_then_done(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let s = Slowed::start(&db, |c| c).await;
     // 512 KiB at 32 KiB per 100 ms: about 1.6 s of visible progress.
     let (pushed, id) = s
         .submit_slowed("v1", &[512 * KIB, 16 * KIB], 32 * KIB)
@@ -663,9 +671,9 @@ async fn events_stream_progress_as_it_happens_then_done() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
-    let mut s = Slowed::start(|c| c).await;
+async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let mut s = Slowed::start(&db, |c| c).await;
     let earlier = s
         .src
         .push_image("team/app", "v0", &Image::random(Format::Oci, &[8 * KIB]))
@@ -732,10 +740,10 @@ async fn a_job_running_when_the_service_dies_is_resumed_after_the_restart() {
     skopeo::assert_landed(&s.dst, "prod/other:v0", &earlier).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_webhook_gets_the_finished_job_without_credentials_and_is_retried() {
+async fn the_webhook_gets_the_finished_job_without_credentials_and_is_retried(backend: Backend) {
+    let db = JobDb::start(backend).await;
     // The receiver is on loopback: an internal address, so it must be listed.
-    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+    let pair = Pair::start_with_db(&db, SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
         callback_allowed_hosts: vec!["127.0.0.1".into()],
         ..config.registry("dst", dst)
     })
@@ -798,9 +806,9 @@ async fn the_webhook_gets_the_finished_job_without_credentials_and_is_retried() 
     assert_eq!(receiver.deliveries().len(), before);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_queue_answers_503_and_names_jobs_max_queued() {
-    let s = Slowed::start(|c| ServiceConfig {
+async fn a_full_queue_answers_503_and_names_jobs_max_queued(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let s = Slowed::start(&db, |c| ServiceConfig {
         max_concurrent_syncs: Some(1),
         max_queued: Some(1),
         ..c
@@ -864,10 +872,10 @@ async fn a_full_queue_answers_503_and_names_jobs_max_queued() {
     skopeo::assert_absent(&s.dst, "prod/app:v3").await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_webhook_stops_after_four_attempts_and_never_follows_a_redirect() {
+async fn the_webhook_stops_after_four_attempts_and_never_follows_a_redirect(backend: Backend) {
+    let db = JobDb::start(backend).await;
     // The receivers are on loopback: internal, so listed.
-    let pair = Pair::start_with(SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
+    let pair = Pair::start_with_db(&db, SourceAuth::Anonymous, |config, _, dst| ServiceConfig {
         callback_allowed_hosts: vec!["127.0.0.1".into()],
         ..config.registry("dst", dst)
     })
@@ -926,9 +934,9 @@ async fn the_webhook_stops_after_four_attempts_and_never_follows_a_redirect() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn finished_jobs_older_than_history_days_are_deleted_at_start() {
-    let pair = Pair::start_with(SourceAuth::Anonymous, |c, _, dst| ServiceConfig {
+async fn finished_jobs_older_than_history_days_are_deleted_at_start(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let pair = Pair::start_with_db(&db, SourceAuth::Anonymous, |c, _, dst| ServiceConfig {
         history_days: Some(30),
         ..c.registry("dst", dst)
     })
@@ -968,16 +976,7 @@ async fn finished_jobs_older_than_history_days_are_deleted_at_start() {
 
     // Age one job past history_days in the database the service wrote (its creation time
     // is what pruning reads), then start again: pruning runs at start-up.
-    let db = rusqlite::Connection::open(service.job_database()).unwrap();
-    let forty_days_ms: i64 = 40 * 24 * 60 * 60 * 1000;
-    let changed = db
-        .execute(
-            "UPDATE jobs SET created_ms = created_ms - ?1 WHERE id = ?2",
-            (forty_days_ms, old),
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
-    drop(db);
+    assert!(db.age_job(&service, old, 40).await, "job {old} is stored");
     service.start_again().await;
 
     let (status, gone) = get(&service, &jenkins(), &format!("{JOBS}/{old}")).await;
@@ -987,9 +986,11 @@ async fn finished_jobs_older_than_history_days_are_deleted_at_start() {
     assert_eq!(kept["state"], json!("succeeded"), "{kept}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restart() {
-    let mut s = Slowed::start(|c| ServiceConfig {
+async fn queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restart(
+    backend: Backend,
+) {
+    let db = JobDb::start(backend).await;
+    let mut s = Slowed::start(&db, |c| ServiceConfig {
         max_concurrent_syncs: Some(1),
         ..c
     })
@@ -1020,16 +1021,11 @@ async fn queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restar
     );
     skopeo::assert_landed(&s.dst, "prod/app:v1", &slow).await;
     skopeo::assert_absent(&s.dst, "prod/app:v2").await;
-    // What the stopped service left in its database (read through the crate's own store).
-    let store = imagersync::jobs::SqliteStore::open(&s.service.job_database()).unwrap();
-    use imagersync::jobs::JobStore as _;
-    let left = store.get(queued).unwrap().expect("the queued job is kept");
-    assert_eq!(left.state, imagersync::jobs::JobState::Queued, "{left:?}");
-    assert_eq!(
-        store.get(first).unwrap().unwrap().state,
-        imagersync::jobs::JobState::Succeeded
-    );
-    drop(store);
+    // What the stopped service left in its database.
+    let left = db.stored_state(&s.service, queued).await;
+    assert_eq!(left.as_deref(), Some("queued"), "the queued job is kept");
+    let first = db.stored_state(&s.service, first).await;
+    assert_eq!(first.as_deref(), Some("succeeded"));
 
     s.service.start_again().await;
     let job = wait_for(
@@ -1044,3 +1040,266 @@ async fn queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restar
     assert_succeeded(&job, &quick);
     skopeo::assert_landed(&s.dst, "prod/app:v2", &quick).await;
 }
+
+// ---- The store seam itself, on both backends: fencing, claims, readiness. ----
+
+/// Opens the crate's own store on `db` (for SQLite, a file in `dir`).
+async fn open_store(db: &JobDb, dir: &std::path::Path) -> Arc<dyn JobStore> {
+    match &db.pg {
+        None => Arc::new(SqliteStore::open(&dir.join("jobs.sqlite3")).unwrap()),
+        Some(pg) => Arc::new(
+            PostgresStore::connect(&pg.url(DATABASE), "test database")
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
+/// Runs a store call on a blocking thread, as the service does.
+async fn on_store<T: Send + 'static>(
+    store: &Arc<dyn JobStore>,
+    call: impl FnOnce(&dyn JobStore) -> T + Send + 'static,
+) -> T {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .unwrap()
+}
+
+fn new_job(n: usize) -> imagersync::jobs::JobRecord {
+    imagersync::jobs::NewJob {
+        user: "jenkins".into(),
+        trigger: imagersync::jobs::Trigger::Request,
+        request: imagersync::engine::SyncRequest {
+            source: format!("r/a:v{n}"),
+            targets: vec![format!("r/b:v{n}")],
+            ..imagersync::engine::SyncRequest::default()
+        },
+        rsync_config: json!({"source": format!("r/a:v{n}"), "target": format!("r/b:v{n}")}),
+        asynchronous: true,
+        callback_url: None,
+        max_wait: None,
+    }
+    .into_record(chrono::Utc::now())
+}
+
+async fn a_replica_whose_lease_lapsed_cannot_write_the_job_any_more(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&db, dir.path()).await;
+    const LEASE: Duration = Duration::from_secs(30);
+    // r1 holds the job with a lease that lapses at once (as if r1 had stopped renewing).
+    let (job, r1) = on_store(&store, |s| s.create(new_job(1), "r1", Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(r1.attempt, 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let claimed = on_store(&store, |s| s.claim("r2", LEASE, 10, false))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the lapsed job is taken over");
+    let r2 = claimed[0].fence.clone();
+    assert_eq!((claimed[0].job.id, r2.attempt), (job.id, 2));
+    assert_eq!(claimed[0].previous_owner.as_deref(), Some("r1"));
+
+    // r1 comes back: its writes and its heartbeat are refused, the row is r2's.
+    let mut stale = job.clone();
+    stale.state = JobState::Failed;
+    let (copy, fence) = (stale.clone(), r1.clone());
+    assert!(!on_store(&store, move |s| s.save(&copy, &fence))
+        .await
+        .unwrap());
+    let id = job.id;
+    let renewed = on_store(&store, move |s| s.renew("r1", &[(id, 1)], LEASE))
+        .await
+        .unwrap();
+    assert!(renewed.is_empty(), "r1 no longer holds it: {renewed:?}");
+    let stored = on_store(&store, move |s| s.get(id)).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Queued, "r1's write changed nothing");
+
+    // r2 writes and renews; nobody else can take it while r2's lease runs.
+    let mut running = job.clone();
+    running.state = JobState::Running;
+    let (copy, fence) = (running, r2.clone());
+    assert!(on_store(&store, move |s| s.save(&copy, &fence))
+        .await
+        .unwrap());
+    let renewed = on_store(&store, move |s| s.renew("r2", &[(id, 2)], LEASE))
+        .await
+        .unwrap();
+    let renewed: Vec<i64> = renewed.iter().map(|r| r.id).collect();
+    assert_eq!(renewed, vec![id]);
+    let others = on_store(&store, |s| s.claim("r3", LEASE, 10, false))
+        .await
+        .unwrap();
+    assert!(others.is_empty(), "a live lease is not taken: {others:?}");
+    let stored = on_store(&store, move |s| s.get(id)).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Running);
+}
+
+async fn concurrent_claims_take_each_job_exactly_once(backend: Backend) {
+    let db = JobDb::start(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&db, dir.path()).await;
+    let mut ids = Vec::new();
+    for n in 0..24 {
+        let (job, _) = on_store(&store, move |s| {
+            s.create(new_job(n), "gone", Duration::ZERO)
+        })
+        .await
+        .unwrap();
+        ids.push(job.id);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Four claimers at once, two jobs at a time, until nothing is left.
+    let claimers = (0..4).map(|n| {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let owner = format!("r{n}");
+            let mut got = Vec::new();
+            loop {
+                let claimed = store
+                    .claim(&owner, Duration::from_secs(30), 2, false)
+                    .unwrap();
+                if claimed.is_empty() {
+                    return got;
+                }
+                got.extend(claimed.into_iter().map(|c| (c.job.id, c.fence.attempt)));
+            }
+        })
+    });
+    let mut taken: Vec<(i64, i64)> = futures_util::future::join_all(claimers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    taken.sort_unstable();
+    let taken_ids: Vec<i64> = taken.iter().map(|t| t.0).collect();
+    assert_eq!(taken_ids, ids, "each job taken exactly once");
+    assert!(
+        taken.iter().all(|t| t.1 == 2),
+        "one new attempt each: {taken:?}"
+    );
+}
+
+async fn ready_answers_while_the_job_database_answers(backend: Backend) {
+    let mut db = JobDb::start(backend).await;
+    let pair = Pair::start_with_db(&db, SourceAuth::Anonymous, |c, _, dst| {
+        c.registry("dst", dst)
+    })
+    .await;
+    let service = &pair.service;
+    let ready = |service: &Service| {
+        let url = service.url("/ready");
+        let client = service.client().clone();
+        async move { json_of(client.get(url).send().await.unwrap()).await }
+    };
+    let (status, body) = ready(service).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"status": "ready"}));
+    let Some(pg) = db.pg.as_mut() else {
+        return;
+    };
+    // PostgreSQL goes away under the running service: not ready, still alive.
+    pg.stop();
+    let (status, body) = ready(service).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], json!("unavailable"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("job database"),
+        "{body}"
+    );
+    assert_eq!(
+        service.health().await.unwrap(),
+        StatusCode::OK,
+        "/check is liveness only"
+    );
+
+    // Back again: the service reconnects by itself and runs jobs.
+    pg.start_again().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = ready(service).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after 30 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let image = Image::random(Format::Oci, &[16 * KIB]);
+    let pushed = pair.src.push_image("team/app", "v1", &image).await;
+    let (status, answer) = service
+        .sync(&pair.src_ref("team/app:v1"), &pair.dst_ref("team/app:v1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    skopeo::assert_landed(&pair.dst, "team/app:v1", &pushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_starting_together_on_an_empty_database_migrate_it_once() {
+    let db = JobDb::start(Backend::Postgres).await;
+    let config = db.apply(ServiceConfig::new());
+    let (a, b) = tokio::join!(Service::start(&config), Service::start(&config));
+    for service in [&a, &b] {
+        assert_eq!(service.health().await.unwrap(), StatusCode::OK);
+    }
+    let mut conn = db.pg.as_ref().unwrap().connect(DATABASE).await;
+    let applied: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(applied, vec![(1, true)], "one migration, applied once");
+    // And both replicas use the one schema.
+    let job = submit(
+        &a,
+        &jenkins(),
+        &async_body("127.0.0.1:1/a:v1", "127.0.0.1:1/b:v1"),
+    )
+    .await;
+    let id = job["id"].as_i64().unwrap();
+    let (status, seen) = get(&b, &jenkins(), &format!("{JOBS}/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+}
+
+/// Every test above, once per job store: `jobs::sqlite::NAME` and `jobs::postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(crate::common::postgres::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(crate::common::postgres::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    async_post_answers_202_at_once_and_the_job_ends_with_the_synchronous_answer,
+    jobs_are_listed_filtered_paged_and_private_to_their_user,
+    cancel_stops_a_running_job_and_leaves_no_tag,
+    queued_jobs_wait_for_a_slot_and_can_be_cancelled_before_they_start,
+    events_stream_progress_as_it_happens_then_done,
+    a_job_running_when_the_service_dies_is_resumed_after_the_restart,
+    the_webhook_gets_the_finished_job_without_credentials_and_is_retried,
+    a_full_queue_answers_503_and_names_jobs_max_queued,
+    the_webhook_stops_after_four_attempts_and_never_follows_a_redirect,
+    finished_jobs_older_than_history_days_are_deleted_at_start,
+    queued_jobs_stay_queued_across_a_graceful_stop_and_run_after_the_restart,
+    a_replica_whose_lease_lapsed_cannot_write_the_job_any_more,
+    concurrent_claims_take_each_job_exactly_once,
+    ready_answers_while_the_job_database_answers,
+);

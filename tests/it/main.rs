@@ -28,6 +28,7 @@ mod posture;
 mod referrers;
 mod registry_tls;
 mod reload;
+mod replicas;
 mod rig;
 mod security;
 mod service_faults;

@@ -61,6 +61,18 @@ impl Pair {
         Pair { src, dst, service }
     }
 
+    /// [`Pair::start_with`] with the service's jobs kept in `db`.
+    pub async fn start_with_db(
+        db: &super::postgres::JobDb,
+        source: SourceAuth,
+        configure: impl FnOnce(ServiceConfig, &Registry, &Registry) -> ServiceConfig,
+    ) -> Pair {
+        Self::start_with(source, |config, src, dst| {
+            db.apply(configure(config, src, dst))
+        })
+        .await
+    }
+
     /// `SRC_HOST/<reference>`.
     pub fn src_ref(&self, reference: &str) -> String {
         format!("{}/{reference}", self.src.host())

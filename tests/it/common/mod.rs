@@ -16,6 +16,7 @@ pub mod fault_proxy;
 pub mod fixture;
 pub mod image;
 pub mod net;
+pub mod postgres;
 pub mod process;
 pub mod push;
 pub mod registry;

@@ -63,6 +63,10 @@ pub struct ServiceConfig {
     pub max_queued: Option<usize>,
     /// `rsyncserver.jobs.history_days`, when set.
     pub history_days: Option<u32>,
+    /// `rsyncserver.jobs.database`, when set (else the default SQLite file).
+    pub job_database: Option<String>,
+    /// `rsyncserver.jobs.lease_seconds`, when set.
+    pub lease_seconds: Option<u64>,
     /// `rsyncserver.mirrors` entries, as JSON objects.
     pub mirrors: Vec<Value>,
 }
@@ -77,6 +81,8 @@ impl Default for ServiceConfig {
             admins: Vec::new(),
             max_queued: None,
             history_days: None,
+            job_database: None,
+            lease_seconds: None,
             max_concurrent_syncs: None,
             callback_allowed_hosts: Vec::new(),
             mirrors: Vec::new(),
@@ -149,6 +155,12 @@ impl ServiceConfig {
         }
         if let Some(days) = self.history_days {
             doc["rsyncserver"]["jobs"]["history_days"] = json!(days);
+        }
+        if let Some(database) = &self.job_database {
+            doc["rsyncserver"]["jobs"]["database"] = json!(database);
+        }
+        if let Some(lease) = self.lease_seconds {
+            doc["rsyncserver"]["jobs"]["lease_seconds"] = json!(lease);
         }
         if !self.mirrors.is_empty() {
             doc["rsyncserver"]["mirrors"] = json!(self.mirrors);
@@ -401,6 +413,12 @@ impl Service {
             .send()
             .await?;
         Ok(resp.status())
+    }
+
+    /// Kills the service at once (SIGKILL, `kill -9`: no drain) and reaps it; start it
+    /// again with [`Service::start_again`].
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// Sends SIGTERM, as systemd or a container runtime does to stop the service.
