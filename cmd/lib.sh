@@ -100,6 +100,25 @@ wait_http() {
     return 1
 }
 
+# start_plain_registry NAME: starts a plain-HTTP docker-registry on a free loopback port with its
+# data in $WORK/NAME (deletes enabled), adds its pid to PIDS and sets ${NAME^^}_HOST
+# (e.g. SRC_HOST=127.0.0.1:PORT). Needs WORK, PIDS and a `die` of the calling script.
+start_plain_registry() {
+    local name="$1" port dir="$WORK/$1"
+    port="$(free_port)"
+    mkdir -p "$dir"
+    cat >"$dir/config.yml" <<YAML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $dir/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$port, secret: $(basename "$0" .sh)-$name}
+YAML
+    docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$port/v2/" "$dir/registry.log" "$!" || die "registry $name did not start"
+    printf -v "${name^^}_HOST" '%s' "127.0.0.1:$port"
+}
+
 # quick_flag "$@": sets QUICK=true for --quick; --help prints the script's header comment
 # (from line 2 to `set -euo`) and exits; anything else stops the script.
 quick_flag() {

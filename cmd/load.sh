@@ -56,26 +56,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_registry NAME: an anonymous docker-registry on a free port; sets NAME_HOST.
-start_registry() {
-    local name="$1" port dir="$WORK/$1"
-    port="$(free_port)"
-    mkdir -p "$dir"
-    cat >"$dir/config.yml" <<YAML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $dir/data}}
-http: {addr: 127.0.0.1:$port, secret: load-$name}
-YAML
-    docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
-    PIDS+=($!)
-    wait_http "http://127.0.0.1:$port/v2/" "$dir/registry.log" "$!" || die "registry $name did not start"
-    printf -v "${name^^}_HOST" '%s' "127.0.0.1:$port"
-}
-
 log "starting two registries and the service"
-start_registry src
-start_registry dst
+start_plain_registry src
+start_plain_registry dst
 SVC_PASS="load-$RANDOM$RANDOM"
 cat >"$WORK/service.yaml" <<YAML
 rsyncserver:
