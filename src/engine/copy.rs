@@ -34,8 +34,9 @@ const MAX_INDEX_DEPTH: usize = 4;
 const SMALL_BLOB: u64 = 1 << 20;
 
 /// Small blobs in flight per large one allowed by `proc_num`: a small blob's time goes
-/// on round trips, not on bytes, so more of them at once hide latency at no cost in
-/// bandwidth or memory; the service-wide `max_transfers` still bounds them all.
+/// on round trips, not on bytes, so more of them at once hide latency without taking
+/// bandwidth from the large ones. Each holds its connections' read buffers, a few hundred
+/// KiB (the `wan` rows of doc/perf.md); the service-wide `max_transfers` bounds them all.
 const SMALL_PER_LARGE: usize = 4;
 
 /// Fewest blobs for which finding out whether the target repository is new (one request)
