@@ -26,6 +26,31 @@ pub fn mirror_user(name: &str) -> String {
     format!("mirror:{name}")
 }
 
+/// The job of one mirror run: `source` to every target of the mirror, as its own user.
+fn mirror_job(name: &str, mirror: &Mirror, source: String, trigger: Trigger) -> NewJob {
+    let targets = mirror.config.target.to_vec();
+    let target = if targets.len() == 1 {
+        serde_json::json!(targets[0])
+    } else {
+        serde_json::json!(targets)
+    };
+    NewJob {
+        user: mirror_user(name),
+        trigger,
+        rsync_config: serde_json::json!({ "source": source, "target": target, "mirror": name }),
+        request: SyncRequest {
+            source,
+            targets,
+            force: false,
+            platforms: mirror.config.platforms.clone(),
+            referrers: None,
+        },
+        asynchronous: true,
+        callback_url: None,
+        max_wait: None,
+    }
+}
+
 /// Why a mirror run did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -421,26 +446,7 @@ impl Mirrors {
             }
         }
         let source = self.source_rule(mirror, pushed).await?;
-        let targets = mirror.config.target.to_vec();
-        let new = NewJob {
-            user: mirror_user(name),
-            trigger,
-            request: SyncRequest {
-                source: source.clone(),
-                targets: targets.clone(),
-                force: false,
-                platforms: mirror.config.platforms.clone(),
-                referrers: None,
-            },
-            rsync_config: serde_json::json!({
-                "source": source,
-                "target": if targets.len() == 1 { serde_json::json!(targets[0]) } else { serde_json::json!(targets) },
-                "mirror": name,
-            }),
-            asynchronous: true,
-            callback_url: None,
-            max_wait: None,
-        };
+        let new = mirror_job(name, mirror, source, trigger);
         let submitted = self
             .inner
             .jobs
@@ -673,26 +679,7 @@ impl Mirrors {
             }
         });
         let source = format!("{}:{tag}", mirror.source.image.name());
-        let targets = mirror.config.target.to_vec();
-        let new = NewJob {
-            user: mirror_user(name),
-            trigger: Trigger::Push,
-            request: SyncRequest {
-                source: source.clone(),
-                targets: targets.clone(),
-                force: false,
-                platforms: mirror.config.platforms.clone(),
-                referrers: None,
-            },
-            rsync_config: serde_json::json!({
-                "source": source,
-                "target": if targets.len() == 1 { serde_json::json!(targets[0]) } else { serde_json::json!(targets) },
-                "mirror": name,
-            }),
-            asynchronous: true,
-            callback_url: None,
-            max_wait: None,
-        };
+        let new = mirror_job(name, mirror, source, Trigger::Push);
         let submitted =
             jobs.submit_held(new, Some(hold))
                 .await
