@@ -119,6 +119,18 @@ YAML
     printf -v "${name^^}_HOST" '%s' "127.0.0.1:$port"
 }
 
+# start_service CONFIG: starts $BIN on a free loopback port with CONFIG (made private
+# first: it holds passwords), adds its pid to PIDS, sets SVC_PORT and SVC_PID and waits
+# for /check. Needs WORK, PIDS and a `die` of the calling script.
+start_service() {
+    chmod 600 "$1"
+    SVC_PORT="$(free_port)"
+    "$BIN" --address "127.0.0.1:$SVC_PORT" --configFile "$1" >"$WORK/service.log" 2>&1 &
+    SVC_PID=$!
+    PIDS+=("$SVC_PID")
+    wait_http "http://127.0.0.1:$SVC_PORT/check" "$WORK/service.log" "$SVC_PID" || die "the service did not start"
+}
+
 # quick_flag "$@": sets QUICK=true for --quick; --help prints the script's header comment
 # (from line 2 to `set -euo`) and exits; anything else stops the script.
 quick_flag() {

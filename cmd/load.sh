@@ -71,12 +71,7 @@ rsyncserver:
       src: {registry: "$SRC_HOST", plain_http: true}
       dst: {registry: "$DST_HOST", plain_http: true}
 YAML
-chmod 600 "$WORK/service.yaml"
-SVC_PORT="$(free_port)"
-"$BIN" --address "127.0.0.1:$SVC_PORT" --configFile "$WORK/service.yaml" >"$WORK/service.log" 2>&1 &
-SVC_PID=$!
-PIDS+=("$SVC_PID")
-wait_http "http://127.0.0.1:$SVC_PORT/check" "$WORK/service.log" "$SVC_PID" || die "the service did not start"
+start_service "$WORK/service.yaml"
 
 # Images: SYNCS of them, two random layers each, pushed straight over the registry API.
 log "pushing $SYNCS images of 2 x $LAYER_SIZE bytes to the source registry"
