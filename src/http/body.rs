@@ -50,10 +50,15 @@ pub enum ReadError {
     Broken,
 }
 
-/// Reads a request body of at most [`MAX_BODY_BYTES`]. A larger one is read on and
-/// discarded within [`MAX_DRAIN_BYTES`] and [`MAX_DRAIN_TIME`] (never buffered); one that
-/// announces more than the drain bound is refused at once, unread.
+/// Reads a request body of at most [`MAX_BODY_BYTES`]; see [`read_capped`].
 pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ReadError> {
+    read_capped(headers, body, MAX_BODY_BYTES).await
+}
+
+/// Reads a request body of at most `cap` bytes. A larger one is read on and discarded
+/// within [`MAX_DRAIN_BYTES`] and [`MAX_DRAIN_TIME`] (never buffered); one that announces
+/// more than the drain bound is refused at once, unread.
+pub async fn read_capped(headers: &HeaderMap, body: Body, cap: usize) -> Result<Bytes, ReadError> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -66,7 +71,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ReadErr
     let mut total = 0u64;
     let deadline = tokio::time::Instant::now() + MAX_DRAIN_TIME;
     loop {
-        let next = if total > MAX_BODY_BYTES as u64 {
+        let next = if total > cap as u64 {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => return Err(ReadError::TooLarge { drained: false }),
@@ -75,11 +80,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ReadErr
             stream.next().await
         };
         match next {
-            None if total > MAX_BODY_BYTES as u64 => {
-                return Err(ReadError::TooLarge { drained: true })
-            }
+            None if total > cap as u64 => return Err(ReadError::TooLarge { drained: true }),
             None => return Ok(Bytes::from(kept)),
-            Some(Err(_)) if total > MAX_BODY_BYTES as u64 => {
+            Some(Err(_)) if total > cap as u64 => {
                 return Err(ReadError::TooLarge { drained: false })
             }
             Some(Err(_)) => return Err(ReadError::Broken),
@@ -88,7 +91,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ReadErr
                 if total > MAX_DRAIN_BYTES {
                     return Err(ReadError::TooLarge { drained: false });
                 }
-                if total <= MAX_BODY_BYTES as u64 {
+                if total <= cap as u64 {
                     kept.extend_from_slice(&chunk);
                 } else {
                     // Over the cap: from here on bytes are only counted.

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::auth::AuthUser;
+use super::body::{read_capped, ReadError};
 use super::response::{error_response, events_status, EventsAnswer};
 use super::state::AppState;
 use crate::mirrors::events::{parse_distribution, parse_harbor, Announced, EnvelopeError};
@@ -99,20 +100,14 @@ async fn receive(
             return Err(EventsError::ContentType(text));
         }
     }
-    let announced_length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced_length.is_some_and(|n| n > MAX_EVENT_BODY as u64) {
-        return Err(EventsError::TooLarge);
-    }
-    let bytes = axum::body::to_bytes(body, MAX_EVENT_BODY)
+    // Read on past the cap (within bounds) so the sender, still writing, reads the 413
+    // rather than a reset connection.
+    let bytes = read_capped(headers, body, MAX_EVENT_BODY)
         .await
-        .map_err(|e| {
-            if e.to_string().contains("length limit") {
-                EventsError::TooLarge
-            } else {
-                EventsError::Body(e.to_string())
+        .map_err(|e| match e {
+            ReadError::TooLarge { .. } => EventsError::TooLarge,
+            ReadError::Broken => {
+                EventsError::Body("the connection broke while it was read".to_owned())
             }
         })?;
     let announced = parse(&bytes)?;
