@@ -316,6 +316,9 @@ async fn a_sync_crosses_token_expiry_and_ecrs_expired_answer() {
         "a token expired mid-sync and was renewed:\n{}",
         front.summary()
     );
+    // skopeo reads with tokens of the usual lifetime: a two-second token can lapse between
+    // its manifest and blob reads on a loaded machine, and skopeo does not fetch another.
+    issuer.expire_normally();
     skopeo::assert_landed(&tokened, "team/app:v1", &pushed).await;
     let mut secrets: Vec<String> = issuer.issued();
     secrets.push("ecr-Pw-76".into());
