@@ -17,12 +17,12 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::FutureExt as _;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::live::LiveJob;
 use super::model::{JobFilter, JobRecord, JobState, NewJob};
-use super::store::{Claimed, Fence, JobStore, StoreError};
+use super::store::{Claimed, Fence, JobStore, SlotAnswer, StoreError};
 use super::tracker::SyncTracker;
 use super::webhook::WebhookSender;
 use crate::engine::{Engine, SyncContext, SyncLog, SyncReport, SyncStatus};
@@ -138,6 +138,8 @@ struct Inner {
     live: Mutex<HashMap<i64, Arc<LiveJob>>>,
     syncs: Arc<SyncTracker>,
     stopping: CancellationToken,
+    /// Woken when a job of this replica ends (a service-wide slot may be free).
+    slot_freed: Notify,
     /// This replica's id: the owner written into the rows it holds.
     replica: String,
 }
@@ -176,6 +178,7 @@ impl JobManager {
                 live: Mutex::default(),
                 syncs: Arc::new(SyncTracker::default()),
                 stopping: CancellationToken::new(),
+                slot_freed: Notify::new(),
                 replica: replica_id(),
             }),
         }
@@ -250,7 +253,9 @@ impl JobManager {
         // always goes through the queue, as before. The semaphore hands freed permits to
         // waiters first, so this never jumps ahead of a job already queued. A held job
         // always queues: it must not take a slot before its hold ends.
-        let permit = if new.asynchronous || hold.is_some() {
+        // On a shared store every job queues: a free slot here may be taken elsewhere,
+        // and a job waiting for a service-wide slot is waiting.
+        let permit = if new.asynchronous || hold.is_some() || self.inner.store.shared() {
             None
         } else {
             self.inner.slots.clone().try_acquire_owned().ok()
@@ -628,51 +633,38 @@ impl JobManager {
         start: Start,
         max_wait: Option<Duration>,
     ) -> Option<JobRecord> {
-        let permit = match start {
-            Start::Now(permit) => permit,
-            Start::Queue | Start::Held(_) => {
-                let hold = match start {
-                    Start::Held(hold) => Some(hold),
-                    _ => None,
-                };
-                let slots = self.inner.slots.clone();
-                let acquire = async move {
-                    if let Some(hold) = hold {
-                        hold.await;
-                    }
-                    slots.acquire_owned().await
-                };
-                let waited = tokio::select! {
-                    biased;
-                    _ = live.cancel.cancelled() => Err(true),
-                    _ = self.inner.stopping.cancelled() => Err(false),
-                    permit = acquire => Ok(permit.expect("slots never close")),
-                };
-                self.inner.queued.fetch_sub(1, Ordering::SeqCst);
-                match waited {
-                    Ok(permit) => permit,
-                    Err(true) => {
-                        let by = live.snapshot().cancelled_by.unwrap_or_default();
-                        let end = JobEnd::CancelledBeforeStart(by);
-                        return Some(self.finish(live, end, JobState::Cancelled).await);
-                    }
-                    Err(false) if !live.snapshot().asynchronous => {
-                        // Its caller is told to run it again; resuming it after the
-                        // restart would run a sync nobody waits for.
-                        let end = JobEnd::CancelledBeforeStart("the service shutting down".into());
-                        return Some(self.finish(live, end, JobState::Cancelled).await);
-                    }
-                    Err(false) => {
-                        // Let go, so another replica may run it now rather than after
-                        // this one's lease lapses.
-                        let (id, fence) = (live.id, live.fence.clone());
-                        if let Err(e) = self.blocking(move |s| s.release(id, &fence)).await {
-                            tracing::warn!(job = id, error = %e, "cannot let go of a queued job");
-                        }
-                        self.forget(live);
-                        return None;
-                    }
+        let queued = !matches!(start, Start::Now(_));
+        let waited = self.wait_for_slot(live, start).await;
+        if queued {
+            self.inner.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        let permit = match waited {
+            Ok(permit) => permit,
+            Err(Interrupted::Lost) => {
+                // Taken over while it waited: the new holder runs and ends it.
+                self.forget(live);
+                return None;
+            }
+            Err(Interrupted::Cancelled) => {
+                let by = live.snapshot().cancelled_by.unwrap_or_default();
+                let end = JobEnd::CancelledBeforeStart(by);
+                return Some(self.finish(live, end, JobState::Cancelled).await);
+            }
+            Err(Interrupted::Stopping) if !live.snapshot().asynchronous => {
+                // Its caller is told to run it again; resuming it after the
+                // restart would run a sync nobody waits for.
+                let end = JobEnd::CancelledBeforeStart("the service shutting down".into());
+                return Some(self.finish(live, end, JobState::Cancelled).await);
+            }
+            Err(Interrupted::Stopping) => {
+                // Let go, so another replica may run it now rather than after
+                // this one's lease lapses.
+                let (id, fence) = (live.id, live.fence.clone());
+                if let Err(e) = self.blocking(move |s| s.release(id, &fence)).await {
+                    tracing::warn!(job = id, error = %e, "cannot let go of a queued job");
                 }
+                self.forget(live);
+                return None;
             }
         };
         let _slot = permit;
@@ -682,9 +674,7 @@ impl JobManager {
             // A caller that hung up between the slot and this line has cancelled: the
             // job must not start (see `abandon`).
             if !live.cancel.is_cancelled() {
-                job.state = JobState::Running;
-                job.started_at = Some(now);
-                job.queued_seconds = Some(seconds_between(job.created_at, now));
+                mark_running(job, now);
                 starts = true;
             }
         });
@@ -752,6 +742,91 @@ impl JobManager {
         Some(self.finish(live, end, state).await)
     }
 
+    /// Waits for this replica's sync slot (FIFO among its jobs) and, on a shared store,
+    /// for one of the service-wide slots too.
+    async fn wait_for_slot(
+        &self,
+        live: &Arc<LiveJob>,
+        start: Start,
+    ) -> Result<OwnedSemaphorePermit, Interrupted> {
+        let permit = match start {
+            Start::Now(permit) => permit,
+            Start::Queue | Start::Held(_) => {
+                let hold = match start {
+                    Start::Held(hold) => Some(hold),
+                    _ => None,
+                };
+                let slots = self.inner.slots.clone();
+                let acquire = async move {
+                    if let Some(hold) = hold {
+                        hold.await;
+                    }
+                    slots.acquire_owned().await
+                };
+                tokio::select! {
+                    biased;
+                    _ = live.cancel.cancelled() => return Err(Interrupted::cancelled(live)),
+                    _ = self.inner.stopping.cancelled() => return Err(Interrupted::Stopping),
+                    permit = acquire => permit.expect("slots never close"),
+                }
+            }
+        };
+        if self.inner.store.shared() {
+            self.shared_slot(live).await?;
+        }
+        Ok(permit)
+    }
+
+    /// Waits until the store grants job `live` one of the service-wide slots (its row
+    /// then says running): asked again whenever a job of this replica ends, and every
+    /// [`SHARED_SLOT_POLL`] for the slots other replicas free.
+    async fn shared_slot(&self, live: &Arc<LiveJob>) -> Result<(), Interrupted> {
+        let max_running = self.inner.limits.max_running;
+        let mut said = false;
+        loop {
+            let freed = self.inner.slot_freed.notified();
+            tokio::pin!(freed);
+            // Registered before the store is asked: an end in between still wakes us.
+            freed.as_mut().enable();
+            let mut job = live.snapshot();
+            mark_running(&mut job, Utc::now());
+            let fence = live.fence.clone();
+            match self
+                .blocking(move |store| store.start(&job, &fence, max_running))
+                .await
+            {
+                Ok(SlotAnswer::Started) => return Ok(()),
+                Ok(SlotAnswer::Lost) => {
+                    tracing::warn!(
+                        job = live.id,
+                        attempt = live.fence.attempt,
+                        "job taken over by another replica while it waited for a slot"
+                    );
+                    live.lose();
+                    return Err(Interrupted::Lost);
+                }
+                Ok(SlotAnswer::Full) if !said => {
+                    said = true;
+                    tracing::info!(
+                        job = live.id,
+                        max_running,
+                        "every service-wide sync slot is taken (rsyncserver.max_concurrent_syncs, counted over all replicas): waiting"
+                    );
+                }
+                Ok(SlotAnswer::Full) => {}
+                // The database is away: the job waits, and asks again.
+                Err(e) => tracing::warn!(job = live.id, error = %e, "cannot take a sync slot"),
+            }
+            tokio::select! {
+                biased;
+                _ = live.cancel.cancelled() => return Err(Interrupted::cancelled(live)),
+                _ = self.inner.stopping.cancelled() => return Err(Interrupted::Stopping),
+                () = freed => {}
+                () = tokio::time::sleep(SHARED_SLOT_POLL) => {}
+            }
+        }
+    }
+
     /// Records the end of a job: result, state, store; then forgets it as live.
     async fn finish(&self, live: &Arc<LiveJob>, end: JobEnd, state: JobState) -> JobRecord {
         let result = self.inner.hooks.finished(&live.snapshot(), end);
@@ -766,6 +841,8 @@ impl JobManager {
         let job = live.snapshot();
         self.save(live, &job).await;
         self.forget(live);
+        // Its row no longer counts as running: a job waiting for a shared slot asks again.
+        self.inner.slot_freed.notify_waiters();
         job
     }
 
@@ -822,6 +899,38 @@ impl JobManager {
             Err(e) => tracing::error!(job = job.id, error = %e, "cannot save job"),
         }
     }
+}
+
+/// How often a job waiting for a service-wide slot asks the shared store again (a slot
+/// freed on this replica wakes it at once).
+const SHARED_SLOT_POLL: Duration = Duration::from_millis(500);
+
+/// Why a job stopped waiting for its slot.
+enum Interrupted {
+    /// Someone cancelled it.
+    Cancelled,
+    /// The service is shutting down.
+    Stopping,
+    /// Another replica took it over.
+    Lost,
+}
+
+impl Interrupted {
+    /// A fired cancel switch: a cancel, or the job lost to another replica.
+    fn cancelled(live: &LiveJob) -> Self {
+        if live.is_lost() {
+            Self::Lost
+        } else {
+            Self::Cancelled
+        }
+    }
+}
+
+/// The record of a job starting at `now`.
+fn mark_running(job: &mut JobRecord, now: chrono::DateTime<Utc>) {
+    job.state = JobState::Running;
+    job.started_at = Some(now);
+    job.queued_seconds = Some(seconds_between(job.created_at, now));
 }
 
 /// How often a running job's progress is written to a shared store, for other replicas.

@@ -22,4 +22,4 @@ pub use manager::{
 pub use model::{JobFilter, JobProgress, JobRecord, JobState, NewJob, Trigger};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use store::{Claimed, Fence, JobStore, Renewed, StoreError};
+pub use store::{Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};

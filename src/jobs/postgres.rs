@@ -17,13 +17,17 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::model::{JobFilter, JobRecord, JobState};
-use super::store::{Claimed, Fence, JobStore, Renewed, StoreError};
+use super::store::{Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
 
 /// Connections per replica; the budget is replicas × this ≤ PostgreSQL's `max_connections`.
 const POOL_SIZE: u32 = 8;
 /// How long a call waits for a free or new connection before it fails (readiness, and
 /// an error rather than a hang while the database is down).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The transaction-level advisory lock under which a replica counts the running jobs and
+/// starts one ("imagslot"): two replicas never both see the last free slot.
+const SLOT_LOCK: i64 = 0x696d_6167_736c_6f74;
 
 /// Jobs in a PostgreSQL database.
 pub struct PostgresStore {
@@ -163,6 +167,55 @@ impl JobStore for PostgresStore {
             )
             .map_err(query_error("update a job"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    fn start(
+        &self,
+        job: &JobRecord,
+        fence: &Fence,
+        max_running: usize,
+    ) -> Result<SlotAnswer, StoreError> {
+        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        let max_running = i64::try_from(max_running).unwrap_or(i64::MAX);
+        self.run(async {
+            let mut tx = self.pool.begin().await?;
+            // Held until commit: the count below and the write after it are one step for
+            // every replica (the count's snapshot is taken after the lock is granted, so
+            // it sees the starts committed before).
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SLOT_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs
+                 WHERE state = 'running' AND id <> $1 AND lease_expires_at > now()",
+            )
+            .bind(job.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if running >= max_running {
+                tx.rollback().await?;
+                return Ok(SlotAnswer::Full);
+            }
+            let done = sqlx::query(
+                "UPDATE jobs SET state = 'running', record = $2::jsonb
+                 WHERE id = $1 AND owner = $3 AND attempt = $4
+                   AND state IN ('queued', 'running')",
+            )
+            .bind(job.id)
+            .bind(text)
+            .bind(&fence.owner)
+            .bind(fence.attempt)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(if done.rows_affected() == 1 {
+                SlotAnswer::Started
+            } else {
+                SlotAnswer::Lost
+            })
+        })
+        .map_err(query_error("take a sync slot"))
     }
 
     fn claim(

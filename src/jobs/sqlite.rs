@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::model::{JobFilter, JobRecord, JobState};
-use super::store::{Claimed, Fence, JobStore, Renewed, StoreError};
+use super::store::{Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
@@ -161,6 +161,19 @@ impl JobStore for SqliteStore {
             )
             .map_err(query_error("update a job"))?;
         Ok(changed == 1)
+    }
+
+    fn start(
+        &self,
+        job: &JobRecord,
+        fence: &Fence,
+        _max_running: usize,
+    ) -> Result<SlotAnswer, StoreError> {
+        Ok(if self.save(job, fence)? {
+            SlotAnswer::Started
+        } else {
+            SlotAnswer::Lost
+        })
     }
 
     fn claim(

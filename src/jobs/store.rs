@@ -72,6 +72,17 @@ pub struct Renewed {
     pub cancel_requested_by: Option<String>,
 }
 
+/// What [`JobStore::start`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotAnswer {
+    /// The job holds a sync slot now: its row says running.
+    Started,
+    /// Every slot of the service is taken: try again when one frees.
+    Full,
+    /// Another attempt holds the job (it was taken over): stop it here.
+    Lost,
+}
+
 /// Keeps job records.
 pub trait JobStore: Send + Sync {
     /// Whether other processes may use the same store at once (PostgreSQL): then leases
@@ -87,6 +98,18 @@ pub trait JobStore: Send + Sync {
     /// Overwrites the stored record with the same id if `fence` still holds it; `false`
     /// (nothing written) once another attempt took the job over.
     fn save(&self, job: &JobRecord, fence: &Fence) -> Result<bool, StoreError>;
+    /// Starts job `job` (its state running) under `fence` if fewer than `max_running`
+    /// other jobs of the whole store run now, counted and written atomically: the
+    /// service-wide cap on syncs (`rsyncserver.max_concurrent_syncs`) across every
+    /// replica of a shared store. A running row whose lease lapsed (a dead holder) does
+    /// not count. An embedded store has one process, whose own semaphore is the cap: it
+    /// only writes the record.
+    fn start(
+        &self,
+        job: &JobRecord,
+        fence: &Fence,
+        max_running: usize,
+    ) -> Result<SlotAnswer, StoreError>;
     /// Takes up to `limit` queued or running jobs that nobody holds (no owner, or a lapsed
     /// lease), oldest first, for `owner` with the next attempt and a lease `lease`.
     /// `everything` also takes jobs whose lease still runs: for an embedded store after a

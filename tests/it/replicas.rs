@@ -361,3 +361,142 @@ async fn events_and_cancel_work_through_a_replica_that_does_not_run_the_job() {
     let rows = rows(&db).await;
     assert_eq!(rows[0].1, "cancelled", "{rows:?}");
 }
+
+/// Samples, until `stop`, how many job rows say running at one instant (one snapshot
+/// per query); returns the highest count and the number of samples.
+fn sample_running(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(i64, usize)> {
+    tokio::spawn(async move {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        let (mut highest, mut samples) = (0, 0);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let running: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            highest = highest.max(running);
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (highest, samples)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrent_syncs_holds_across_replicas_for_async_and_synchronous_jobs() {
+    const LIMIT: usize = 2;
+    let db = JobDb::start(Backend::Postgres).await;
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    let mut config = db.apply(
+        ServiceConfig::new()
+            .entry("src", &proxy.host(), None)
+            .registry("dst", &dst),
+    );
+    // Each replica alone would run LIMIT syncs: three of them, 3 × LIMIT, unless the
+    // limit is counted over the shared database.
+    config.max_concurrent_syncs = Some(LIMIT);
+    let (a, b, c) = tokio::join!(
+        Service::start(&config),
+        Service::start(&config),
+        Service::start(&config)
+    );
+    let replicas = [a, b, c];
+    // Nine slow jobs (the big layer trickles for about a second): seven async ones,
+    // round-robin, then two synchronous POSTs that must wait for shared slots too.
+    let mut pushed = Vec::new();
+    for n in 0..9 {
+        let image = Image::random(Format::Oci, &[96 * KIB, 8 * KIB]);
+        let image = src.push_image("team/app", &format!("t{n}"), &image).await;
+        let largest = image.blobs.iter().max_by_key(|b| b.size).unwrap();
+        proxy.add(
+            Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
+                .every()
+                .trickle(Duration::from_millis(100), 8 * KIB),
+        );
+        pushed.push(image);
+    }
+    let source = |n: usize| format!("{}/team/app:t{n}", proxy.host());
+    let target = |n: usize| format!("{}/prod/app:t{n}", dst.host());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_running(db.pg.as_ref().unwrap().url(DATABASE), stop.clone());
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        ids.push(submit(&replicas[n % 3], &source(n), &target(n)).await);
+    }
+    let asyncs = async {
+        for id in &ids {
+            let job = wait_final(&replicas[0], *id, Duration::from_secs(180)).await;
+            assert_eq!(job["state"], json!("succeeded"), "{job}");
+        }
+    };
+    let (source7, target7, source8, target8) = (source(7), target(7), source(8), target(8));
+    let ((first, second), ()) = tokio::join!(
+        async {
+            tokio::join!(
+                replicas[1].sync(&source7, &target7),
+                replicas[2].sync(&source8, &target8)
+            )
+        },
+        asyncs
+    );
+    for (status, answer) in [first, second] {
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (highest, samples) = sampler.await.unwrap();
+    eprintln!("running jobs at once: at most {highest} in {samples} samples");
+    assert!(
+        highest as usize <= LIMIT,
+        "{highest} jobs ran at once over the replicas; the limit is {LIMIT}"
+    );
+    assert_eq!(highest as usize, LIMIT, "the jobs never used every slot");
+
+    // The records agree: at no job's start did more than LIMIT jobs run (a start is
+    // stamped after the slot was granted, an end before the slot is given back).
+    let mut conn = db.pg.as_ref().unwrap().connect(DATABASE).await;
+    let overlap: i64 = sqlx::query_scalar(
+        "SELECT max((SELECT count(*) FROM jobs o
+                     WHERE (o.record->>'started_at')::timestamptz
+                               <= (j.record->>'started_at')::timestamptz
+                       AND (o.record->>'finished_at')::timestamptz
+                               > (j.record->>'started_at')::timestamptz))
+         FROM jobs j",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        (1..=LIMIT as i64).contains(&overlap),
+        "{overlap} jobs overlapped"
+    );
+
+    // Every job ended once, on its first attempt; each target written by one run.
+    let rows = rows(&db).await;
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded" && r.3 == 1),
+        "{rows:?}"
+    );
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for replica in &replicas {
+        for entry in replica.logfile_entries() {
+            let target = entry["rsync_config"]["target"].as_str().unwrap().to_owned();
+            *runs.entry(target).or_default() += 1;
+        }
+    }
+    assert_eq!(runs.len(), 9, "{runs:?}");
+    assert!(runs.values().all(|&n| n == 1), "a job ran twice: {runs:?}");
+    for n in [0, 7, 8] {
+        skopeo::assert_landed(&dst, &format!("prod/app:t{n}"), &pushed[n]).await;
+    }
+}
