@@ -36,6 +36,9 @@ pub enum JobEnd {
     Panicked(String),
     /// Cancelled while queued; the text says by whom.
     CancelledBeforeStart(String),
+    /// Not run again: its runs kept being cut off (see [`MAX_INTERRUPTED_RUNS`]); the
+    /// text says how often and by which replicas.
+    GaveUp(String),
 }
 
 /// The result of a finished job, as a synchronous POST answers it.
@@ -326,8 +329,13 @@ impl JobManager {
             fence,
             previous_owner,
             cancel_requested_by,
+            interrupted_by,
         } in claimed
         {
+            if interrupted_by.len() >= MAX_INTERRUPTED_RUNS {
+                self.give_up(job, fence, &interrupted_by).await;
+                continue;
+            }
             let was = job.state;
             job.resumed += 1;
             job.state = JobState::Queued;
@@ -363,6 +371,37 @@ impl JobManager {
             }
         }
         Ok(count)
+    }
+
+    /// Fails a claimed job whose runs were cut off too often instead of running it again:
+    /// a job that kills (or starves) every replica that runs it must not loop for ever.
+    async fn give_up(&self, job: JobRecord, fence: Fence, interrupted_by: &[String]) {
+        let who = interrupted_by
+            .iter()
+            .map(|r| if r.is_empty() { "(unknown)" } else { r.as_str() })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!(
+            "the sync was given up: its run was cut off {} times (attempt {}); each holder \
+             stopped while it ran the job (the process died or was killed, or lost the job \
+             database, and its lease lapsed): {who}. It is not run again, as the job itself may \
+             be what stops them: read those replicas' logs, then submit it again",
+            interrupted_by.len(),
+            fence.attempt
+        );
+        tracing::error!(
+            job = job.id,
+            user = %job.user,
+            attempt = fence.attempt,
+            interrupted_by = %who,
+            "job given up after {} cut-off runs",
+            interrupted_by.len()
+        );
+        let live = LiveJob::new(job, fence, None);
+        let job = self.finish(&live, JobEnd::GaveUp(message), JobState::Failed).await;
+        if !live.is_lost() {
+            self.notify(job, &live).await;
+        }
     }
 
     /// Renews the leases of the jobs held here every third of the lease, and takes over
@@ -900,6 +939,11 @@ impl JobManager {
         }
     }
 }
+
+/// How many cut-off runs a job gets: a claim that finds its runs cut off this often
+/// (its holder died, was killed or lost the database while running it, each time) fails
+/// it rather than starting it again. Resumes of a job that was only queued do not count.
+pub const MAX_INTERRUPTED_RUNS: usize = 3;
 
 /// How often a job waiting for a service-wide slot asks the shared store again (a slot
 /// freed on this replica wakes it at once).

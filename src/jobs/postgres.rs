@@ -238,9 +238,14 @@ impl JobStore for PostgresStore {
                          ORDER BY id LIMIT $3
                          FOR UPDATE SKIP LOCKED)
                      UPDATE jobs j SET owner = $1, attempt = j.attempt + 1, heartbeat_at = now(),
-                            lease_expires_at = now() + make_interval(secs => $2)
+                            lease_expires_at = now() + make_interval(secs => $2),
+                            -- A running row whose lease lapsed: its holder's run was cut off.
+                            interrupted_by = CASE WHEN j.state = 'running'
+                                THEN array_append(j.interrupted_by, COALESCE(picked.was, ''))
+                                ELSE j.interrupted_by END
                      FROM picked WHERE j.id = picked.id
-                     RETURNING j.id, j.record::text, j.attempt, picked.was, j.cancel_requested_by",
+                     RETURNING j.id, j.record::text, j.attempt, picked.was, j.cancel_requested_by,
+                               j.interrupted_by",
                 )
                 .bind(owner)
                 .bind(seconds(lease))
@@ -257,6 +262,7 @@ impl JobStore for PostgresStore {
             let attempt: i64 = row.try_get(2).map_err(&get_error)?;
             let previous_owner: Option<String> = row.try_get(3).map_err(&get_error)?;
             let cancel_requested_by: Option<String> = row.try_get(4).map_err(&get_error)?;
+            let interrupted_by: Vec<String> = row.try_get(5).map_err(&get_error)?;
             claimed.push(Claimed {
                 job: decode(id, &text)?,
                 fence: Fence {
@@ -265,6 +271,7 @@ impl JobStore for PostgresStore {
                 },
                 previous_owner,
                 cancel_requested_by,
+                interrupted_by,
             });
         }
         claimed.sort_by_key(|c| c.job.id);

@@ -61,6 +61,10 @@ pub struct Claimed {
     pub previous_owner: Option<String>,
     /// Who asked to cancel it, if someone did (through any replica).
     pub cancel_requested_by: Option<String>,
+    /// The holders whose run of it was cut off, oldest first, this claim's included: it
+    /// was running when each of them stopped renewing its lease (or, on an embedded
+    /// store, when the process stopped).
+    pub interrupted_by: Vec<String>,
 }
 
 /// A lease [`JobStore::renew`] extended.

@@ -500,3 +500,111 @@ async fn max_concurrent_syncs_holds_across_replicas_for_async_and_synchronous_jo
         skopeo::assert_landed(&dst, &format!("prod/app:t{n}"), &pushed[n]).await;
     }
 }
+
+/// Waits until job `id`'s row satisfies `done`; returns it. Panics after `limit`.
+async fn wait_row(
+    db: &JobDb,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&(i64, String, Option<String>, i64)) -> bool,
+) -> (i64, String, Option<String>, i64) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = rows(db).await;
+        if let Some(row) = now.first().filter(|r| done(r)) {
+            return row.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_runs_are_cut_off_three_times_is_failed_instead_of_taken_over_again() {
+    let db = JobDb::start(Backend::Postgres).await;
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    let config = db.apply(
+        ServiceConfig::new()
+            .entry("src", &proxy.host(), None)
+            .registry("dst", &dst),
+    );
+    let (a, b) = tokio::join!(Service::start(&config), Service::start(&config));
+    let mut replicas = [a, b];
+    let image = Image::random(Format::Oci, &[1024 * KIB, 16 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
+    // The big layer trickles for minutes: every run is cut off mid-transfer.
+    proxy.add(
+        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
+            .every()
+            .trickle(Duration::from_millis(100), 4 * KIB),
+    );
+    let id = submit(
+        &replicas[0],
+        &format!("{}/team/app:v1", proxy.host()),
+        &format!("{}/prod/app:v1", dst.host()),
+    )
+    .await;
+
+    // Three times: kill -9 the replica running the job; the other one takes it over (or,
+    // the third time, gives it up); the killed one comes back as a new replica.
+    let mut killed = Vec::new();
+    for attempt in 1..=3 {
+        let row = wait_row(&db, "the job runs", Duration::from_secs(60), |r| {
+            r.1 == "running" && r.3 == attempt
+        })
+        .await;
+        let owner = row.2.unwrap();
+        let holder = replicas
+            .iter()
+            .position(|s| owner.contains(&format!("-{}-", s.pid())))
+            .unwrap_or_else(|| panic!("no replica has the id {owner}"));
+        replicas[holder].kill();
+        killed.push(owner);
+        wait_row(&db, "the job is taken over", Duration::from_secs(60), |r| {
+            r.3 == attempt + 1
+        })
+        .await;
+        replicas[holder].start_again().await;
+    }
+
+    // The fourth attempt did not run: the job failed, saying why.
+    let job = wait_final(&replicas[0], id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], json!("failed"), "{job}");
+    assert_eq!(job["http_status"], json!(500), "{job}");
+    let message = job["result"]["rsync_data"]["rsync_info"]
+        .as_str()
+        .or_else(|| job["result"]["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let text = job["result"].to_string();
+    assert!(
+        text.contains("cut off 3 times") && killed.iter().all(|r| text.contains(r.as_str())),
+        "{message} {job}"
+    );
+    let row = rows(&db).await.remove(0);
+    assert_eq!((row.1.as_str(), row.3), ("failed", 4), "{row:?}");
+    let mut conn = db.pg.as_ref().unwrap().connect(DATABASE).await;
+    let interrupted: Vec<String> =
+        sqlx::query_scalar("SELECT interrupted_by FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(interrupted, killed);
+    // Nobody runs it any more: the big layer is not fetched again.
+    let fetches = proxy.requests_to("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest));
+    tokio::time::sleep(Duration::from_secs(
+        2 * crate::common::postgres::TEST_LEASE_SECONDS,
+    ))
+    .await;
+    let later = proxy.requests_to("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest));
+    assert_eq!(fetches.len(), later.len(), "the given-up job ran again");
+    skopeo::assert_absent(&dst, "prod/app:v1").await;
+    eprintln!("given-up job {id}: {text}");
+}
