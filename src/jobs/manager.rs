@@ -418,6 +418,7 @@ impl JobManager {
                 if manager.inner.stopping.is_cancelled() {
                     continue;
                 }
+                manager.deliver_orphaned_callbacks().await;
                 let free = manager.inner.slots.available_permits();
                 let room = manager
                     .inner
@@ -900,13 +901,74 @@ impl JobManager {
         }
     }
 
-    /// Sends the webhook, if asked for, and records whether it got through.
-    async fn notify(&self, mut job: JobRecord, live: &Arc<LiveJob>) {
+    /// Sends the webhook, if asked for, and records whether it got through: once per
+    /// job, by whoever claims it in the store's outbox first (see [`JobStore::claim_callback`]).
+    async fn notify(&self, job: JobRecord, live: &Arc<LiveJob>) {
         if job.callback_url.is_none() {
             return;
         }
-        job.callback = self.inner.webhook.deliver(&job).await;
-        self.save(live, &job).await;
+        let (id, fence, hold) = (job.id, live.fence.clone(), self.inner.limits.lease);
+        match self
+            .blocking(move |store| store.claim_callback(id, &fence, hold))
+            .await
+        {
+            Ok(true) => self.deliver(job).await,
+            Ok(false) => tracing::info!(job = id, "webhook claimed already: not sent again"),
+            // Another replica's sweep sends it once this one's last heartbeat is old.
+            Err(e) => tracing::warn!(job = id, error = %e, "cannot claim the webhook delivery"),
+        }
+    }
+
+    /// Delivers the webhook of a job whose delivery this replica claimed, renewing the
+    /// claim while it tries (retries with backoff take longer than a lease), then records
+    /// the outcome.
+    async fn deliver(&self, mut job: JobRecord) {
+        let (id, lease) = (job.id, self.inner.limits.lease);
+        let renew = async {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let owner = self.inner.replica.clone();
+                if let Err(e) = self
+                    .blocking(move |store| store.renew_callback(id, &owner, lease))
+                    .await
+                {
+                    tracing::warn!(job = id, error = %e, "cannot renew the webhook claim");
+                }
+            }
+        };
+        job.callback = tokio::select! {
+            callback = self.inner.webhook.deliver(&job) => callback,
+            () = renew => unreachable!("the renewal never ends"),
+        };
+        let owner = self.inner.replica.clone();
+        if let Err(e) = self
+            .blocking(move |store| store.callback_sent(&job, &owner))
+            .await
+        {
+            tracing::error!(job = id, error = %e, "cannot record the webhook delivery");
+        }
+    }
+
+    /// Claims and delivers the webhooks of finished jobs whose finishing replica stopped
+    /// before it could send them (a shared store's sweep, at each heartbeat).
+    async fn deliver_orphaned_callbacks(&self) {
+        let (owner, lease) = (self.inner.replica.clone(), self.inner.limits.lease);
+        let orphaned = self
+            .blocking(move |store| store.orphaned_callbacks(&owner, lease, lease, 4))
+            .await;
+        match orphaned {
+            Ok(jobs) => {
+                for job in jobs {
+                    tracing::info!(
+                        job = job.id,
+                        "sending the webhook of a job whose finishing replica stopped before it got through"
+                    );
+                    let manager = self.clone();
+                    tokio::spawn(async move { manager.deliver(job).await });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for webhooks nobody sent"),
+        }
     }
 
     fn forget(&self, live: &Arc<LiveJob>) {

@@ -346,6 +346,92 @@ impl JobStore for PostgresStore {
         Ok(())
     }
 
+    fn claim_callback(&self, id: i64, fence: &Fence, hold: Duration) -> Result<bool, StoreError> {
+        // Fenced: only the attempt that wrote the end claims it, and only once.
+        let done = self
+            .run(
+                sqlx::query(
+                    "UPDATE jobs SET callback_by = $2,
+                            callback_until = now() + make_interval(secs => $4)
+                     WHERE id = $1 AND owner = $2 AND attempt = $3
+                       AND state IN ('succeeded', 'failed', 'cancelled')
+                       AND callback_by IS NULL AND NOT callback_done",
+                )
+                .bind(id)
+                .bind(&fence.owner)
+                .bind(fence.attempt)
+                .bind(seconds(hold))
+                .execute(&self.pool),
+            )
+            .map_err(query_error("claim a webhook delivery"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    fn renew_callback(&self, id: i64, owner: &str, hold: Duration) -> Result<(), StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE jobs SET callback_until = now() + make_interval(secs => $3)
+                 WHERE id = $1 AND callback_by = $2 AND NOT callback_done",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(seconds(hold))
+            .execute(&self.pool),
+        )
+        .map_err(query_error("renew a webhook delivery"))?;
+        Ok(())
+    }
+
+    fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError> {
+        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        self.run(
+            sqlx::query(
+                "UPDATE jobs SET record = $2::jsonb, callback_done = true, callback_until = NULL
+                 WHERE id = $1 AND callback_by = $3",
+            )
+            .bind(job.id)
+            .bind(text)
+            .bind(owner)
+            .execute(&self.pool),
+        )
+        .map_err(query_error("record a webhook delivery"))?;
+        Ok(())
+    }
+
+    fn orphaned_callbacks(
+        &self,
+        owner: &str,
+        hold: Duration,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = self
+            .run(
+                sqlx::query(
+                    "WITH due AS (
+                         SELECT id FROM jobs
+                         WHERE state IN ('succeeded', 'failed', 'cancelled')
+                           AND NOT callback_done AND record->>'callback_url' IS NOT NULL
+                           AND ((callback_by IS NULL
+                                 AND heartbeat_at < now() - make_interval(secs => $3))
+                                OR callback_until < now())
+                         ORDER BY id LIMIT $4
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE jobs j SET callback_by = $1,
+                            callback_until = now() + make_interval(secs => $2)
+                     FROM due WHERE j.id = due.id
+                     RETURNING j.id, j.record::text",
+                )
+                .bind(owner)
+                .bind(seconds(hold))
+                .bind(seconds(stale))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool),
+            )
+            .map_err(query_error("claim orphaned webhook deliveries"))?;
+        Self::records(rows, "claim orphaned webhook deliveries")
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.run(sqlx::query("SELECT 1").execute(&self.pool))
             .map_err(query_error("check the database"))?;

@@ -182,6 +182,36 @@ impl JobStore for SqliteStore {
         })
     }
 
+    fn claim_callback(&self, _id: i64, _fence: &Fence, _hold: Duration) -> Result<bool, StoreError> {
+        // One process, and the manager delivers each job's webhook once.
+        Ok(true)
+    }
+
+    fn renew_callback(&self, _id: i64, _owner: &str, _hold: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError> {
+        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        self.connection()
+            .execute(
+                "UPDATE jobs SET record = ?2 WHERE id = ?1 AND owner = ?3",
+                params![job.id, text, owner],
+            )
+            .map_err(query_error("record a webhook delivery"))?;
+        Ok(())
+    }
+
+    fn orphaned_callbacks(
+        &self,
+        _owner: &str,
+        _hold: Duration,
+        _stale: Duration,
+        _limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
     fn claim(
         &self,
         owner: &str,

@@ -140,6 +140,26 @@ pub trait JobStore: Send + Sync {
     fn request_cancel(&self, id: i64, by: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Lets go of a queued job (its owner is cleared) so any replica may take it at once.
     fn release(&self, id: i64, fence: &Fence) -> Result<(), StoreError>;
+    /// Claims the delivery of finished job `id`'s webhook for the holder `fence` (the
+    /// outbox): `true` for the one caller that may send it, for `hold` (renewed with
+    /// [`Self::renew_callback`] while it sends); `false` when it was claimed already.
+    fn claim_callback(&self, id: i64, fence: &Fence, hold: Duration) -> Result<bool, StoreError>;
+    /// Extends `owner`'s claim on job `id`'s webhook delivery by `hold`.
+    fn renew_callback(&self, id: i64, owner: &str, hold: Duration) -> Result<(), StoreError>;
+    /// Records the delivery's outcome (`job` with its `callback`) and closes the claim,
+    /// if `owner` still holds it.
+    fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError>;
+    /// Claims for `owner` up to `limit` finished jobs whose webhook nobody delivers: the
+    /// replica that finished it stopped before it claimed the delivery (unclaimed while
+    /// its last heartbeat is older than `stale`), or its claim lapsed mid-delivery.
+    /// Always empty on an embedded store (one process: no other replica to step in).
+    fn orphaned_callbacks(
+        &self,
+        owner: &str,
+        hold: Duration,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
     /// Answers when the database can be reached (readiness).
     fn ping(&self) -> Result<(), StoreError>;
     /// The job with this id.

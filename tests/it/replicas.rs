@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::common::fault_proxy::{FaultProxy, Rule};
 use crate::common::postgres::{Backend, JobDb, DATABASE};
 use crate::common::service::{jenkins, json_of};
+use crate::common::webhook::WebhookReceiver;
 use crate::common::{skopeo, Format, Image, Registry, Service, ServiceConfig};
 
 const KIB: usize = 1024;
@@ -607,4 +608,139 @@ async fn a_job_whose_runs_are_cut_off_three_times_is_failed_instead_of_taken_ove
     assert_eq!(fetches.len(), later.len(), "the given-up job ran again");
     skopeo::assert_absent(&dst, "prod/app:v1").await;
     eprintln!("given-up job {id}: {text}");
+}
+
+/// Waits until `receiver` got `count` requests; panics after `limit`.
+async fn wait_deliveries(receiver: &WebhookReceiver, count: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while receiver.deliveries().len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{count} webhook requests not within {limit:?}: {:?}",
+            receiver.deliveries()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// POSTs an async job with a `callback_url` as jenkins; returns its id.
+async fn submit_with_callback(service: &Service, source: &str, target: &str, hook: &str) -> i64 {
+    let body = json!({"async": true, "callback_url": hook,
+                      "rsync_config": {"source": source, "target": target}});
+    let (status, job) = service.post_json(Some(&jenkins()), &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    job["id"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_is_sent_once_by_whichever_replica_finishes_the_job_or_by_another_if_it_dies() {
+    let db = JobDb::start(Backend::Postgres).await;
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    let config = db.apply(ServiceConfig {
+        callback_allowed_hosts: vec!["127.0.0.1".into()],
+        ..ServiceConfig::new()
+            .entry("src", &proxy.host(), None)
+            .registry("dst", &dst)
+    });
+    let (mut a, mut b) = tokio::join!(Service::start(&config), Service::start(&config));
+
+    // 1. A runs a slow job and is killed mid-transfer: B takes it over, finishes it and
+    //    sends its webhook; A, back, sends nothing.
+    let image = Image::random(Format::Oci, &[1024 * KIB, 16 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
+    let slow = proxy.add(
+        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
+            .every()
+            .trickle(Duration::from_millis(100), 16 * KIB),
+    );
+    let first = WebhookReceiver::start(&[]).await;
+    let id = submit_with_callback(
+        &a,
+        &format!("{}/team/app:v1", proxy.host()),
+        &format!("{}/prod/app:v1", dst.host()),
+        &first.url(),
+    )
+    .await;
+    wait_row(&db, "A runs the job", Duration::from_secs(60), |r| {
+        r.1 == "running"
+    })
+    .await;
+    a.kill();
+    let taken = wait_row(&db, "B takes the job over", Duration::from_secs(60), |r| {
+        r.3 == 2
+    })
+    .await;
+    let b_replica = taken.2.unwrap();
+    a.start_again().await;
+    drop(slow);
+    proxy.clear_rules();
+    let job = wait_final(&b, id, Duration::from_secs(120)).await;
+    assert_eq!(job["state"], json!("succeeded"), "{job}");
+    wait_deliveries(&first, 1, Duration::from_secs(30)).await;
+
+    // 2. B finishes a job and dies while its webhook is retried (the receiver answered
+    //    500 once): A finds the delivery nobody completes once B's claim lapses, and
+    //    sends it.
+    let image = Image::random(Format::Oci, &[16 * KIB]);
+    src.push_image("team/app", "v2", &image).await;
+    let second = WebhookReceiver::start(&[500]).await;
+    let id2 = submit_with_callback(
+        &b,
+        &format!("{}/team/app:v2", proxy.host()),
+        &format!("{}/prod/app:v2", dst.host()),
+        &second.url(),
+    )
+    .await;
+    wait_deliveries(&second, 1, Duration::from_secs(60)).await;
+    b.kill();
+    wait_deliveries(&second, 2, Duration::from_secs(60)).await;
+    let job2 = wait_final(&a, id2, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job2 = loop {
+        let (_, job) = a
+            .call_json(reqwest::Method::GET, &format!("{JOBS}/{id2}"), &jenkins())
+            .await;
+        if job["callback"]["delivered"] == json!(true) {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "never recorded: {job} {job2}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job2["state"], json!("succeeded"), "{job2}");
+
+    // Nothing more comes, from any replica, once every claim could have lapsed.
+    b.start_again().await;
+    tokio::time::sleep(Duration::from_secs(
+        3 * crate::common::postgres::TEST_LEASE_SECONDS,
+    ))
+    .await;
+    let got: Vec<(String, u16)> = first
+        .deliveries()
+        .iter()
+        .map(|d| (d.header("x-imagersync-job").unwrap_or("").to_owned(), d.status))
+        .collect();
+    assert_eq!(got, vec![(id.to_string(), 200)], "job {id}'s webhook");
+    let sent: Value = serde_json::from_slice(&first.deliveries()[0].body).unwrap();
+    assert_eq!(sent["state"], json!("succeeded"), "{sent}");
+    let statuses: Vec<u16> = second.deliveries().iter().map(|d| d.status).collect();
+    assert_eq!(statuses, vec![500, 200], "job {id2}'s webhook: B's try, then A's");
+
+    // The outbox says who sent each.
+    let mut conn = db.pg.as_ref().unwrap().connect(DATABASE).await;
+    let outbox: Vec<(i64, Option<String>, bool)> =
+        sqlx::query_as("SELECT id, callback_by, callback_done FROM jobs ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(outbox[0], (id, Some(b_replica.clone()), true), "{outbox:?}");
+    assert!(
+        outbox[1].2 && outbox[1].1.as_deref().is_some_and(|r| r != b_replica),
+        "job {id2}'s webhook was sent by A: {outbox:?}"
+    );
 }
