@@ -378,7 +378,13 @@ impl JobManager {
     async fn give_up(&self, job: JobRecord, fence: Fence, interrupted_by: &[String]) {
         let who = interrupted_by
             .iter()
-            .map(|r| if r.is_empty() { "(unknown)" } else { r.as_str() })
+            .map(|r| {
+                if r.is_empty() {
+                    "(unknown)"
+                } else {
+                    r.as_str()
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let message = format!(
@@ -398,7 +404,9 @@ impl JobManager {
             interrupted_by.len()
         );
         let live = LiveJob::new(job, fence, None);
-        let job = self.finish(&live, JobEnd::GaveUp(message), JobState::Failed).await;
+        let job = self
+            .finish(&live, JobEnd::GaveUp(message), JobState::Failed)
+            .await;
         if !live.is_lost() {
             self.notify(job, &live).await;
         }

@@ -432,6 +432,12 @@ impl JobStore for PostgresStore {
         Self::records(rows, "claim orphaned webhook deliveries")
     }
 
+    fn shared_pauses(&self) -> Option<std::sync::Arc<dyn crate::registry::SharedPauses>> {
+        Some(std::sync::Arc::new(super::pauses::PgPauses::new(
+            self.pool.clone(),
+        )))
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.run(sqlx::query("SELECT 1").execute(&self.pool))
             .map_err(query_error("check the database"))?;

@@ -182,7 +182,12 @@ impl JobStore for SqliteStore {
         })
     }
 
-    fn claim_callback(&self, _id: i64, _fence: &Fence, _hold: Duration) -> Result<bool, StoreError> {
+    fn claim_callback(
+        &self,
+        _id: i64,
+        _fence: &Fence,
+        _hold: Duration,
+    ) -> Result<bool, StoreError> {
         // One process, and the manager delivers each job's webhook once.
         Ok(true)
     }
@@ -256,8 +261,7 @@ impl JobStore for SqliteStore {
                 .map_err(query_error("claim jobs"))?
         };
         let mut claimed = Vec::with_capacity(picked.len());
-        for (id, text, previous_owner, attempt, cancel_requested_by, state, interrupted) in picked
-        {
+        for (id, text, previous_owner, attempt, cancel_requested_by, state, interrupted) in picked {
             let mut interrupted_by: Vec<String> =
                 serde_json::from_str(&interrupted).map_err(json_error("claim jobs"))?;
             // Running when its holder (the previous process) stopped: its run was cut off.

@@ -160,6 +160,12 @@ pub trait JobStore: Send + Sync {
         stale: Duration,
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError>;
+    /// The registries' 429 pauses kept beside the jobs, for the engine of every replica
+    /// to share ([`crate::engine::Engine::with_shared_pauses`]); `None` for an embedded
+    /// store, whose one process keeps them in memory.
+    fn shared_pauses(&self) -> Option<std::sync::Arc<dyn crate::registry::SharedPauses>> {
+        None
+    }
     /// Answers when the database can be reached (readiness).
     fn ping(&self) -> Result<(), StoreError>;
     /// The job with this id.

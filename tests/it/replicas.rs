@@ -515,7 +515,10 @@ async fn wait_row(
         if let Some(row) = now.first().filter(|r| done(r)) {
             return row.clone();
         }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}: {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?}: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -723,13 +726,22 @@ async fn a_webhook_is_sent_once_by_whichever_replica_finishes_the_job_or_by_anot
     let got: Vec<(String, u16)> = first
         .deliveries()
         .iter()
-        .map(|d| (d.header("x-imagersync-job").unwrap_or("").to_owned(), d.status))
+        .map(|d| {
+            (
+                d.header("x-imagersync-job").unwrap_or("").to_owned(),
+                d.status,
+            )
+        })
         .collect();
     assert_eq!(got, vec![(id.to_string(), 200)], "job {id}'s webhook");
     let sent: Value = serde_json::from_slice(&first.deliveries()[0].body).unwrap();
     assert_eq!(sent["state"], json!("succeeded"), "{sent}");
     let statuses: Vec<u16> = second.deliveries().iter().map(|d| d.status).collect();
-    assert_eq!(statuses, vec![500, 200], "job {id2}'s webhook: B's try, then A's");
+    assert_eq!(
+        statuses,
+        vec![500, 200],
+        "job {id2}'s webhook: B's try, then A's"
+    );
 
     // The outbox says who sent each.
     let mut conn = db.pg.as_ref().unwrap().connect(DATABASE).await;
@@ -743,4 +755,105 @@ async fn a_webhook_is_sent_once_by_whichever_replica_finishes_the_job_or_by_anot
         outbox[1].2 && outbox[1].1.as_deref().is_some_and(|r| r != b_replica),
         "job {id2}'s webhook was sent by A: {outbox:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_pause_learnt_by_one_replica_holds_for_the_others() {
+    const RETRY_AFTER: u64 = 5;
+    let db = JobDb::start(Backend::Postgres).await;
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    let config = db.apply(
+        ServiceConfig::new()
+            .entry("src", &proxy.host(), None)
+            .registry("dst", &dst),
+    );
+    let (a, b) = tokio::join!(Service::start(&config), Service::start(&config));
+    let first = src
+        .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    let second = src
+        .push_image("team/other", "v1", &Image::random(Format::Oci, &[8 * KIB]))
+        .await;
+    // The source answers A's first request for team/app with a 429 (a front over the
+    // real registry: no packaged registry rate-limits).
+    for method in ["GET", "HEAD"] {
+        proxy.add(
+            Rule::on(method, "^/v2/team/app/manifests/v1$")
+                .first(1)
+                .respond(crate::common::fault_proxy::Reply::too_many_requests(
+                    RETRY_AFTER,
+                    true,
+                )),
+        );
+    }
+    let id_a = submit(
+        &a,
+        &format!("{}/team/app:v1", proxy.host()),
+        &format!("{}/prod/app:v1", dst.host()),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let throttled = loop {
+        if let Some(seen) = proxy.requests().into_iter().find(|s| s.status == Some(429)) {
+            break seen.at;
+        }
+        assert!(Instant::now() < deadline, "no 429: {}", proxy.summary());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // A shares the pause: a row for the source's host, ending by the database's clock.
+    let mut conn = db.pg.as_ref().unwrap().connect(DATABASE).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let left: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM paused_until - now())::float8 FROM registry_pauses
+             WHERE registry = $1",
+        )
+        .bind(proxy.host())
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if let Some(left) = left {
+            break left;
+        }
+        assert!(Instant::now() < deadline, "A never shared its pause");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        left > 0.0 && left <= RETRY_AFTER as f64,
+        "{left} s left of the pause"
+    );
+
+    // B, asked now for another repository of the same registry, waits the pause out
+    // before its first request to it.
+    let id_b = submit(
+        &b,
+        &format!("{}/team/other:v1", proxy.host()),
+        &format!("{}/prod/other:v1", dst.host()),
+    )
+    .await;
+    for (service, id) in [(&a, id_a), (&b, id_b)] {
+        let job = wait_final(service, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], json!("succeeded"), "{job}");
+    }
+    let b_first = proxy
+        .requests()
+        .into_iter()
+        .filter(|s| s.path.starts_with("/v2/team/other/"))
+        .map(|s| s.at)
+        .min()
+        .expect("B asked the source");
+    let after = b_first.duration_since(throttled);
+    eprintln!("B's first request to the paused registry came {after:?} after A's 429");
+    assert!(
+        after >= Duration::from_secs(RETRY_AFTER - 1),
+        "B asked the paused registry {after:?} after A's 429 (Retry-After: {RETRY_AFTER}): {}",
+        proxy.summary()
+    );
+    skopeo::assert_landed(&dst, "prod/app:v1", &first).await;
+    skopeo::assert_landed(&dst, "prod/other:v1", &second).await;
 }
