@@ -413,8 +413,24 @@ impl JobManager {
     }
 
     /// Renews the leases of the jobs held here every third of the lease, and takes over
-    /// jobs whose holder let its lease lapse while this replica has a free slot.
+    /// jobs whose holder let its lease lapse while this replica has a free slot; acts at
+    /// once on the cancel requests the store announces.
     fn start_lease_tasks(&self) {
+        if let Some(mut notices) = self.inner.store.cancel_notices() {
+            let manager = self.clone();
+            tokio::spawn(async move {
+                while let Some((id, by)) = notices.recv().await {
+                    if let Some(live) = manager.live(id).filter(|l| !l.cancel.is_cancelled()) {
+                        tracing::info!(
+                            job = id,
+                            by,
+                            "cancel request received through a database notification"
+                        );
+                        manager.cancel_live(&live, &by);
+                    }
+                }
+            });
+        }
         let every = self.inner.limits.lease / 3;
         let manager = self.clone();
         tokio::spawn(async move {

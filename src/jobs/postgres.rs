@@ -25,6 +25,11 @@ const POOL_SIZE: u32 = 8;
 /// an error rather than a hang while the database is down).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The channel cancel requests are announced on (payload `{"id": …, "by": …}`).
+const CANCEL_CHANNEL: &str = "imagersync_cancel";
+/// Wait before a listener that failed connects again.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
 /// The transaction-level advisory lock under which a replica counts the running jobs and
 /// starts one ("imagslot"): two replicas never both see the last free slot.
 const SLOT_LOCK: i64 = 0x696d_6167_736c_6f74;
@@ -328,7 +333,69 @@ impl JobStore for PostgresStore {
                 .fetch_optional(&self.pool),
             )
             .map_err(query_error("cancel a job"))?;
-        text.map(|t| decode(id, &t)).transpose()
+        let job = text.map(|t| decode(id, &t)).transpose()?;
+        if job.as_ref().is_some_and(|j| !j.state.is_final()) {
+            // After the request is committed: the holder wakes now rather than at its
+            // next heartbeat. A lost notification only costs that wait.
+            let payload = serde_json::json!({"id": id, "by": by}).to_string();
+            if let Err(e) = self.run(
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CANCEL_CHANNEL)
+                    .bind(payload)
+                    .execute(&self.pool),
+            ) {
+                tracing::warn!(job = id, error = %e, "cannot announce a cancel request; the holder reads it at its next heartbeat");
+            }
+        }
+        Ok(job)
+    }
+
+    fn cancel_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(i64, String)>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = self.pool.clone();
+        // One connection of the pool stays with the listener for the process's life.
+        self.runtime.spawn(async move {
+            loop {
+                let listener = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen(CANCEL_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                };
+                let mut listener = match listener.await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot listen for cancel requests; trying again");
+                        tokio::time::sleep(LISTEN_RETRY).await;
+                        continue;
+                    }
+                };
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notice)) => {
+                            let payload: serde_json::Value =
+                                serde_json::from_str(notice.payload()).unwrap_or_default();
+                            let (Some(id), Some(by)) =
+                                (payload["id"].as_i64(), payload["by"].as_str())
+                            else {
+                                continue;
+                            };
+                            if tx.send((id, by.to_owned())).is_err() {
+                                return;
+                            }
+                        }
+                        // The connection dropped: it connects again at the next call
+                        // (notifications meanwhile are lost; the heartbeat covers them).
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "listening for cancel requests failed; connecting again");
+                            tokio::time::sleep(LISTEN_RETRY).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Some(rx)
     }
 
     fn release(&self, id: i64, fence: &Fence) -> Result<(), StoreError> {

@@ -166,6 +166,13 @@ pub trait JobStore: Send + Sync {
     fn shared_pauses(&self) -> Option<std::sync::Arc<dyn crate::registry::SharedPauses>> {
         None
     }
+    /// Cancel requests as other replicas make them, (job id, who asked): a fast path
+    /// (PostgreSQL's LISTEN/NOTIFY); the heartbeat reads every request from the rows
+    /// anyway, so one lost while the listener reconnects only comes later. `None` for an
+    /// embedded store (one process: a cancel is made where the job runs).
+    fn cancel_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(i64, String)>> {
+        None
+    }
     /// Answers when the database can be reached (readiness).
     fn ping(&self) -> Result<(), StoreError>;
     /// The job with this id.

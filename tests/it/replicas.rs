@@ -857,3 +857,57 @@ async fn a_429_pause_learnt_by_one_replica_holds_for_the_others() {
     skopeo::assert_landed(&dst, "prod/app:v1", &first).await;
     skopeo::assert_landed(&dst, "prod/other:v1", &second).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_reaches_the_running_replica_by_notification_before_its_next_heartbeat() {
+    let db = JobDb::start(Backend::Postgres).await;
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    // A long lease: the heartbeat that would carry the cancel comes only every 20 s.
+    let config = ServiceConfig {
+        lease_seconds: Some(60),
+        ..db.apply(
+            ServiceConfig::new()
+                .entry("src", &proxy.host(), None)
+                .registry("dst", &dst),
+        )
+    };
+    let (mut a, b) = tokio::join!(Service::start(&config), Service::start(&config));
+    let image = Image::random(Format::Oci, &[1024 * KIB, 16 * KIB]);
+    let pushed = src.push_image("team/app", "v1", &image).await;
+    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
+    proxy.add(
+        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
+            .every()
+            .trickle(Duration::from_millis(100), 4 * KIB),
+    );
+    let id = submit(
+        &a,
+        &format!("{}/team/app:v1", proxy.host()),
+        &format!("{}/prod/app:v1", dst.host()),
+    )
+    .await;
+    wait_row(&db, "A runs the job", Duration::from_secs(60), |r| {
+        r.1 == "running"
+    })
+    .await;
+    let (status, asked) = b
+        .call_json(reqwest::Method::DELETE, &format!("{JOBS}/{id}"), &jenkins())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{asked}");
+    // A acts on the notification (its log says so), not on a heartbeat.
+    a.wait_stdout(
+        "cancel request received through a database notification",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    let job = wait_final(&b, id, Duration::from_secs(15)).await;
+    assert_eq!(job["state"], json!("cancelled"), "{job}");
+    assert_eq!(job["cancelled_by"], json!("jenkins"), "{job}");
+    skopeo::assert_absent(&dst, "prod/app:v1").await;
+}
