@@ -9,6 +9,7 @@
 #   RUNS              runs per tool and scenario (default 3; 1 with --quick)
 #   SCENARIOS         which scenarios to run (default "big many multi noop fanin huge mirror wan")
 #   WAN_DELAYS        wan: milliseconds each request is held (default "20 50"; "20" with --quick)
+#   WAN_REQUEST_LOGS  wan: a folder; each proxy logs every request it holds to wanD-src.log, wanD-dst.log
 #   PROC_NUM          the service's task.proc_num (default 6 = skopeo's parallel blob copies)
 #   IMAGERSYNC_BIN    use this service binary instead of building the release one
 #   CARGO_TARGET_DIR  where the release build goes (default target/)
@@ -166,7 +167,7 @@ if wants wan; then
         for side in src dst; do
             port="$(free_port)"
             if [ "$side" = src ]; then up="$SRC_HOST"; WAN_SRC[$d]="127.0.0.1:$port"; else up="$DST_HOST"; WAN_DST[$d]="127.0.0.1:$port"; fi
-            python3 cmd/delay_proxy.py "$port" "$up" "$d" >>"$WORK/proxy.log" 2>&1 &
+            python3 cmd/delay_proxy.py "$port" "$up" "$d" ${WAN_REQUEST_LOGS:+"$WAN_REQUEST_LOGS/wan$d-$side.log"} >>"$WORK/proxy.log" 2>&1 &
             PROXY_PIDS="$PROXY_PIDS $!"
             wan_entries+="      wan${d}_$side: {registry: \"127.0.0.1:$port\", plain_http: true}"$'\n'
         done

@@ -310,22 +310,28 @@ impl CopyJob<'_> {
         }
 
         self.observers.step(self.index, Step::ReadingChildren);
-        let plan = self.gather(&top).await?;
+        // Whether the target repository is new is asked while the children are read:
+        // one round trip in sequence less on a distant registry.
+        let probe = existing.is_none() && !self.check_every_blob;
+        let (plan, fresh) = tokio::join!(self.gather(&top), async {
+            probe && self.target_is_new(blobs_hint(&top)).await
+        });
+        let plan = plan?;
         self.observers.emit(&SyncEvent::BlobsPlanned {
             image: self.index,
             blobs: plan.blobs.len() as u64,
             bytes: plan.blobs.iter().map(|b| b.size).sum(),
         });
         self.observers.step(self.index, Step::CopyingBlobs);
-        let fresh = existing.is_none()
-            && !self.check_every_blob
-            && self.target_is_new(plan.blobs.len()).await;
-        self.copy_blobs(&plan.blobs, fresh, result).await?;
+        // The first steps of the referrers' search (reads at the source) go while the
+        // blobs are copied, not after them.
+        let (copied, ahead) = tokio::join!(
+            self.copy_blobs(&plan.blobs, fresh, result),
+            self.look_ahead(&top.digest)
+        );
+        copied?;
         self.observers.step(self.index, Step::PushingManifests);
-        for child in &plan.children {
-            self.put_manifest(&child.digest, child).await?;
-            result.manifests_pushed += 1;
-        }
+        self.push_children(&plan.children, result).await?;
         // Referrers before the tag: a policy engine never sees the tag unsigned.
         let subjects = std::iter::once(top.digest.clone())
             .chain(plan.children.iter().map(|c| c.digest.clone()))
@@ -334,8 +340,8 @@ impl CopyJob<'_> {
             plan.blobs.len() as u64,
             plan.blobs.iter().map(|b| b.size).sum(),
         );
-        self.copy_referrers(subjects, &mut Walk::new(planned), result)
-            .await?;
+        let mut walk = Walk::new(planned).with_ahead(ahead);
+        self.copy_referrers(subjects, &mut walk, result).await?;
         Ok(Prepared::Ready {
             top,
             reference: target_ref,
@@ -834,6 +840,37 @@ impl CopyJob<'_> {
         Ok(blob.size)
     }
 
+    /// Pushes child manifests by digest: image manifests all at once (up to `parallel`;
+    /// one round trip, not one per platform), then indexes one by one in plan order, so
+    /// an index never reaches the target before a manifest it lists.
+    pub(super) async fn push_children(
+        &self,
+        children: &[Manifest],
+        result: &mut ImageResult,
+    ) -> Result<(), CopyError> {
+        let (indexes, images): (Vec<&Manifest>, Vec<&Manifest>) = children.iter().partition(|c| {
+            matches!(
+                parse_manifest(&c.media_type, &c.bytes),
+                Ok(ManifestKind::Index(_))
+            )
+        });
+        // Futures collected first, as in `fetch_children` (rust-lang/rust#102211).
+        let puts: Vec<_> = images
+            .iter()
+            .map(|c| self.put_manifest(&c.digest, c))
+            .collect();
+        let mut puts = futures_util::stream::iter(puts).buffer_unordered(self.parallel);
+        while let Some(put) = puts.next().await {
+            put?;
+            result.manifests_pushed += 1;
+        }
+        for child in indexes {
+            self.put_manifest(&child.digest, child).await?;
+            result.manifests_pushed += 1;
+        }
+        Ok(())
+    }
+
     /// PUTs a manifest; returns the target's `OCI-Subject` answer.
     pub(super) async fn put_manifest(
         &self,
@@ -861,6 +898,16 @@ impl CopyJob<'_> {
             manifest.digest
         ));
         Ok(subject)
+    }
+}
+
+/// How many blobs an image copy may bring, as far as the top manifest tells without
+/// reading more: an image manifest's own count; an index is taken to have enough.
+fn blobs_hint(top: &Manifest) -> usize {
+    match parse_manifest(&top.media_type, &top.bytes) {
+        Ok(ManifestKind::Image(blobs)) => blobs.len(),
+        Ok(ManifestKind::Index(_)) => MIN_BLOBS_TO_PROBE,
+        Err(_) => 0,
     }
 }
 

@@ -132,6 +132,15 @@ pub(crate) struct Walk {
     seen: HashSet<String>,
     /// Blobs and bytes announced to observers so far (the image's own, then referrers').
     planned: (u64, u64),
+    /// The referrers API's answer for one subject, read ahead ([`CopyJob::look_ahead`]).
+    ahead: Option<Ahead>,
+}
+
+/// The referrers API's answer for a subject, read while the image's blobs were copied.
+pub(crate) struct Ahead {
+    subject: String,
+    /// `None`: the source does not serve the API.
+    listed: Option<Vec<Value>>,
 }
 
 impl Walk {
@@ -143,7 +152,14 @@ impl Walk {
             target_api: None,
             seen: HashSet::new(),
             planned,
+            ahead: None,
         }
+    }
+
+    /// The same, with what [`CopyJob::look_ahead`] read.
+    pub fn with_ahead(mut self, ahead: Option<Ahead>) -> Self {
+        self.ahead = ahead;
+        self
     }
 }
 
@@ -215,6 +231,30 @@ impl CopyJob<'_> {
         Ok(())
     }
 
+    /// Reads what the search for the referrers of `subject` (the image's top manifest)
+    /// starts with, the source's tag list and the referrers API's answer, while the
+    /// image's blobs are still on their way: two round trips off the copy's critical
+    /// path. A failure is left for the search itself, which asks again with retries.
+    pub(crate) async fn look_ahead(&self, subject: &str) -> Option<Ahead> {
+        if !self.referrers {
+            return None;
+        }
+        let api = async {
+            if self.referrer_tags.lacks_api(&self.source.name()) {
+                return None;
+            }
+            self.src
+                .referrers(&self.source.repository, subject)
+                .await
+                .ok()
+        };
+        let (_, listed) = tokio::join!(self.list_referrer_tags(), api);
+        Some(Ahead {
+            subject: subject.to_owned(),
+            listed: listed?,
+        })
+    }
+
     /// The source repository's referrer tags, or `None` when its tag list cannot be read
     /// (then each candidate tag is asked for instead). Read once per sync and repository.
     async fn list_referrer_tags(&self) -> Option<Arc<HashSet<String>>> {
@@ -254,12 +294,16 @@ impl CopyJob<'_> {
         let mut entries = None;
         let mut source_index = None;
         if walk.source_api != Some(false) {
-            let listed = self
-                .retry
-                .run(self.log, "listing referrers", || {
-                    self.src.referrers(repo, subject)
-                })
-                .await?;
+            let listed = match walk.ahead.take_if(|a| a.subject == subject) {
+                Some(ahead) => ahead.listed,
+                None => {
+                    self.retry
+                        .run(self.log, "listing referrers", || {
+                            self.src.referrers(repo, subject)
+                        })
+                        .await?
+                }
+            };
             if walk.source_api.is_none() {
                 self.log.info(format!(
                     "Source {} {} the OCI referrers API",
@@ -382,10 +426,7 @@ impl CopyJob<'_> {
             bytes: walk.planned.1,
         });
         self.copy_blobs(&plan.blobs, false, result).await?;
-        for child in &plan.children {
-            self.put_manifest(&child.digest, child).await?;
-            result.manifests_pushed += 1;
-        }
+        self.push_children(&plan.children, result).await?;
         let answered = self.put_manifest(&reference, manifest).await?;
         result.manifests_pushed += 1;
         result.referrers_copied += 1;
