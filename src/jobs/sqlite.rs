@@ -178,6 +178,7 @@ impl JobStore for SqliteStore {
                 .prepare(
                     "SELECT id, record, owner, attempt, cancel_requested_by FROM jobs
                      WHERE state IN ('queued', 'running')
+                       AND owner IS NOT ?4
                        AND (?1 OR owner IS NULL OR lease_ms IS NULL OR lease_ms < ?2)
                      ORDER BY id LIMIT ?3",
                 )
@@ -187,7 +188,8 @@ impl JobStore for SqliteStore {
                     params![
                         everything,
                         Utc::now().timestamp_millis(),
-                        i64::try_from(limit).unwrap_or(i64::MAX)
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                        owner
                     ],
                     |r| {
                         Ok((
