@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A delaying HTTP/1.1 proxy for cmd/bench.sh's `wan` scenario: a distant registry.
 
-    delay_proxy.py LISTEN_PORT UPSTREAM_HOST:PORT DELAY_MS
+    delay_proxy.py LISTEN_PORT UPSTREAM_HOST:PORT DELAY_MS [KIB_PER_S]
 
 Listens on 127.0.0.1:LISTEN_PORT and relays every connection to UPSTREAM. Each request
 is held DELAY_MS milliseconds, from the moment its head has arrived to the moment it is
@@ -18,6 +18,10 @@ pipeline, so the upstream's bytes are copied to the client as they come. A conne
 that does not start with an HTTP method (skopeo first tries TLS on a registry it is told
 not to verify) is held once and then relayed raw, so the upstream answers it as it would
 without the proxy.
+
+KIB_PER_S, when given, also caps how fast the answers of each connection flow (a slow
+link): cmd/demo-cluster.sh uses it to keep a copy in flight long enough to kill its
+replica half-way.
 """
 import asyncio
 import sys
@@ -26,15 +30,19 @@ CHUNK = 1 << 16
 METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"OPTIONS ")
 
 
-async def pump(reader, writer):
-    """Copies reader to writer until EOF, then closes writer's side."""
+async def pump(reader, writer, rate=None):
+    """Copies reader to writer until EOF, then closes writer's side; at most `rate`
+    bytes a second when given (in pieces of a tenth of it)."""
+    piece = CHUNK if rate is None else max(1024, min(CHUNK, int(rate / 10)))
     try:
         while True:
-            data = await reader.read(CHUNK)
+            data = await reader.read(piece)
             if not data:
                 break
             writer.write(data)
             await writer.drain()
+            if rate is not None:
+                await asyncio.sleep(len(data) / rate)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
@@ -153,6 +161,7 @@ async def main():
     port, upstream, delay_ms = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     host, _, uport = upstream.rpartition(":")
     delay = delay_ms / 1000
+    rate = float(sys.argv[4]) * 1024 if len(sys.argv) > 4 else None
 
     async def handle(c_reader, c_writer):
         try:
@@ -160,7 +169,7 @@ async def main():
         except OSError:
             c_writer.close()
             return
-        answers = asyncio.ensure_future(pump(u_reader, c_writer))
+        answers = asyncio.ensure_future(pump(u_reader, c_writer, rate))
         await requests(c_reader, u_writer, delay)
         await answers
 
