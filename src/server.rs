@@ -191,7 +191,11 @@ pub fn app_state_with(config: &Config, store: Arc<dyn JobStore>) -> Result<AppSt
     let path = config.rsyncserver.logfile.clone();
     let log =
         AnalysisLog::open(&path).map_err(|source| ServeError::AnalysisLog { path, source })?;
-    let engine = Engine::new(&config.rsyncserver.rsyncconfig);
+    let mut engine = Engine::new(&config.rsyncserver.rsyncconfig);
+    if let Some(pauses) = store.shared_pauses() {
+        // Replicas on one database honour each other's 429 pauses.
+        engine = engine.with_shared_pauses(pauses);
+    }
     Ok(AppState::new(config, engine, log, store))
 }
 

@@ -841,6 +841,14 @@ impl CopyJob<'_> {
         manifest: &Manifest,
     ) -> Result<Option<String>, RegistryError> {
         let repo = &self.target.repository;
+        // One PUT per manifest digest and registry at a time: distribution stores a
+        // manifest as a blob shared by every repository, and two PUTs of the same bytes
+        // at once (two tags of one image, or two syncs) race on that file and one of them
+        // gets DIGEST_INVALID. The second PUT then finds the bytes there.
+        let _turn = self
+            .transfers
+            .turn(self.dst.registry(), &manifest.digest)
+            .await;
         let subject = self
             .retry
             .run(self.log, "pushing a manifest", || {

@@ -210,6 +210,14 @@ impl Engine {
         self.registries.store(Arc::new(next));
     }
 
+    /// Honours and tells 429 pauses through `shared` (the job database several replicas
+    /// use), so a registry's pause learnt by one replica holds for all. At start-up,
+    /// before the first sync; reloads keep it.
+    pub fn with_shared_pauses(self, shared: Arc<dyn crate::registry::SharedPauses>) -> Self {
+        self.registries.load().pool.share_pauses(shared);
+        self
+    }
+
     /// Tells `observer` of every sync this engine runs (service-wide metrics).
     pub fn with_observer(mut self, observer: Arc<dyn SyncObserver>) -> Self {
         self.observer = observer;

@@ -98,6 +98,9 @@ impl JobHooks for Recorder {
                 "internal error in the sync engine: the service log has details",
                 start,
             ),
+            JobEnd::GaveUp(why) => {
+                SyncResponse::rejected(user, echo, Outcome::Internal, why, start)
+            }
             JobEnd::CancelledBeforeStart(by) => SyncResponse::rejected(
                 user,
                 echo,

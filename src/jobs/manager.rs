@@ -17,12 +17,12 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::FutureExt as _;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::live::LiveJob;
 use super::model::{JobFilter, JobRecord, JobState, NewJob};
-use super::store::{Claimed, Fence, JobStore, StoreError};
+use super::store::{Claimed, Fence, JobStore, SlotAnswer, StoreError};
 use super::tracker::SyncTracker;
 use super::webhook::WebhookSender;
 use crate::engine::{Engine, SyncContext, SyncLog, SyncReport, SyncStatus};
@@ -36,6 +36,9 @@ pub enum JobEnd {
     Panicked(String),
     /// Cancelled while queued; the text says by whom.
     CancelledBeforeStart(String),
+    /// Not run again: its runs kept being cut off (see [`MAX_INTERRUPTED_RUNS`]); the
+    /// text says how often and by which replicas.
+    GaveUp(String),
 }
 
 /// The result of a finished job, as a synchronous POST answers it.
@@ -138,6 +141,8 @@ struct Inner {
     live: Mutex<HashMap<i64, Arc<LiveJob>>>,
     syncs: Arc<SyncTracker>,
     stopping: CancellationToken,
+    /// Woken when a job of this replica ends (a service-wide slot may be free).
+    slot_freed: Notify,
     /// This replica's id: the owner written into the rows it holds.
     replica: String,
 }
@@ -176,6 +181,7 @@ impl JobManager {
                 live: Mutex::default(),
                 syncs: Arc::new(SyncTracker::default()),
                 stopping: CancellationToken::new(),
+                slot_freed: Notify::new(),
                 replica: replica_id(),
             }),
         }
@@ -250,7 +256,9 @@ impl JobManager {
         // always goes through the queue, as before. The semaphore hands freed permits to
         // waiters first, so this never jumps ahead of a job already queued. A held job
         // always queues: it must not take a slot before its hold ends.
-        let permit = if new.asynchronous || hold.is_some() {
+        // On a shared store every job queues: a free slot here may be taken elsewhere,
+        // and a job waiting for a service-wide slot is waiting.
+        let permit = if new.asynchronous || hold.is_some() || self.inner.store.shared() {
             None
         } else {
             self.inner.slots.clone().try_acquire_owned().ok()
@@ -321,8 +329,13 @@ impl JobManager {
             fence,
             previous_owner,
             cancel_requested_by,
+            interrupted_by,
         } in claimed
         {
+            if interrupted_by.len() >= MAX_INTERRUPTED_RUNS {
+                self.give_up(job, fence, &interrupted_by).await;
+                continue;
+            }
             let was = job.state;
             job.resumed += 1;
             job.state = JobState::Queued;
@@ -364,9 +377,64 @@ impl JobManager {
         Ok(count)
     }
 
+    /// Fails a claimed job whose runs were cut off too often instead of running it again:
+    /// a job that kills (or starves) every replica that runs it must not loop for ever.
+    async fn give_up(&self, job: JobRecord, fence: Fence, interrupted_by: &[String]) {
+        let who = interrupted_by
+            .iter()
+            .map(|r| {
+                if r.is_empty() {
+                    "(unknown)"
+                } else {
+                    r.as_str()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!(
+            "the sync was given up: its run was cut off {} times (attempt {}); each holder \
+             stopped while it ran the job (the process died or was killed, or lost the job \
+             database, and its lease lapsed): {who}. It is not run again, as the job itself may \
+             be what stops them: read those replicas' logs, then submit it again",
+            interrupted_by.len(),
+            fence.attempt
+        );
+        tracing::error!(
+            job = job.id,
+            user = %job.user,
+            attempt = fence.attempt,
+            interrupted_by = %who,
+            "job given up after {} cut-off runs",
+            interrupted_by.len()
+        );
+        let live = LiveJob::new(job, fence, None);
+        let job = self
+            .finish(&live, JobEnd::GaveUp(message), JobState::Failed)
+            .await;
+        if !live.is_lost() {
+            self.notify(job, &live).await;
+        }
+    }
+
     /// Renews the leases of the jobs held here every third of the lease, and takes over
-    /// jobs whose holder let its lease lapse while this replica has a free slot.
+    /// jobs whose holder let its lease lapse while this replica has a free slot; acts at
+    /// once on the cancel requests the store announces.
     fn start_lease_tasks(&self) {
+        if let Some(mut notices) = self.inner.store.cancel_notices() {
+            let manager = self.clone();
+            tokio::spawn(async move {
+                while let Some((id, by)) = notices.recv().await {
+                    if let Some(live) = manager.live(id).filter(|l| !l.cancel.is_cancelled()) {
+                        tracing::info!(
+                            job = id,
+                            by,
+                            "cancel request received through a database notification"
+                        );
+                        manager.cancel_live(&live, &by);
+                    }
+                }
+            });
+        }
         let every = self.inner.limits.lease / 3;
         let manager = self.clone();
         tokio::spawn(async move {
@@ -380,6 +448,7 @@ impl JobManager {
                 if manager.inner.stopping.is_cancelled() || !renewed {
                     continue;
                 }
+                manager.deliver_orphaned_callbacks().await;
                 let free = manager.inner.slots.available_permits();
                 let room = manager
                     .inner
@@ -639,51 +708,38 @@ impl JobManager {
         start: Start,
         max_wait: Option<Duration>,
     ) -> Option<JobRecord> {
-        let permit = match start {
-            Start::Now(permit) => permit,
-            Start::Queue | Start::Held(_) => {
-                let hold = match start {
-                    Start::Held(hold) => Some(hold),
-                    _ => None,
-                };
-                let slots = self.inner.slots.clone();
-                let acquire = async move {
-                    if let Some(hold) = hold {
-                        hold.await;
-                    }
-                    slots.acquire_owned().await
-                };
-                let waited = tokio::select! {
-                    biased;
-                    _ = live.cancel.cancelled() => Err(true),
-                    _ = self.inner.stopping.cancelled() => Err(false),
-                    permit = acquire => Ok(permit.expect("slots never close")),
-                };
-                self.inner.queued.fetch_sub(1, Ordering::SeqCst);
-                match waited {
-                    Ok(permit) => permit,
-                    Err(true) => {
-                        let by = live.snapshot().cancelled_by.unwrap_or_default();
-                        let end = JobEnd::CancelledBeforeStart(by);
-                        return Some(self.finish(live, end, JobState::Cancelled).await);
-                    }
-                    Err(false) if !live.snapshot().asynchronous => {
-                        // Its caller is told to run it again; resuming it after the
-                        // restart would run a sync nobody waits for.
-                        let end = JobEnd::CancelledBeforeStart("the service shutting down".into());
-                        return Some(self.finish(live, end, JobState::Cancelled).await);
-                    }
-                    Err(false) => {
-                        // Let go, so another replica may run it now rather than after
-                        // this one's lease lapses.
-                        let (id, fence) = (live.id, live.fence.clone());
-                        if let Err(e) = self.blocking(move |s| s.release(id, &fence)).await {
-                            tracing::warn!(job = id, error = %e, "cannot let go of a queued job");
-                        }
-                        self.forget(live);
-                        return None;
-                    }
+        let queued = !matches!(start, Start::Now(_));
+        let waited = self.wait_for_slot(live, start).await;
+        if queued {
+            self.inner.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        let permit = match waited {
+            Ok(permit) => permit,
+            Err(Interrupted::Lost) => {
+                // Taken over while it waited: the new holder runs and ends it.
+                self.forget(live);
+                return None;
+            }
+            Err(Interrupted::Cancelled) => {
+                let by = live.snapshot().cancelled_by.unwrap_or_default();
+                let end = JobEnd::CancelledBeforeStart(by);
+                return Some(self.finish(live, end, JobState::Cancelled).await);
+            }
+            Err(Interrupted::Stopping) if !live.snapshot().asynchronous => {
+                // Its caller is told to run it again; resuming it after the
+                // restart would run a sync nobody waits for.
+                let end = JobEnd::CancelledBeforeStart("the service shutting down".into());
+                return Some(self.finish(live, end, JobState::Cancelled).await);
+            }
+            Err(Interrupted::Stopping) => {
+                // Let go, so another replica may run it now rather than after
+                // this one's lease lapses.
+                let (id, fence) = (live.id, live.fence.clone());
+                if let Err(e) = self.blocking(move |s| s.release(id, &fence)).await {
+                    tracing::warn!(job = id, error = %e, "cannot let go of a queued job");
                 }
+                self.forget(live);
+                return None;
             }
         };
         let _slot = permit;
@@ -693,9 +749,7 @@ impl JobManager {
             // A caller that hung up between the slot and this line has cancelled: the
             // job must not start (see `abandon`).
             if !live.cancel.is_cancelled() {
-                job.state = JobState::Running;
-                job.started_at = Some(now);
-                job.queued_seconds = Some(seconds_between(job.created_at, now));
+                mark_running(job, now);
                 starts = true;
             }
         });
@@ -763,6 +817,91 @@ impl JobManager {
         Some(self.finish(live, end, state).await)
     }
 
+    /// Waits for this replica's sync slot (FIFO among its jobs) and, on a shared store,
+    /// for one of the service-wide slots too.
+    async fn wait_for_slot(
+        &self,
+        live: &Arc<LiveJob>,
+        start: Start,
+    ) -> Result<OwnedSemaphorePermit, Interrupted> {
+        let permit = match start {
+            Start::Now(permit) => permit,
+            Start::Queue | Start::Held(_) => {
+                let hold = match start {
+                    Start::Held(hold) => Some(hold),
+                    _ => None,
+                };
+                let slots = self.inner.slots.clone();
+                let acquire = async move {
+                    if let Some(hold) = hold {
+                        hold.await;
+                    }
+                    slots.acquire_owned().await
+                };
+                tokio::select! {
+                    biased;
+                    _ = live.cancel.cancelled() => return Err(Interrupted::cancelled(live)),
+                    _ = self.inner.stopping.cancelled() => return Err(Interrupted::Stopping),
+                    permit = acquire => permit.expect("slots never close"),
+                }
+            }
+        };
+        if self.inner.store.shared() {
+            self.shared_slot(live).await?;
+        }
+        Ok(permit)
+    }
+
+    /// Waits until the store grants job `live` one of the service-wide slots (its row
+    /// then says running): asked again whenever a job of this replica ends, and every
+    /// [`SHARED_SLOT_POLL`] for the slots other replicas free.
+    async fn shared_slot(&self, live: &Arc<LiveJob>) -> Result<(), Interrupted> {
+        let max_running = self.inner.limits.max_running;
+        let mut said = false;
+        loop {
+            let freed = self.inner.slot_freed.notified();
+            tokio::pin!(freed);
+            // Registered before the store is asked: an end in between still wakes us.
+            freed.as_mut().enable();
+            let mut job = live.snapshot();
+            mark_running(&mut job, Utc::now());
+            let fence = live.fence.clone();
+            match self
+                .blocking(move |store| store.start(&job, &fence, max_running))
+                .await
+            {
+                Ok(SlotAnswer::Started) => return Ok(()),
+                Ok(SlotAnswer::Lost) => {
+                    tracing::warn!(
+                        job = live.id,
+                        attempt = live.fence.attempt,
+                        "job taken over by another replica while it waited for a slot"
+                    );
+                    live.lose();
+                    return Err(Interrupted::Lost);
+                }
+                Ok(SlotAnswer::Full) if !said => {
+                    said = true;
+                    tracing::info!(
+                        job = live.id,
+                        max_running,
+                        "every service-wide sync slot is taken (rsyncserver.max_concurrent_syncs, counted over all replicas): waiting"
+                    );
+                }
+                Ok(SlotAnswer::Full) => {}
+                // The database is away: the job waits, and asks again.
+                Err(e) => tracing::warn!(job = live.id, error = %e, "cannot take a sync slot"),
+            }
+            tokio::select! {
+                biased;
+                _ = live.cancel.cancelled() => return Err(Interrupted::cancelled(live)),
+                _ = self.inner.stopping.cancelled() => return Err(Interrupted::Stopping),
+                () = freed => {}
+                () = tokio::time::sleep(SHARED_SLOT_POLL) => {}
+            }
+        }
+    }
+
     /// Records the end of a job: result, state, store; then forgets it as live.
     async fn finish(&self, live: &Arc<LiveJob>, end: JobEnd, state: JobState) -> JobRecord {
         let result = self.inner.hooks.finished(&live.snapshot(), end);
@@ -777,6 +916,8 @@ impl JobManager {
         let job = live.snapshot();
         self.save_end(live, &job).await;
         self.forget(live);
+        // Its row no longer counts as running: a job waiting for a shared slot asks again.
+        self.inner.slot_freed.notify_waiters();
         job
     }
 
@@ -795,13 +936,74 @@ impl JobManager {
         }
     }
 
-    /// Sends the webhook, if asked for, and records whether it got through.
-    async fn notify(&self, mut job: JobRecord, live: &Arc<LiveJob>) {
+    /// Sends the webhook, if asked for, and records whether it got through: once per
+    /// job, by whoever claims it in the store's outbox first (see [`JobStore::claim_callback`]).
+    async fn notify(&self, job: JobRecord, live: &Arc<LiveJob>) {
         if job.callback_url.is_none() {
             return;
         }
-        job.callback = self.inner.webhook.deliver(&job).await;
-        self.save(live, &job).await;
+        let (id, fence, hold) = (job.id, live.fence.clone(), self.inner.limits.lease);
+        match self
+            .blocking(move |store| store.claim_callback(id, &fence, hold))
+            .await
+        {
+            Ok(true) => self.deliver(job).await,
+            Ok(false) => tracing::info!(job = id, "webhook claimed already: not sent again"),
+            // Another replica's sweep sends it once this one's last heartbeat is old.
+            Err(e) => tracing::warn!(job = id, error = %e, "cannot claim the webhook delivery"),
+        }
+    }
+
+    /// Delivers the webhook of a job whose delivery this replica claimed, renewing the
+    /// claim while it tries (retries with backoff take longer than a lease), then records
+    /// the outcome.
+    async fn deliver(&self, mut job: JobRecord) {
+        let (id, lease) = (job.id, self.inner.limits.lease);
+        let renew = async {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let owner = self.inner.replica.clone();
+                if let Err(e) = self
+                    .blocking(move |store| store.renew_callback(id, &owner, lease))
+                    .await
+                {
+                    tracing::warn!(job = id, error = %e, "cannot renew the webhook claim");
+                }
+            }
+        };
+        job.callback = tokio::select! {
+            callback = self.inner.webhook.deliver(&job) => callback,
+            () = renew => unreachable!("the renewal never ends"),
+        };
+        let owner = self.inner.replica.clone();
+        if let Err(e) = self
+            .blocking(move |store| store.callback_sent(&job, &owner))
+            .await
+        {
+            tracing::error!(job = id, error = %e, "cannot record the webhook delivery");
+        }
+    }
+
+    /// Claims and delivers the webhooks of finished jobs whose finishing replica stopped
+    /// before it could send them (a shared store's sweep, at each heartbeat).
+    async fn deliver_orphaned_callbacks(&self) {
+        let (owner, lease) = (self.inner.replica.clone(), self.inner.limits.lease);
+        let orphaned = self
+            .blocking(move |store| store.orphaned_callbacks(&owner, lease, lease, 4))
+            .await;
+        match orphaned {
+            Ok(jobs) => {
+                for job in jobs {
+                    tracing::info!(
+                        job = job.id,
+                        "sending the webhook of a job whose finishing replica stopped before it got through"
+                    );
+                    let manager = self.clone();
+                    tokio::spawn(async move { manager.deliver(job).await });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for webhooks nobody sent"),
+        }
     }
 
     fn forget(&self, live: &Arc<LiveJob>) {
@@ -884,6 +1086,43 @@ const END_SAVE_FIRST_GAP: Duration = Duration::from_millis(250);
 const END_SAVE_MAX_GAP: Duration = Duration::from_secs(5);
 /// Tries of a job's end once the service is shutting down, before it gives up.
 const END_SAVE_TRIES_AT_SHUTDOWN: u32 = 3;
+
+/// How many cut-off runs a job gets: a claim that finds its runs cut off this often
+/// (its holder died, was killed or lost the database while running it, each time) fails
+/// it rather than starting it again. Resumes of a job that was only queued do not count.
+pub const MAX_INTERRUPTED_RUNS: usize = 3;
+
+/// How often a job waiting for a service-wide slot asks the shared store again (a slot
+/// freed on this replica wakes it at once).
+const SHARED_SLOT_POLL: Duration = Duration::from_millis(500);
+
+/// Why a job stopped waiting for its slot.
+enum Interrupted {
+    /// Someone cancelled it.
+    Cancelled,
+    /// The service is shutting down.
+    Stopping,
+    /// Another replica took it over.
+    Lost,
+}
+
+impl Interrupted {
+    /// A fired cancel switch: a cancel, or the job lost to another replica.
+    fn cancelled(live: &LiveJob) -> Self {
+        if live.is_lost() {
+            Self::Lost
+        } else {
+            Self::Cancelled
+        }
+    }
+}
+
+/// The record of a job starting at `now`.
+fn mark_running(job: &mut JobRecord, now: chrono::DateTime<Utc>) {
+    job.state = JobState::Running;
+    job.started_at = Some(now);
+    job.queued_seconds = Some(seconds_between(job.created_at, now));
+}
 
 /// How often a running job's progress is written to a shared store, for other replicas.
 const PROGRESS_SAVE_GAP: Duration = Duration::from_secs(1);

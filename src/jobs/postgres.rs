@@ -17,13 +17,22 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::model::{JobFilter, JobRecord, JobState};
-use super::store::{Claimed, Fence, JobStore, Renewed, StoreError};
+use super::store::{Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
 
 /// Connections per replica; the budget is replicas × this ≤ PostgreSQL's `max_connections`.
 const POOL_SIZE: u32 = 8;
 /// How long a call waits for a free or new connection before it fails (readiness, and
 /// an error rather than a hang while the database is down).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The channel cancel requests are announced on (payload `{"id": …, "by": …}`).
+const CANCEL_CHANNEL: &str = "imagersync_cancel";
+/// Wait before a listener that failed connects again.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// The transaction-level advisory lock under which a replica counts the running jobs and
+/// starts one ("imagslot"): two replicas never both see the last free slot.
+const SLOT_LOCK: i64 = 0x696d_6167_736c_6f74;
 
 /// Jobs in a PostgreSQL database.
 pub struct PostgresStore {
@@ -168,6 +177,55 @@ impl JobStore for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    fn start(
+        &self,
+        job: &JobRecord,
+        fence: &Fence,
+        max_running: usize,
+    ) -> Result<SlotAnswer, StoreError> {
+        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        let max_running = i64::try_from(max_running).unwrap_or(i64::MAX);
+        self.run(async {
+            let mut tx = self.pool.begin().await?;
+            // Held until commit: the count below and the write after it are one step for
+            // every replica (the count's snapshot is taken after the lock is granted, so
+            // it sees the starts committed before).
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SLOT_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs
+                 WHERE state = 'running' AND id <> $1 AND lease_expires_at > now()",
+            )
+            .bind(job.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if running >= max_running {
+                tx.rollback().await?;
+                return Ok(SlotAnswer::Full);
+            }
+            let done = sqlx::query(
+                "UPDATE jobs SET state = 'running', record = $2::jsonb
+                 WHERE id = $1 AND owner = $3 AND attempt = $4
+                   AND state IN ('queued', 'running')",
+            )
+            .bind(job.id)
+            .bind(text)
+            .bind(&fence.owner)
+            .bind(fence.attempt)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(if done.rows_affected() == 1 {
+                SlotAnswer::Started
+            } else {
+                SlotAnswer::Lost
+            })
+        })
+        .map_err(query_error("take a sync slot"))
+    }
+
     fn claim(
         &self,
         owner: &str,
@@ -189,9 +247,14 @@ impl JobStore for PostgresStore {
                          ORDER BY id LIMIT $3
                          FOR UPDATE SKIP LOCKED)
                      UPDATE jobs j SET owner = $1, attempt = j.attempt + 1, heartbeat_at = now(),
-                            lease_expires_at = now() + make_interval(secs => $2)
+                            lease_expires_at = now() + make_interval(secs => $2),
+                            -- A running row whose lease lapsed: its holder's run was cut off.
+                            interrupted_by = CASE WHEN j.state = 'running'
+                                THEN array_append(j.interrupted_by, COALESCE(picked.was, ''))
+                                ELSE j.interrupted_by END
                      FROM picked WHERE j.id = picked.id
-                     RETURNING j.id, j.record::text, j.attempt, picked.was, j.cancel_requested_by",
+                     RETURNING j.id, j.record::text, j.attempt, picked.was, j.cancel_requested_by,
+                               j.interrupted_by",
                 )
                 .bind(owner)
                 .bind(seconds(lease))
@@ -208,6 +271,7 @@ impl JobStore for PostgresStore {
             let attempt: i64 = row.try_get(2).map_err(&get_error)?;
             let previous_owner: Option<String> = row.try_get(3).map_err(&get_error)?;
             let cancel_requested_by: Option<String> = row.try_get(4).map_err(&get_error)?;
+            let interrupted_by: Vec<String> = row.try_get(5).map_err(&get_error)?;
             claimed.push(Claimed {
                 job: decode(id, &text)?,
                 fence: Fence {
@@ -216,6 +280,7 @@ impl JobStore for PostgresStore {
                 },
                 previous_owner,
                 cancel_requested_by,
+                interrupted_by,
             });
         }
         claimed.sort_by_key(|c| c.job.id);
@@ -272,7 +337,69 @@ impl JobStore for PostgresStore {
                 .fetch_optional(&self.pool),
             )
             .map_err(query_error("cancel a job"))?;
-        text.map(|t| decode(id, &t)).transpose()
+        let job = text.map(|t| decode(id, &t)).transpose()?;
+        if job.as_ref().is_some_and(|j| !j.state.is_final()) {
+            // After the request is committed: the holder wakes now rather than at its
+            // next heartbeat. A lost notification only costs that wait.
+            let payload = serde_json::json!({"id": id, "by": by}).to_string();
+            if let Err(e) = self.run(
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CANCEL_CHANNEL)
+                    .bind(payload)
+                    .execute(&self.pool),
+            ) {
+                tracing::warn!(job = id, error = %e, "cannot announce a cancel request; the holder reads it at its next heartbeat");
+            }
+        }
+        Ok(job)
+    }
+
+    fn cancel_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(i64, String)>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = self.pool.clone();
+        // One connection of the pool stays with the listener for the process's life.
+        self.runtime.spawn(async move {
+            loop {
+                let listener = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen(CANCEL_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                };
+                let mut listener = match listener.await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot listen for cancel requests; trying again");
+                        tokio::time::sleep(LISTEN_RETRY).await;
+                        continue;
+                    }
+                };
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notice)) => {
+                            let payload: serde_json::Value =
+                                serde_json::from_str(notice.payload()).unwrap_or_default();
+                            let (Some(id), Some(by)) =
+                                (payload["id"].as_i64(), payload["by"].as_str())
+                            else {
+                                continue;
+                            };
+                            if tx.send((id, by.to_owned())).is_err() {
+                                return;
+                            }
+                        }
+                        // The connection dropped: it connects again at the next call
+                        // (notifications meanwhile are lost; the heartbeat covers them).
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "listening for cancel requests failed; connecting again");
+                            tokio::time::sleep(LISTEN_RETRY).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Some(rx)
     }
 
     fn release(&self, id: i64, fence: &Fence) -> Result<(), StoreError> {
@@ -288,6 +415,98 @@ impl JobStore for PostgresStore {
         )
         .map_err(query_error("release a job"))?;
         Ok(())
+    }
+
+    fn claim_callback(&self, id: i64, fence: &Fence, hold: Duration) -> Result<bool, StoreError> {
+        // Fenced: only the attempt that wrote the end claims it, and only once.
+        let done = self
+            .run(
+                sqlx::query(
+                    "UPDATE jobs SET callback_by = $2,
+                            callback_until = now() + make_interval(secs => $4)
+                     WHERE id = $1 AND owner = $2 AND attempt = $3
+                       AND state IN ('succeeded', 'failed', 'cancelled')
+                       AND callback_by IS NULL AND NOT callback_done",
+                )
+                .bind(id)
+                .bind(&fence.owner)
+                .bind(fence.attempt)
+                .bind(seconds(hold))
+                .execute(&self.pool),
+            )
+            .map_err(query_error("claim a webhook delivery"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    fn renew_callback(&self, id: i64, owner: &str, hold: Duration) -> Result<(), StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE jobs SET callback_until = now() + make_interval(secs => $3)
+                 WHERE id = $1 AND callback_by = $2 AND NOT callback_done",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(seconds(hold))
+            .execute(&self.pool),
+        )
+        .map_err(query_error("renew a webhook delivery"))?;
+        Ok(())
+    }
+
+    fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError> {
+        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        self.run(
+            sqlx::query(
+                "UPDATE jobs SET record = $2::jsonb, callback_done = true, callback_until = NULL
+                 WHERE id = $1 AND callback_by = $3",
+            )
+            .bind(job.id)
+            .bind(text)
+            .bind(owner)
+            .execute(&self.pool),
+        )
+        .map_err(query_error("record a webhook delivery"))?;
+        Ok(())
+    }
+
+    fn orphaned_callbacks(
+        &self,
+        owner: &str,
+        hold: Duration,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = self
+            .run(
+                sqlx::query(
+                    "WITH due AS (
+                         SELECT id FROM jobs
+                         WHERE state IN ('succeeded', 'failed', 'cancelled')
+                           AND NOT callback_done AND record->>'callback_url' IS NOT NULL
+                           AND ((callback_by IS NULL
+                                 AND heartbeat_at < now() - make_interval(secs => $3))
+                                OR callback_until < now())
+                         ORDER BY id LIMIT $4
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE jobs j SET callback_by = $1,
+                            callback_until = now() + make_interval(secs => $2)
+                     FROM due WHERE j.id = due.id
+                     RETURNING j.id, j.record::text",
+                )
+                .bind(owner)
+                .bind(seconds(hold))
+                .bind(seconds(stale))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool),
+            )
+            .map_err(query_error("claim orphaned webhook deliveries"))?;
+        Self::records(rows, "claim orphaned webhook deliveries")
+    }
+
+    fn shared_pauses(&self) -> Option<std::sync::Arc<dyn crate::registry::SharedPauses>> {
+        Some(std::sync::Arc::new(super::pauses::PgPauses::new(
+            self.pool.clone(),
+        )))
     }
 
     fn ping(&self) -> Result<(), StoreError> {

@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::model::{JobFilter, JobRecord, JobState};
-use super::store::{Claimed, Fence, JobStore, Renewed, StoreError};
+use super::store::{Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Jobs in one SQLite database file.
 pub struct SqliteStore {
@@ -89,6 +89,12 @@ impl SqliteStore {
                  ALTER TABLE jobs ADD COLUMN cancel_requested_by TEXT;",
             )?;
         }
+        if version < 3 {
+            // As in PostgreSQL: the holders whose run was cut off (a JSON array here).
+            connection.execute_batch(
+                "ALTER TABLE jobs ADD COLUMN interrupted_by TEXT NOT NULL DEFAULT '[]';",
+            )?;
+        }
         if version < SCHEMA_VERSION {
             connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -163,6 +169,54 @@ impl JobStore for SqliteStore {
         Ok(changed == 1)
     }
 
+    fn start(
+        &self,
+        job: &JobRecord,
+        fence: &Fence,
+        _max_running: usize,
+    ) -> Result<SlotAnswer, StoreError> {
+        Ok(if self.save(job, fence)? {
+            SlotAnswer::Started
+        } else {
+            SlotAnswer::Lost
+        })
+    }
+
+    fn claim_callback(
+        &self,
+        _id: i64,
+        _fence: &Fence,
+        _hold: Duration,
+    ) -> Result<bool, StoreError> {
+        // One process, and the manager delivers each job's webhook once.
+        Ok(true)
+    }
+
+    fn renew_callback(&self, _id: i64, _owner: &str, _hold: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError> {
+        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        self.connection()
+            .execute(
+                "UPDATE jobs SET record = ?2 WHERE id = ?1 AND owner = ?3",
+                params![job.id, text, owner],
+            )
+            .map_err(query_error("record a webhook delivery"))?;
+        Ok(())
+    }
+
+    fn orphaned_callbacks(
+        &self,
+        _owner: &str,
+        _hold: Duration,
+        _stale: Duration,
+        _limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
     fn claim(
         &self,
         owner: &str,
@@ -176,7 +230,8 @@ impl JobStore for SqliteStore {
         let picked = {
             let mut statement = tx
                 .prepare(
-                    "SELECT id, record, owner, attempt, cancel_requested_by FROM jobs
+                    "SELECT id, record, owner, attempt, cancel_requested_by, state,
+                            interrupted_by FROM jobs
                      WHERE state IN ('queued', 'running')
                        AND owner IS NOT ?4
                        AND (?1 OR owner IS NULL OR lease_ms IS NULL OR lease_ms < ?2)
@@ -198,6 +253,8 @@ impl JobStore for SqliteStore {
                             r.get::<_, Option<String>>(2)?,
                             r.get::<_, i64>(3)?,
                             r.get::<_, Option<String>>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, String>(6)?,
                         ))
                     },
                 )
@@ -206,10 +263,19 @@ impl JobStore for SqliteStore {
                 .map_err(query_error("claim jobs"))?
         };
         let mut claimed = Vec::with_capacity(picked.len());
-        for (id, text, previous_owner, attempt, cancel_requested_by) in picked {
+        for (id, text, previous_owner, attempt, cancel_requested_by, state, interrupted) in picked {
+            let mut interrupted_by: Vec<String> =
+                serde_json::from_str(&interrupted).map_err(json_error("claim jobs"))?;
+            // Running when its holder (the previous process) stopped: its run was cut off.
+            if state == JobState::Running.as_str() {
+                interrupted_by.push(previous_owner.clone().unwrap_or_default());
+            }
+            let interrupted =
+                serde_json::to_string(&interrupted_by).map_err(json_error("claim jobs"))?;
             tx.execute(
-                "UPDATE jobs SET owner = ?2, attempt = ?3, lease_ms = ?4 WHERE id = ?1",
-                params![id, owner, attempt + 1, lease_end(lease)],
+                "UPDATE jobs SET owner = ?2, attempt = ?3, lease_ms = ?4, interrupted_by = ?5
+                 WHERE id = ?1",
+                params![id, owner, attempt + 1, lease_end(lease), interrupted],
             )
             .map_err(query_error("claim jobs"))?;
             claimed.push(Claimed {
@@ -220,6 +286,7 @@ impl JobStore for SqliteStore {
                 },
                 previous_owner,
                 cancel_requested_by,
+                interrupted_by,
             });
         }
         tx.commit().map_err(query_error("claim jobs"))?;

@@ -61,6 +61,10 @@ pub struct Claimed {
     pub previous_owner: Option<String>,
     /// Who asked to cancel it, if someone did (through any replica).
     pub cancel_requested_by: Option<String>,
+    /// The holders whose run of it was cut off, oldest first, this claim's included: it
+    /// was running when each of them stopped renewing its lease (or, on an embedded
+    /// store, when the process stopped).
+    pub interrupted_by: Vec<String>,
 }
 
 /// A lease [`JobStore::renew`] extended.
@@ -70,6 +74,17 @@ pub struct Renewed {
     pub id: i64,
     /// Who asked to cancel it, if someone did (through any replica).
     pub cancel_requested_by: Option<String>,
+}
+
+/// What [`JobStore::start`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotAnswer {
+    /// The job holds a sync slot now: its row says running.
+    Started,
+    /// Every slot of the service is taken: try again when one frees.
+    Full,
+    /// Another attempt holds the job (it was taken over): stop it here.
+    Lost,
 }
 
 /// Keeps job records.
@@ -87,6 +102,18 @@ pub trait JobStore: Send + Sync {
     /// Overwrites the stored record with the same id if `fence` still holds it; `false`
     /// (nothing written) once another attempt took the job over.
     fn save(&self, job: &JobRecord, fence: &Fence) -> Result<bool, StoreError>;
+    /// Starts job `job` (its state running) under `fence` if fewer than `max_running`
+    /// other jobs of the whole store run now, counted and written atomically: the
+    /// service-wide cap on syncs (`rsyncserver.max_concurrent_syncs`) across every
+    /// replica of a shared store. A running row whose lease lapsed (a dead holder) does
+    /// not count. An embedded store has one process, whose own semaphore is the cap: it
+    /// only writes the record.
+    fn start(
+        &self,
+        job: &JobRecord,
+        fence: &Fence,
+        max_running: usize,
+    ) -> Result<SlotAnswer, StoreError>;
     /// Takes up to `limit` queued or running jobs that nobody holds (no owner, or a lapsed
     /// lease), oldest first, for `owner` with the next attempt and a lease `lease`; never
     /// a job `owner` holds already (its lease lapses while the database is away).
@@ -114,6 +141,39 @@ pub trait JobStore: Send + Sync {
     fn request_cancel(&self, id: i64, by: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Lets go of a queued job (its owner is cleared) so any replica may take it at once.
     fn release(&self, id: i64, fence: &Fence) -> Result<(), StoreError>;
+    /// Claims the delivery of finished job `id`'s webhook for the holder `fence` (the
+    /// outbox): `true` for the one caller that may send it, for `hold` (renewed with
+    /// [`Self::renew_callback`] while it sends); `false` when it was claimed already.
+    fn claim_callback(&self, id: i64, fence: &Fence, hold: Duration) -> Result<bool, StoreError>;
+    /// Extends `owner`'s claim on job `id`'s webhook delivery by `hold`.
+    fn renew_callback(&self, id: i64, owner: &str, hold: Duration) -> Result<(), StoreError>;
+    /// Records the delivery's outcome (`job` with its `callback`) and closes the claim,
+    /// if `owner` still holds it.
+    fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError>;
+    /// Claims for `owner` up to `limit` finished jobs whose webhook nobody delivers: the
+    /// replica that finished it stopped before it claimed the delivery (unclaimed while
+    /// its last heartbeat is older than `stale`), or its claim lapsed mid-delivery.
+    /// Always empty on an embedded store (one process: no other replica to step in).
+    fn orphaned_callbacks(
+        &self,
+        owner: &str,
+        hold: Duration,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// The registries' 429 pauses kept beside the jobs, for the engine of every replica
+    /// to share ([`crate::engine::Engine::with_shared_pauses`]); `None` for an embedded
+    /// store, whose one process keeps them in memory.
+    fn shared_pauses(&self) -> Option<std::sync::Arc<dyn crate::registry::SharedPauses>> {
+        None
+    }
+    /// Cancel requests as other replicas make them, (job id, who asked): a fast path
+    /// (PostgreSQL's LISTEN/NOTIFY); the heartbeat reads every request from the rows
+    /// anyway, so one lost while the listener reconnects only comes later. `None` for an
+    /// embedded store (one process: a cancel is made where the job runs).
+    fn cancel_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(i64, String)>> {
+        None
+    }
     /// Answers when the database can be reached (readiness).
     fn ping(&self) -> Result<(), StoreError>;
     /// The job with this id.

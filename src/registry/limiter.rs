@@ -3,7 +3,9 @@
 //! It also keeps the pull quota Docker Hub announces (`ratelimit-limit`,
 //! `ratelimit-remaining`), so pulls can wait before the quota runs out instead of failing.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Pause applied when a 429 names no `Retry-After`.
@@ -14,6 +16,27 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Shortest and longest wait before the quota is looked at again.
 const MIN_QUOTA_WAIT: Duration = Duration::from_secs(1);
 const MAX_QUOTA_WAIT: Duration = Duration::from_secs(300);
+
+/// How often a registry's pause is read from the [`SharedPauses`] (before a request).
+const SHARED_REFRESH: Duration = Duration::from_secs(1);
+/// Longest a request waits to read the shared pause; a store that does not answer in
+/// time is taken as no pause (the request goes ahead as on a single replica).
+const SHARED_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A future of [`SharedPauses`].
+pub type PauseFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// 429 pauses kept outside this process, so that the replicas of the service honour a
+/// pause any one of them learnt (the job database of several replicas implements it; the
+/// registry layer only knows this seam). Times are the store's: a pause is handed over as
+/// the time left, so the replicas' clocks do not matter.
+pub trait SharedPauses: Send + Sync {
+    /// Records that `registry` asked every client to wait `pause` from now. A failure is
+    /// the implementation's to log: the local pause holds anyway.
+    fn pause<'a>(&'a self, registry: &'a str, pause: Duration) -> PauseFuture<'a, ()>;
+    /// How long is left of `registry`'s pause, if one runs.
+    fn remaining<'a>(&'a self, registry: &'a str) -> PauseFuture<'a, Option<Duration>>;
+}
 
 /// The pull quota a registry last announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +76,41 @@ impl Quota {
 }
 
 /// The shared "not before" instant and pull quota of one registry host.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RateLimiter {
     not_before: Mutex<Option<Instant>>,
     quota: Mutex<Option<Quota>>,
+    /// The host, as the shared pauses know it.
+    host: String,
+    /// Pauses shared with the other replicas, if any.
+    shared: Option<Arc<dyn SharedPauses>>,
+    /// When the shared pause was last read.
+    read_at: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("host", &self.host)
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
-    /// Waits until the registry may be asked again.
+    /// The limiter of `host`, honouring and telling the `shared` pauses when given.
+    pub fn new(host: &str, shared: Option<Arc<dyn SharedPauses>>) -> Self {
+        Self {
+            host: host.to_owned(),
+            shared,
+            ..Self::default()
+        }
+    }
+
+    /// Waits until the registry may be asked again (a pause another replica learnt
+    /// included: read at most once a [`SHARED_REFRESH`]).
     pub async fn ready(&self) {
+        self.read_shared().await;
         let until = *self.not_before.lock().expect("rate limiter lock");
         if let Some(until) = until {
             tokio::time::sleep_until(until.into()).await;
@@ -90,13 +139,42 @@ impl RateLimiter {
         })
     }
 
-    /// Records a 429 answer: nobody asks again before `retry_after` (capped) has passed.
+    /// Records a 429 answer: nobody asks again before `retry_after` (capped) has passed,
+    /// here and, through the shared pauses, on every replica.
     pub fn throttled(&self, retry_after: Option<Duration>) {
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE);
-        let until = Instant::now() + pause;
+        self.hold_until(Instant::now() + pause);
+        if let Some(shared) = self.shared.clone() {
+            let host = self.host.clone();
+            // Not awaited: the caller's error goes back at once; the others learn it
+            // within a round trip.
+            tokio::spawn(async move { shared.pause(&host, pause).await });
+        }
+    }
+
+    fn hold_until(&self, until: Instant) {
         let mut not_before = self.not_before.lock().expect("rate limiter lock");
         if not_before.is_none_or(|t| t < until) {
             *not_before = Some(until);
+        }
+    }
+
+    /// Takes on the shared pause of this host, if one runs; read at most once a
+    /// [`SHARED_REFRESH`] (the requests meanwhile use what was read last).
+    async fn read_shared(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        {
+            let mut read_at = self.read_at.lock().expect("rate limiter lock");
+            if read_at.is_some_and(|t| t.elapsed() < SHARED_REFRESH) {
+                return;
+            }
+            *read_at = Some(Instant::now());
+        }
+        let read = tokio::time::timeout(SHARED_READ_TIMEOUT, shared.remaining(&self.host)).await;
+        if let Ok(Some(left)) = read {
+            self.hold_until(Instant::now() + left.min(MAX_PAUSE));
         }
     }
 }

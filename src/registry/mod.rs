@@ -20,6 +20,7 @@ pub use client::{
 };
 pub(crate) use error::describe_transport_error;
 pub use error::RegistryError;
+pub use limiter::{PauseFuture, SharedPauses};
 pub use pool::{transport_of, ClientPool, Resolved};
 pub use tls::TlsFiles;
 

@@ -50,7 +50,15 @@ pub struct ClientPool {
     clients: Mutex<HashMap<ClientKey, Arc<RegistryClient>>>,
     /// One 429 pause per registry host, whatever the credential; shared with the pool
     /// a reload replaces this one with, so a pause outlives the reload.
-    limiters: Arc<Mutex<HashMap<String, Arc<RateLimiter>>>>,
+    limiters: Arc<Limiters>,
+}
+
+/// The rate limiters of a pool and its reloads.
+#[derive(Default)]
+struct Limiters {
+    by_host: Mutex<HashMap<String, Arc<RateLimiter>>>,
+    /// Pauses shared with other replicas, set once at start-up.
+    shared: std::sync::OnceLock<Arc<dyn super::SharedPauses>>,
 }
 
 impl ClientPool {
@@ -84,6 +92,13 @@ impl ClientPool {
     pub fn with_limiters_of(mut self, other: &ClientPool) -> Self {
         self.limiters = other.limiters.clone();
         self
+    }
+
+    /// Shares 429 pauses with the other replicas of the service through `shared`: a pause
+    /// one of them learnt holds here, and the other way round. Set once, at start-up,
+    /// before any registry is asked (a later call changes nothing).
+    pub fn share_pauses(&self, shared: Arc<dyn super::SharedPauses>) {
+        let _ = self.limiters.shared.set(shared);
     }
 
     /// Uses `file` for registries no entry gives a login for.
@@ -206,10 +221,14 @@ impl ClientPool {
         };
         let limiter = self
             .limiters
+            .by_host
             .lock()
             .expect("limiter map lock")
             .entry(registry.to_owned())
-            .or_default()
+            .or_insert_with(|| {
+                let shared = self.limiters.shared.get().cloned();
+                Arc::new(RateLimiter::new(registry, shared))
+            })
             .clone();
         let client = Arc::new(RegistryClient::new(endpoint, limiter)?);
         if generation > 0 {

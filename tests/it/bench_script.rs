@@ -64,6 +64,7 @@ fn quick_bench_reports_every_scenario_for_both_tools() {
         expected.push((scenario, "floor-par"));
     }
     expected.push(("noop", "skopeo-inspect"));
+    expected.push(("mirror-noop", "floor-par"));
     for (scenario, tool) in expected {
         let cells = row(scenario, tool).unwrap_or_else(|| {
             panic!("no table row for {scenario} / {tool} in the output:\n{stdout}")

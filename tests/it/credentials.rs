@@ -77,6 +77,22 @@ async fn sync_one(service: &Service, src: &str, dst: &str, repo_tag: &str) -> Va
     body
 }
 
+/// A service whose entry `src` (at `src`) logs in through `helper`, and `dst` anonymous.
+async fn start_with_helper(src: &str, dst: &str, helper: &CredHelper) -> Service {
+    let yaml = config(
+        &[
+            (
+                "src",
+                src.to_owned(),
+                &format!("credential_helper: {}", helper.name()),
+            ),
+            ("dst", dst.to_owned(), ""),
+        ],
+        None,
+    );
+    Service::start_raw_env(&yaml, &[helper.path_env()]).await
+}
+
 fn assert_synced(body: &Value) {
     assert_eq!(status_of(body), "successfully", "{body}");
 }
@@ -93,18 +109,7 @@ async fn helper_login_is_cached_and_asked_again_after_a_rotation() {
     let two = src
         .push_image("team/app", "v2", &Image::random(Format::Oci, &[8 * KIB]))
         .await;
-    let yaml = config(
-        &[
-            (
-                "src",
-                src.host(),
-                &format!("credential_helper: {}", helper.name()),
-            ),
-            ("dst", dst.host(), ""),
-        ],
-        None,
-    );
-    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let service = start_with_helper(&src.host(), &dst.host(), &helper).await;
 
     let first = sync_one(&service, &src.host(), &dst.host(), "team/app:v1").await;
     assert_synced(&first);
@@ -170,18 +175,7 @@ async fn a_second_refusal_fails_with_the_registrys_words() {
     let dst = Registry::start_anonymous().await;
     let helper = CredHelper::install("itwrong");
     helper.answer("puller", "wrong-Pw-74");
-    let yaml = config(
-        &[
-            (
-                "src",
-                src.host(),
-                &format!("credential_helper: {}", helper.name()),
-            ),
-            ("dst", dst.host(), ""),
-        ],
-        None,
-    );
-    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let service = start_with_helper(&src.host(), &dst.host(), &helper).await;
     let body = sync_one(&service, &src.host(), &dst.host(), "team/app:v1").await;
     assert_eq!(status_of(&body), "failed", "{body}");
     let error = error_of(&body).unwrap_or_default();
@@ -204,18 +198,7 @@ async fn a_hanging_helper_is_stopped_with_a_clear_error() {
     let dst = Registry::start_anonymous().await;
     let helper = CredHelper::install("ithang");
     helper.hang();
-    let yaml = config(
-        &[
-            (
-                "src",
-                src.host(),
-                &format!("credential_helper: {}", helper.name()),
-            ),
-            ("dst", dst.host(), ""),
-        ],
-        None,
-    );
-    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let service = start_with_helper(&src.host(), &dst.host(), &helper).await;
     let body = sync_one(&service, &src.host(), &dst.host(), "team/app:v1").await;
     assert_eq!(status_of(&body), "failed", "{body}");
     let error = error_of(&body).unwrap_or_default();
@@ -246,18 +229,7 @@ async fn a_helper_without_credentials_means_anonymous() {
     let pushed = src
         .push_image("team/app", "v1", &Image::random(Format::Oci, &[8 * KIB]))
         .await;
-    let yaml = config(
-        &[
-            (
-                "src",
-                front.host(),
-                &format!("credential_helper: {}", helper.name()),
-            ),
-            ("dst", dst.host(), ""),
-        ],
-        None,
-    );
-    let service = Service::start_raw_env(&yaml, &[helper.path_env()]).await;
+    let service = start_with_helper(&front.host(), &dst.host(), &helper).await;
     let body = sync_one(&service, &front.host(), &dst.host(), "team/app:v1").await;
     assert_synced(&body);
     assert_eq!(challenge.fired(), 1);
@@ -344,6 +316,9 @@ async fn a_sync_crosses_token_expiry_and_ecrs_expired_answer() {
         "a token expired mid-sync and was renewed:\n{}",
         front.summary()
     );
+    // skopeo reads with tokens of the usual lifetime: a two-second token can lapse between
+    // its manifest and blob reads on a loaded machine, and skopeo does not fetch another.
+    issuer.expire_normally();
     skopeo::assert_landed(&tokened, "team/app:v1", &pushed).await;
     let mut secrets: Vec<String> = issuer.issued();
     secrets.push("ecr-Pw-76".into());

@@ -8,7 +8,7 @@
 //! for the service first, the registries are started pointing at it, then the service is
 //! started on that port (another port and new registries if it was taken meanwhile).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::common::fault_proxy::{FaultProxy, Rule};
 use crate::common::net::free_port;
 use crate::common::service::admin;
-use crate::common::{skopeo, Cases, Creds, Format, Image, Registry, Service};
+use crate::common::{skopeo, wait_for, Cases, Creds, Format, Image, Registry, Service};
 
 const KIB: usize = 1024;
 
@@ -84,25 +84,6 @@ async fn start_rig(
         }
     }
     panic!("the service did not start on a port chosen in advance:\n{failures}");
-}
-
-/// Polls `check` every 200 ms until it yields a value, for at most `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Every job of mirror `name`, oldest first.

@@ -3,14 +3,14 @@
 //! of one mirror never overlap, an overdue mirror runs after a restart, and the mirror
 //! routes are for admins only.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::common::fault_proxy::{FaultProxy, Rule};
 use crate::common::service::admin;
-use crate::common::{skopeo, Creds, Format, Image, Registry, Service};
+use crate::common::{skopeo, wait_for, Creds, Format, Image, Registry, Service};
 
 const KIB: usize = 1024;
 
@@ -26,25 +26,6 @@ fn config(hosts: &[String], mirrors: &str) -> String {
     format!(
         "  auth: {{admin: adminpw, viewer: viewerpw}}\n  admins: [admin]\n  rsyncconfig:\n    auth:\n{auth}    task: {{proc_num: 4, retries: 0}}\n  mirrors:\n{mirrors}"
     )
-}
-
-/// Polls `check` every 200 ms until it yields a value, for at most `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The tags of `repo` at `registry`, sorted; empty when the repository does not exist.

@@ -27,6 +27,7 @@ pub mod tls;
 pub mod tmpfs;
 pub mod token_issuer;
 pub mod tools;
+pub mod wait;
 pub mod webdriver;
 pub mod webhook;
 
@@ -36,4 +37,5 @@ pub use push::{Pushed, StreamedBlob};
 pub use registry::{Creds, Registry};
 pub use service::{Service, ServiceConfig};
 pub use token_issuer::TokenIssuer;
+pub use wait::wait_for;
 pub use webdriver::Browser;

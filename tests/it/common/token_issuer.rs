@@ -131,6 +131,15 @@ impl TokenIssuer {
         self.shared.lifetime.store(seconds, Ordering::SeqCst);
         self.shared.exp_offset.store(-60, Ordering::SeqCst);
     }
+
+    /// Tokens issued from now on live as long as they say again (undoes [`Self::expire_early`]),
+    /// for the oracle's reads after the part of a test that needed them short.
+    pub fn expire_normally(&self) {
+        self.shared
+            .lifetime
+            .store(ADVERTISED_LIFETIME, Ordering::SeqCst);
+        self.shared.exp_offset.store(0, Ordering::SeqCst);
+    }
 }
 
 async fn issue(
