@@ -24,6 +24,10 @@ the client as they come. A connection that does not start with an HTTP method (s
 first tries TLS on a registry it is told not to verify) is held once and then relayed raw,
 so the upstream answers it as it would without the proxy.
 
+DELAY_PROXY_KIB_PER_S, when set in the environment, also caps how fast the answers of
+each connection flow (a slow link): cmd/demo-cluster.sh uses it to keep a copy in flight
+long enough to kill its replica half-way. The bench never sets it.
+
 REQUEST_LOG, when given, gets one line per request: the time it arrived and the time it
 was passed on (Unix time, so the logs of two proxies line up), the connection number and the request
 line; for finding which requests of a tool wait on each other.
@@ -87,6 +91,21 @@ def splice(src, dst, pipe, n=None):
             left -= os.splice(r, dst.fileno(), left, flags=os.SPLICE_F_MOVE)
         if n is not None:
             n -= got
+
+
+def throttled(src, dst, pipe, rate):
+    """Moves bytes from socket src to socket dst until EOF, at most `rate` bytes a second
+    (in pieces of a tenth of it)."""
+    r, w = pipe
+    piece = max(1024, min(PIPE_SIZE, int(rate / 10)))
+    while True:
+        got = os.splice(src.fileno(), w, piece, flags=os.SPLICE_F_MOVE)
+        if got == 0:
+            return
+        left = got
+        while left:
+            left -= os.splice(r, dst.fileno(), left, flags=os.SPLICE_F_MOVE)
+        time.sleep(got / rate)
 
 
 def body_length(head):
@@ -162,11 +181,15 @@ def requests(client, upstream, delay, log, conn_no):
         shut(upstream, socket.SHUT_WR)
 
 
-def answers(upstream, client):
-    """Passes the upstream's bytes to the client until either side closes."""
+def answers(upstream, client, rate):
+    """Passes the upstream's bytes to the client until either side closes; at most `rate`
+    bytes a second when given."""
     pipe = new_pipe()
     try:
-        splice(upstream, client, pipe)
+        if rate:
+            throttled(upstream, client, pipe, rate)
+        else:
+            splice(upstream, client, pipe)
     except (OSError, EOFError):
         pass
     finally:
@@ -184,7 +207,7 @@ def shut(sock, how):
         pass
 
 
-def handle(sock, upstream_addr, delay, log, conn_no):
+def handle(sock, upstream_addr, delay, log, conn_no, rate):
     try:
         upstream = socket.create_connection(upstream_addr)
     except OSError:
@@ -192,7 +215,7 @@ def handle(sock, upstream_addr, delay, log, conn_no):
         return
     for s in (sock, upstream):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    back = threading.Thread(target=answers, args=(upstream, sock), daemon=True)
+    back = threading.Thread(target=answers, args=(upstream, sock, rate), daemon=True)
     back.start()
     requests(Conn(sock), upstream, delay, log, conn_no)
     back.join()
@@ -217,6 +240,7 @@ def request_logger(path):
 def main():
     port, upstream, delay_ms = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     log = request_logger(sys.argv[4] if len(sys.argv) > 4 else None)
+    rate = float(os.environ.get("DELAY_PROXY_KIB_PER_S") or 0) * 1024
     host, _, uport = upstream.rpartition(":")
     server = socket.create_server(("127.0.0.1", port), backlog=256)
     conn_no = 0
@@ -225,7 +249,7 @@ def main():
         conn_no += 1
         threading.Thread(
             target=handle,
-            args=(sock, (host, int(uport)), delay_ms / 1000, log, conn_no),
+            args=(sock, (host, int(uport)), delay_ms / 1000, log, conn_no, rate),
             daemon=True,
         ).start()
 

@@ -138,6 +138,7 @@ impl AppState {
     /// The gauges of `GET /metrics`, read now.
     pub fn gauges(&self) -> Gauges {
         Gauges {
+            replica: self.jobs().replica().to_owned(),
             syncs_in_flight: self.syncs().active(),
             jobs_queued: self.jobs().queued(),
             blob_transfers_in_flight: self.engine().transfers_in_flight(),

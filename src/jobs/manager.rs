@@ -357,11 +357,15 @@ impl JobManager {
                 "resuming job after {because}"
             );
             let (saved, saved_fence) = (job.clone(), fence.clone());
-            if !self
+            match self
                 .blocking(move |store| store.save(&saved, &saved_fence))
-                .await?
+                .await
             {
-                continue;
+                Ok(true) => {}
+                Ok(false) => continue,
+                // The claim holds it under this replica's fence: run it anyway (its row
+                // is written again as it starts), or nobody would until the lease lapses.
+                Err(e) => tracing::warn!(job = job.id, error = %e, "cannot save a resumed job"),
             }
             self.inner.queued.fetch_add(1, Ordering::SeqCst);
             // Nobody waits for a resumed job's answer: no bound on its waits.
@@ -438,8 +442,10 @@ impl JobManager {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                manager.heartbeat().await;
-                if manager.inner.stopping.is_cancelled() {
+                let renewed = manager.heartbeat().await;
+                // Not while the leases of this replica's own jobs may have lapsed unrenewed
+                // (the database was away): it would take its own running jobs as lapsed.
+                if manager.inner.stopping.is_cancelled() || !renewed {
                     continue;
                 }
                 manager.deliver_orphaned_callbacks().await;
@@ -460,8 +466,9 @@ impl JobManager {
     }
 
     /// One heartbeat: extends the leases of every job held here; a job whose lease was
-    /// taken by another replica meanwhile is stopped here.
-    async fn heartbeat(&self) {
+    /// taken by another replica meanwhile is stopped here. Returns whether the renewal
+    /// went through (`false` while the database cannot be reached; the jobs go on).
+    async fn heartbeat(&self) -> bool {
         let live: Vec<Arc<LiveJob>> = self
             .inner
             .live
@@ -472,7 +479,7 @@ impl JobManager {
             .cloned()
             .collect();
         if live.is_empty() {
-            return;
+            return true;
         }
         let held: Vec<(i64, i64)> = live.iter().map(|l| (l.id, l.fence.attempt)).collect();
         let (owner, lease) = (self.inner.replica.clone(), self.inner.limits.lease);
@@ -501,8 +508,12 @@ impl JobManager {
                         job.lose();
                     }
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "cannot renew job leases"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew job leases; the jobs go on");
+                false
+            }
         }
     }
 
@@ -903,7 +914,7 @@ impl JobManager {
             job.http_status = Some(result.http_status);
         });
         let job = live.snapshot();
-        self.save(live, &job).await;
+        self.save_end(live, &job).await;
         self.forget(live);
         // Its row no longer counts as running: a job waiting for a shared slot asks again.
         self.inner.slot_freed.notify_waiters();
@@ -1006,25 +1017,75 @@ impl JobManager {
     /// Writes the record under the job's fence. A write refused because another replica
     /// took the job over stops the job here.
     async fn save(&self, live: &Arc<LiveJob>, job: &JobRecord) {
+        if let Err(e) = self.try_save(live, job).await {
+            // The job goes on; only its record in the store is stale until the next save.
+            tracing::warn!(job = job.id, error = %e, "cannot save job");
+        }
+    }
+
+    /// [`Self::save`] that hands back a store error.
+    async fn try_save(&self, live: &Arc<LiveJob>, job: &JobRecord) -> Result<(), StoreError> {
         if live.is_lost() {
-            return;
+            return Ok(());
         }
         let (copy, fence) = (job.clone(), live.fence.clone());
-        match self.blocking(move |store| store.save(&copy, &fence)).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(
-                    job = job.id,
-                    attempt = live.fence.attempt,
-                    "job taken over by another replica (newer attempt): stopping it here"
-                );
-                live.lose();
+        if !self
+            .blocking(move |store| store.save(&copy, &fence))
+            .await?
+        {
+            tracing::warn!(
+                job = job.id,
+                attempt = live.fence.attempt,
+                "job taken over by another replica (newer attempt): stopping it here"
+            );
+            live.lose();
+        }
+        Ok(())
+    }
+
+    /// Writes a job's end. On a shared store a write that fails (PostgreSQL restarting,
+    /// unreachable) is tried again until it goes through: a row left `running` would be
+    /// taken over and run again once its lease lapsed. The job stays live here meanwhile,
+    /// so the heartbeat goes on renewing its lease and readers see its end. At shutdown
+    /// it gives up after a few tries (the job is then resumed by a replica later).
+    async fn save_end(&self, live: &Arc<LiveJob>, job: &JobRecord) {
+        let mut gap = END_SAVE_FIRST_GAP;
+        let mut tries = 0;
+        loop {
+            let Err(e) = self.try_save(live, job).await else {
+                if tries > 0 {
+                    tracing::info!(
+                        job = job.id,
+                        tries,
+                        "job's end saved after the database came back"
+                    );
+                }
+                return;
+            };
+            tries += 1;
+            let stopping = self.inner.stopping.is_cancelled();
+            if !self.inner.store.shared() || (stopping && tries >= END_SAVE_TRIES_AT_SHUTDOWN) {
+                tracing::error!(job = job.id, error = %e, "cannot save the end of the job");
+                return;
             }
-            // The job goes on; only its record in the store is stale.
-            Err(e) => tracing::error!(job = job.id, error = %e, "cannot save job"),
+            tracing::warn!(
+                job = job.id,
+                error = %e,
+                "cannot save the end of the job; trying again in {gap:?}"
+            );
+            tokio::time::sleep(gap).await;
+            gap = (gap * 2).min(END_SAVE_MAX_GAP);
         }
     }
 }
+
+/// The first pause before a failed save of a job's end is tried again; it doubles up to
+/// [`END_SAVE_MAX_GAP`].
+const END_SAVE_FIRST_GAP: Duration = Duration::from_millis(250);
+/// The longest pause between tries of a job's end.
+const END_SAVE_MAX_GAP: Duration = Duration::from_secs(5);
+/// Tries of a job's end once the service is shutting down, before it gives up.
+const END_SAVE_TRIES_AT_SHUTDOWN: u32 = 3;
 
 /// How many cut-off runs a job gets: a claim that finds its runs cut off this often
 /// (its holder died, was killed or lost the database while running it, each time) fails

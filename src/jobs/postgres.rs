@@ -82,9 +82,12 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| connect_error(format!("not a usable URL: {e}")))?
             .application_name("imagersync");
+        // A connection the database dropped (a restart) is found dead by the ping before
+        // it is handed out, and replaced by a new one once the database answers again.
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(true)
             .connect_with(options)
             .await
             .map_err(|e| connect_error(format!("cannot connect: {e}")))?;
@@ -238,6 +241,7 @@ impl JobStore for PostgresStore {
                     "WITH picked AS (
                          SELECT id, owner AS was FROM jobs
                          WHERE state IN ('queued', 'running')
+                           AND owner IS DISTINCT FROM $1
                            AND ($4 OR owner IS NULL OR lease_expires_at IS NULL
                                 OR lease_expires_at < now())
                          ORDER BY id LIMIT $3

@@ -233,6 +233,7 @@ impl JobStore for SqliteStore {
                     "SELECT id, record, owner, attempt, cancel_requested_by, state,
                             interrupted_by FROM jobs
                      WHERE state IN ('queued', 'running')
+                       AND owner IS NOT ?4
                        AND (?1 OR owner IS NULL OR lease_ms IS NULL OR lease_ms < ?2)
                      ORDER BY id LIMIT ?3",
                 )
@@ -242,7 +243,8 @@ impl JobStore for SqliteStore {
                     params![
                         everything,
                         Utc::now().timestamp_millis(),
-                        i64::try_from(limit).unwrap_or(i64::MAX)
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                        owner
                     ],
                     |r| {
                         Ok((

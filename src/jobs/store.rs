@@ -115,7 +115,8 @@ pub trait JobStore: Send + Sync {
         max_running: usize,
     ) -> Result<SlotAnswer, StoreError>;
     /// Takes up to `limit` queued or running jobs that nobody holds (no owner, or a lapsed
-    /// lease), oldest first, for `owner` with the next attempt and a lease `lease`.
+    /// lease), oldest first, for `owner` with the next attempt and a lease `lease`; never
+    /// a job `owner` holds already (its lease lapses while the database is away).
     /// `everything` also takes jobs whose lease still runs: for an embedded store after a
     /// restart, whose previous process is known to be gone.
     fn claim(

@@ -12,7 +12,9 @@
 //!
 //! Every label is low-cardinality: outcomes, kinds, causes, route templates, status
 //! classes and registry `host[:port]` (capped at [`MAX_REGISTRIES`] distinct values);
-//! never an image name, a tag, a path with ids, or a user.
+//! never an image name, a tag, a path with ids, or a user. The job gauges carry the
+//! `replica` id of the process (one value per process), so that the replicas sharing one
+//! PostgreSQL job database can be told apart and summed.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -87,8 +89,11 @@ impl SyncOutcome {
 }
 
 /// Values read from the service's state when scraped.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Gauges {
+    /// This process's replica id (the owner it writes into the job rows it holds): the
+    /// `replica` label of the job gauges.
+    pub replica: String,
     /// Syncs running now.
     pub syncs_in_flight: usize,
     /// Jobs waiting for a sync slot.
@@ -114,6 +119,12 @@ struct OutcomeLabels {
 struct BlobLabels {
     registry: String,
     kind: &'static str,
+}
+
+/// The label of the job gauges: which replica's jobs they count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
 }
 
 /// The label set of a family with one series and no labels.
@@ -186,8 +197,10 @@ pub struct Metrics {
     sync_seconds: Histograms<OutcomeLabels>,
     /// One series, created by the first job that starts.
     queue_seconds: Histograms<NoLabels>,
-    syncs_in_flight: Gauge,
-    jobs_queued: Gauge,
+    /// One series, this replica's (set at each scrape).
+    syncs_in_flight: Family<ReplicaLabels, Gauge>,
+    /// One series, this replica's (set at each scrape).
+    jobs_queued: Family<ReplicaLabels, Gauge>,
     blobs: Family<BlobLabels, Counter>,
     blob_bytes: Family<BlobLabels, Counter>,
     referrers: Family<RegistryLabels, Counter>,
@@ -226,8 +239,8 @@ impl Metrics {
             syncs: Family::default(),
             sync_seconds: Family::new_with_constructor(sync_histogram),
             queue_seconds: Family::new_with_constructor(queue_histogram),
-            syncs_in_flight: Gauge::default(),
-            jobs_queued: Gauge::default(),
+            syncs_in_flight: Family::default(),
+            jobs_queued: Family::default(),
             blobs: Family::default(),
             blob_bytes: Family::default(),
             referrers: Family::default(),
@@ -271,13 +284,13 @@ impl Metrics {
         );
         r.register(
             "imagersync_syncs_in_flight",
-            "Syncs running now",
-            self.syncs_in_flight.clone(),
+            "Syncs running now on this replica",
+            Declared(self.syncs_in_flight.clone()),
         );
         r.register(
             "imagersync_jobs_queued",
-            "Sync jobs (synchronous and asynchronous) waiting for a free sync slot",
-            self.jobs_queued.clone(),
+            "Sync jobs (synchronous and asynchronous) waiting for a free sync slot on this replica",
+            Declared(self.jobs_queued.clone()),
         );
         r.register(
             "imagersync_blobs",
@@ -352,8 +365,17 @@ impl Metrics {
     pub fn render(&self, gauges: Gauges) -> String {
         let _scrape = lock(&self.scrape);
         let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.syncs_in_flight.set(as_gauge(gauges.syncs_in_flight));
-        self.jobs_queued.set(as_gauge(gauges.jobs_queued));
+        let replica = ReplicaLabels {
+            replica: gauges.replica,
+        };
+        // Cleared first, so the exposition only ever holds this replica's one series.
+        for (family, value) in [
+            (&self.syncs_in_flight, gauges.syncs_in_flight),
+            (&self.jobs_queued, gauges.jobs_queued),
+        ] {
+            family.clear();
+            family.get_or_create(&replica).set(as_gauge(value));
+        }
         self.blob_transfers_in_flight
             .set(as_gauge(gauges.blob_transfers_in_flight));
         let mut text = String::new();
@@ -467,6 +489,7 @@ mod tests {
     #[test]
     fn empty_metrics_still_declare_every_family() {
         let text = Metrics::new().render(Gauges {
+            replica: "host-42-abcd".into(),
             syncs_in_flight: 2,
             jobs_queued: 3,
             blob_transfers_in_flight: 4,
@@ -496,10 +519,17 @@ mod tests {
         );
         assert_eq!(value(&text, &version).as_deref(), Some("1"));
         assert_eq!(
-            value(&text, "imagersync_syncs_in_flight").as_deref(),
+            value(
+                &text,
+                r#"imagersync_syncs_in_flight{replica="host-42-abcd"}"#
+            )
+            .as_deref(),
             Some("2")
         );
-        assert_eq!(value(&text, "imagersync_jobs_queued").as_deref(), Some("3"));
+        assert_eq!(
+            value(&text, r#"imagersync_jobs_queued{replica="host-42-abcd"}"#).as_deref(),
+            Some("3")
+        );
         assert_eq!(
             value(&text, "imagersync_blob_transfers_in_flight").as_deref(),
             Some("4")

@@ -12,6 +12,7 @@ mod bench_script;
 mod cli;
 mod credentials;
 mod dashboard;
+mod demo_cluster_script;
 mod engine;
 mod events;
 mod faults;

@@ -36,6 +36,21 @@ impl Scrape {
         }
     }
 
+    /// A job gauge (`name{replica="…"}`): its replica label and value. It must be written,
+    /// with exactly one series: this process's.
+    fn job_gauge(&self, name: &str) -> (String, f64) {
+        let prefix = format!("{name}{{replica=\"");
+        let found: Vec<(&String, &f64)> = self
+            .samples
+            .iter()
+            .filter(|(series, _)| series.starts_with(&prefix))
+            .collect();
+        assert_eq!(found.len(), 1, "one {name} series:\n{}", self.text);
+        let (series, value) = found[0];
+        let replica = series[prefix.len()..].trim_end_matches("\"}").to_owned();
+        (replica, *value)
+    }
+
     /// How much `series` grew from `before` to `self`.
     fn delta(&self, before: &Scrape, series: &str) -> f64 {
         self.get(series) - before.get(series)
@@ -114,7 +129,25 @@ async fn counters_follow_real_syncs() {
     assert_eq!(blob_count, 3.0, "config and two layers");
 
     let before = scrape(&pair.service).await;
-    assert_eq!(before.gauge("imagersync_syncs_in_flight"), 0.0);
+    assert_eq!(before.job_gauge("imagersync_syncs_in_flight").1, 0.0);
+    // The job gauges name the replica: the id the service logged at start (the owner it
+    // writes into the job rows it holds on a shared database).
+    let logged = pair
+        .service
+        .stdout()
+        .lines()
+        .find(|l| l.contains("imagersync listening"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("replica="))
+        })
+        .map(|r| r.trim_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("no replica id at start:\n{}", pair.service.stdout()));
+    for name in ["imagersync_syncs_in_flight", "imagersync_jobs_queued"] {
+        let (replica, value) = before.job_gauge(name);
+        assert_eq!(replica, logged, "{name}:\n{}", before.text);
+        assert_eq!(value, 0.0, "{name}:\n{}", before.text);
+    }
     assert_eq!(
         before.get(&format!(
             "imagersync_build_info{{version=\"{}\"}}",
@@ -137,7 +170,7 @@ async fn counters_follow_real_syncs() {
     assert_eq!(first.delta(&before, &syncs("succeeded", 200)), 1.0);
     assert_eq!(first.delta(&before, &sync_runs("succeeded")), 1.0);
     assert_eq!(first.delta(&before, POST_SYNC_2XX), 1.0);
-    assert_eq!(first.gauge("imagersync_syncs_in_flight"), 0.0);
+    assert_eq!(first.job_gauge("imagersync_syncs_in_flight").1, 0.0);
     assert_eq!(first.gauge("imagersync_blob_transfers_in_flight"), 0.0);
     assert!(
         !first.text.contains("team/app") && !first.text.contains("admin"),
@@ -349,7 +382,7 @@ async fn in_flight_gauges_show_a_running_sync() {
         "the trickled sync ended before the scrape"
     );
     assert_eq!(
-        during.gauge("imagersync_syncs_in_flight"),
+        during.job_gauge("imagersync_syncs_in_flight").1,
         1.0,
         "{}",
         during.text
@@ -362,6 +395,6 @@ async fn in_flight_gauges_show_a_running_sync() {
 
     assert_eq!(sync.await.unwrap(), StatusCode::OK);
     let after = scrape(&service).await;
-    assert_eq!(after.gauge("imagersync_syncs_in_flight"), 0.0);
+    assert_eq!(after.job_gauge("imagersync_syncs_in_flight").1, 0.0);
     assert_eq!(after.gauge("imagersync_blob_transfers_in_flight"), 0.0);
 }

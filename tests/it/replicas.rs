@@ -911,3 +911,179 @@ async fn a_cancel_reaches_the_running_replica_by_notification_before_its_next_he
     assert_eq!(job["cancelled_by"], json!("jenkins"), "{job}");
     skopeo::assert_absent(&dst, "prod/app:v1").await;
 }
+
+/// `GET path` on `service`: its status, or `None` when no answer came.
+async fn status_of(service: &Service, path: &str) -> Option<StatusCode> {
+    service
+        .client()
+        .get(service.url(path))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status())
+}
+
+/// Polls `GET path` until it answers `want`; panics after `limit`.
+async fn wait_status(service: &Service, path: &str, want: StatusCode, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = status_of(service, path).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} answered {got:?}, not {want}, for {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The job as the service shows it (for a job running there, its live record, which
+/// needs no database).
+async fn job_of(service: &Service, id: i64) -> Value {
+    let (status, job) = service
+        .call_json(reqwest::Method::GET, &format!("{JOBS}/{id}"), &jenkins())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_restarted_under_the_service_loses_no_job_and_runs_none_twice() {
+    let mut db = JobDb::start(Backend::Postgres).await;
+    let password = crate::common::fixture::random_password("dst");
+    let (src, dst) = tokio::join!(
+        Registry::start_anonymous(),
+        Registry::start_htpasswd("pusher", &password),
+    );
+    let proxy = FaultProxy::start(&src.host()).await;
+    let config = db.apply(
+        ServiceConfig::new()
+            .entry("src", &proxy.host(), None)
+            .registry("dst", &dst),
+    );
+    let service = Service::start(&config).await;
+    wait_status(&service, "/ready", StatusCode::OK, Duration::from_secs(10)).await;
+
+    // Two syncs whose big layer trickles through the fault proxy: both are mid-transfer
+    // when PostgreSQL goes away.
+    let mut pushed = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let image = Image::random(Format::Oci, &[768 * KIB, 16 * KIB]);
+        let image = src.push_image("team/app", &format!("v{n}"), &image).await;
+        let largest = image.blobs.iter().max_by_key(|b| b.size).unwrap();
+        proxy.add(
+            Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
+                .every()
+                .trickle(Duration::from_millis(100), 16 * KIB),
+        );
+        let source = format!("{}/team/app:v{n}", proxy.host());
+        let target = format!("{}/prod/app:v{n}", dst.host());
+        ids.push(submit(&service, &source, &target).await);
+        pushed.push(image);
+    }
+    for &id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = job_of(&service, id).await;
+            if job["progress"]["bytes_done"].as_u64().unwrap_or(0) > 32 * KIB as u64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} never got going: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // PostgreSQL stops (a fast shutdown: the service's connections are cut).
+    let pg = db.pg.as_mut().unwrap();
+    pg.stop();
+    wait_status(
+        &service,
+        "/ready",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        status_of(&service, "/check").await,
+        Some(StatusCode::OK),
+        "/check is liveness: the process is fine without its database"
+    );
+    // The syncs go on without the database and end; their ends wait to be written.
+    for &id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let job = job_of(&service, id).await;
+            if job["state"] != json!("running") && job["state"] != json!("queued") {
+                assert_eq!(job["state"], json!("succeeded"), "{job}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not end: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Still down: the jobs ended while the database was away (and well past the lease).
+    assert_eq!(
+        status_of(&service, "/ready").await,
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(status_of(&service, "/check").await, Some(StatusCode::OK));
+
+    // PostgreSQL comes back on the same data and port: the service reconnects.
+    db.pg.as_mut().unwrap().start_again().await;
+    wait_status(&service, "/ready", StatusCode::OK, Duration::from_secs(30)).await;
+    for &id in &ids {
+        let job = wait_final(&service, id, Duration::from_secs(60)).await;
+        assert_eq!(job["state"], json!("succeeded"), "{job}");
+        assert_eq!(job["resumed"], json!(0), "ran once, not resumed: {job}");
+    }
+    // The ends reached the rows: nothing left running or queued, each by its first attempt.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = rows(&db).await;
+        if now.iter().all(|r| r.1 == "succeeded") {
+            assert!(now.iter().all(|r| r.3 == 1), "a job was run again: {now:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job rows not written after the database came back: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (n, image) in pushed.iter().enumerate() {
+        skopeo::assert_landed(&dst, &format!("prod/app:v{n}"), image).await;
+    }
+
+    // New jobs are taken and run.
+    proxy.clear_rules();
+    let image = Image::random(Format::Oci, &[8 * KIB]);
+    let after = src.push_image("team/app", "after", &image).await;
+    let id = submit(
+        &service,
+        &format!("{}/team/app:after", proxy.host()),
+        &format!("{}/prod/app:after", dst.host()),
+    )
+    .await;
+    let job = wait_final(&service, id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], json!("succeeded"), "{job}");
+    skopeo::assert_landed(&dst, "prod/app:after", &after).await;
+
+    let rows = rows(&db).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded" && r.3 == 1),
+        "no job lost, stuck or run twice: {rows:?}"
+    );
+    // Each ran once: one entry per target in the analysis log.
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in service.logfile_entries() {
+        let target = entry["rsync_config"]["target"].as_str().unwrap().to_owned();
+        *runs.entry(target).or_default() += 1;
+    }
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(runs.values().all(|&n| n == 1), "a job ran twice: {runs:?}");
+}
