@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::model::{JobFilter, JobRecord, JobState};
-use super::store::{Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
+use super::store::{query_error, Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
 
 /// Connections per replica; the budget is replicas × this ≤ PostgreSQL's `max_connections`.
 const POOL_SIZE: u32 = 8;
@@ -46,22 +46,8 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn query_error(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |e| StoreError::Query {
-        what,
-        cause: e.to_string(),
-    }
-}
-
-fn json_error(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
-    move |e| StoreError::Query {
-        what,
-        cause: e.to_string(),
-    }
-}
-
 fn decode(id: i64, text: &str) -> Result<JobRecord, StoreError> {
-    let mut job: JobRecord = serde_json::from_str(text).map_err(json_error("read a job"))?;
+    let mut job: JobRecord = serde_json::from_str(text).map_err(query_error("read a job"))?;
     job.id = id;
     Ok(job)
 }
@@ -130,7 +116,7 @@ impl JobStore for PostgresStore {
         owner: &str,
         lease: Duration,
     ) -> Result<(JobRecord, Fence), StoreError> {
-        let text = serde_json::to_string(&job).map_err(json_error("write a job"))?;
+        let text = serde_json::to_string(&job).map_err(query_error("write a job"))?;
         let id: i64 = self
             .run(
                 sqlx::query_scalar(
@@ -157,7 +143,7 @@ impl JobStore for PostgresStore {
     }
 
     fn save(&self, job: &JobRecord, fence: &Fence) -> Result<bool, StoreError> {
-        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        let text = serde_json::to_string(job).map_err(query_error("write a job"))?;
         let done = self
             .run(
                 sqlx::query(
@@ -183,7 +169,7 @@ impl JobStore for PostgresStore {
         fence: &Fence,
         max_running: usize,
     ) -> Result<SlotAnswer, StoreError> {
-        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        let text = serde_json::to_string(job).map_err(query_error("write a job"))?;
         let max_running = i64::try_from(max_running).unwrap_or(i64::MAX);
         self.run(async {
             let mut tx = self.pool.begin().await?;
@@ -454,7 +440,7 @@ impl JobStore for PostgresStore {
     }
 
     fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError> {
-        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        let text = serde_json::to_string(job).map_err(query_error("write a job"))?;
         self.run(
             sqlx::query(
                 "UPDATE jobs SET record = $2::jsonb, callback_done = true, callback_until = NULL

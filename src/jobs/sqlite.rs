@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::model::{JobFilter, JobRecord, JobState};
-use super::store::{Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
+use super::store::{query_error, Claimed, Fence, JobStore, Renewed, SlotAnswer, StoreError};
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 3;
@@ -22,20 +22,6 @@ pub struct SqliteStore {
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
-    }
-}
-
-fn query_error(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |e| StoreError::Query {
-        what,
-        cause: e.to_string(),
-    }
-}
-
-fn json_error(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
-    move |e| StoreError::Query {
-        what,
-        cause: e.to_string(),
     }
 }
 
@@ -110,7 +96,7 @@ impl SqliteStore {
 }
 
 fn decode(id: i64, text: &str) -> Result<JobRecord, StoreError> {
-    let mut job: JobRecord = serde_json::from_str(text).map_err(json_error("read a job"))?;
+    let mut job: JobRecord = serde_json::from_str(text).map_err(query_error("read a job"))?;
     job.id = id;
     Ok(job)
 }
@@ -132,7 +118,7 @@ impl JobStore for SqliteStore {
         owner: &str,
         lease: Duration,
     ) -> Result<(JobRecord, Fence), StoreError> {
-        let text = serde_json::to_string(&job).map_err(json_error("write a job"))?;
+        let text = serde_json::to_string(&job).map_err(query_error("write a job"))?;
         let db = self.connection();
         db.execute(
             "INSERT INTO jobs (user, state, created_ms, record, owner, attempt, lease_ms)
@@ -156,7 +142,7 @@ impl JobStore for SqliteStore {
     }
 
     fn save(&self, job: &JobRecord, fence: &Fence) -> Result<bool, StoreError> {
-        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        let text = serde_json::to_string(job).map_err(query_error("write a job"))?;
         let changed = self
             .connection()
             .execute(
@@ -197,7 +183,7 @@ impl JobStore for SqliteStore {
     }
 
     fn callback_sent(&self, job: &JobRecord, owner: &str) -> Result<(), StoreError> {
-        let text = serde_json::to_string(job).map_err(json_error("write a job"))?;
+        let text = serde_json::to_string(job).map_err(query_error("write a job"))?;
         self.connection()
             .execute(
                 "UPDATE jobs SET record = ?2 WHERE id = ?1 AND owner = ?3",
@@ -265,13 +251,13 @@ impl JobStore for SqliteStore {
         let mut claimed = Vec::with_capacity(picked.len());
         for (id, text, previous_owner, attempt, cancel_requested_by, state, interrupted) in picked {
             let mut interrupted_by: Vec<String> =
-                serde_json::from_str(&interrupted).map_err(json_error("claim jobs"))?;
+                serde_json::from_str(&interrupted).map_err(query_error("claim jobs"))?;
             // Running when its holder (the previous process) stopped: its run was cut off.
             if state == JobState::Running.as_str() {
                 interrupted_by.push(previous_owner.clone().unwrap_or_default());
             }
             let interrupted =
-                serde_json::to_string(&interrupted_by).map_err(json_error("claim jobs"))?;
+                serde_json::to_string(&interrupted_by).map_err(query_error("claim jobs"))?;
             tx.execute(
                 "UPDATE jobs SET owner = ?2, attempt = ?3, lease_ms = ?4, interrupted_by = ?5
                  WHERE id = ?1",

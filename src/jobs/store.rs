@@ -41,6 +41,15 @@ pub enum StoreError {
     },
 }
 
+/// Maps a failed query, or a record that would not (de)serialise, during step `what` to
+/// [`StoreError::Query`]; one mapping for both stores and their drivers' error types.
+pub(super) fn query_error<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Query {
+        what,
+        cause: e.to_string(),
+    }
+}
+
 /// Who holds a job and which attempt of it this is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
