@@ -11,16 +11,38 @@ use regex::Regex;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::fault_proxy::{FaultProxy, Rule};
+use crate::common::fault_proxy::{FaultProxy, Rule, RuleHandle};
 use crate::common::postgres::{Backend, JobDb, DATABASE};
 use crate::common::service::{jenkins, json_of};
 use crate::common::webhook::WebhookReceiver;
-use crate::common::{skopeo, Format, Image, Registry, Service, ServiceConfig};
+use crate::common::{skopeo, Format, Image, Pushed, Registry, Service, ServiceConfig};
 
 const KIB: usize = 1024;
 const JOBS: &str = "/v1/image/rsync/jobs";
 
 /// POSTs an async job copying `source` to `target` as jenkins; returns its id.
+/// Pushes an image of `layers` to `team/app:tag` at `src` and makes `proxy` (in front of
+/// `src`) trickle its largest blob, `per_tick` bytes every 100 ms, so a job copying it
+/// stays mid-transfer as long as the test needs; returns the image and the rule.
+async fn push_slowed(
+    src: &Registry,
+    proxy: &FaultProxy,
+    tag: &str,
+    layers: &[usize],
+    per_tick: usize,
+) -> (Pushed, RuleHandle) {
+    let pushed = src
+        .push_image("team/app", tag, &Image::random(Format::Oci, layers))
+        .await;
+    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
+    let rule = proxy.add(
+        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
+            .every()
+            .trickle(Duration::from_millis(100), per_tick),
+    );
+    (pushed, rule)
+}
+
 async fn submit(service: &Service, source: &str, target: &str) -> i64 {
     let body = json!({"async": true, "rsync_config": {"source": source, "target": target}});
     let resp = service
@@ -168,15 +190,15 @@ async fn a_killed_replicas_job_is_taken_over_after_its_lease_and_the_old_replica
             .registry("dst", &dst),
     );
     let (mut a, b) = tokio::join!(Service::start(&config), Service::start(&config));
-    let image = Image::random(Format::Oci, &[1536 * KIB, 24 * KIB, 16 * KIB]);
-    let pushed = src.push_image("team/app", "v1", &image).await;
-    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
     // The big layer trickles: the job is mid-transfer for a long while.
-    let slow = proxy.add(
-        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
-            .every()
-            .trickle(Duration::from_millis(100), 16 * KIB),
-    );
+    let (pushed, slow) = push_slowed(
+        &src,
+        &proxy,
+        "v1",
+        &[1536 * KIB, 24 * KIB, 16 * KIB],
+        16 * KIB,
+    )
+    .await;
     let source = format!("{}/team/app:v1", proxy.host());
     let target = format!("{}/prod/app:v1", dst.host());
     let id = submit(&a, &source, &target).await;
@@ -316,14 +338,7 @@ async fn events_and_cancel_work_through_a_replica_that_does_not_run_the_job() {
             .registry("dst", &dst),
     );
     let (a, b) = tokio::join!(Service::start(&config), Service::start(&config));
-    let image = Image::random(Format::Oci, &[1024 * KIB, 16 * KIB]);
-    let pushed = src.push_image("team/app", "v1", &image).await;
-    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
-    proxy.add(
-        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
-            .every()
-            .trickle(Duration::from_millis(100), 8 * KIB),
-    );
+    let _ = push_slowed(&src, &proxy, "v1", &[1024 * KIB, 16 * KIB], 8 * KIB).await;
     let id = submit(
         &a,
         &format!("{}/team/app:v1", proxy.host()),
@@ -416,14 +431,14 @@ async fn max_concurrent_syncs_holds_across_replicas_for_async_and_synchronous_jo
     // round-robin, then two synchronous POSTs that must wait for shared slots too.
     let mut pushed = Vec::new();
     for n in 0..9 {
-        let image = Image::random(Format::Oci, &[96 * KIB, 8 * KIB]);
-        let image = src.push_image("team/app", &format!("t{n}"), &image).await;
-        let largest = image.blobs.iter().max_by_key(|b| b.size).unwrap();
-        proxy.add(
-            Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
-                .every()
-                .trickle(Duration::from_millis(100), 8 * KIB),
-        );
+        let (image, _) = push_slowed(
+            &src,
+            &proxy,
+            &format!("t{n}"),
+            &[96 * KIB, 8 * KIB],
+            8 * KIB,
+        )
+        .await;
         pushed.push(image);
     }
     let source = |n: usize| format!("{}/team/app:t{n}", proxy.host());
@@ -539,15 +554,9 @@ async fn a_job_whose_runs_are_cut_off_three_times_is_failed_instead_of_taken_ove
     );
     let (a, b) = tokio::join!(Service::start(&config), Service::start(&config));
     let mut replicas = [a, b];
-    let image = Image::random(Format::Oci, &[1024 * KIB, 16 * KIB]);
-    let pushed = src.push_image("team/app", "v1", &image).await;
-    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
     // The big layer trickles for minutes: every run is cut off mid-transfer.
-    proxy.add(
-        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
-            .every()
-            .trickle(Duration::from_millis(100), 4 * KIB),
-    );
+    let (pushed, _) = push_slowed(&src, &proxy, "v1", &[1024 * KIB, 16 * KIB], 4 * KIB).await;
+    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
     let id = submit(
         &replicas[0],
         &format!("{}/team/app:v1", proxy.host()),
@@ -654,14 +663,7 @@ async fn a_webhook_is_sent_once_by_whichever_replica_finishes_the_job_or_by_anot
 
     // 1. A runs a slow job and is killed mid-transfer: B takes it over, finishes it and
     //    sends its webhook; A, back, sends nothing.
-    let image = Image::random(Format::Oci, &[1024 * KIB, 16 * KIB]);
-    let pushed = src.push_image("team/app", "v1", &image).await;
-    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
-    let slow = proxy.add(
-        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
-            .every()
-            .trickle(Duration::from_millis(100), 16 * KIB),
-    );
+    let (_, slow) = push_slowed(&src, &proxy, "v1", &[1024 * KIB, 16 * KIB], 16 * KIB).await;
     let first = WebhookReceiver::start(&[]).await;
     let id = submit_with_callback(
         &a,
@@ -877,14 +879,7 @@ async fn a_cancel_reaches_the_running_replica_by_notification_before_its_next_he
         )
     };
     let (mut a, b) = tokio::join!(Service::start(&config), Service::start(&config));
-    let image = Image::random(Format::Oci, &[1024 * KIB, 16 * KIB]);
-    let pushed = src.push_image("team/app", "v1", &image).await;
-    let largest = pushed.blobs.iter().max_by_key(|b| b.size).unwrap();
-    proxy.add(
-        Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
-            .every()
-            .trickle(Duration::from_millis(100), 4 * KIB),
-    );
+    let _ = push_slowed(&src, &proxy, "v1", &[1024 * KIB, 16 * KIB], 4 * KIB).await;
     let id = submit(
         &a,
         &format!("{}/team/app:v1", proxy.host()),
@@ -972,14 +967,14 @@ async fn postgresql_restarted_under_the_service_loses_no_job_and_runs_none_twice
     let mut pushed = Vec::new();
     let mut ids = Vec::new();
     for n in 0..2 {
-        let image = Image::random(Format::Oci, &[768 * KIB, 16 * KIB]);
-        let image = src.push_image("team/app", &format!("v{n}"), &image).await;
-        let largest = image.blobs.iter().max_by_key(|b| b.size).unwrap();
-        proxy.add(
-            Rule::on("GET", &format!("^/v2/team/app/blobs/{}$", largest.digest))
-                .every()
-                .trickle(Duration::from_millis(100), 16 * KIB),
-        );
+        let (image, _) = push_slowed(
+            &src,
+            &proxy,
+            &format!("v{n}"),
+            &[768 * KIB, 16 * KIB],
+            16 * KIB,
+        )
+        .await;
         let source = format!("{}/team/app:v{n}", proxy.host());
         let target = format!("{}/prod/app:v{n}", dst.host());
         ids.push(submit(&service, &source, &target).await);
