@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
@@ -886,12 +887,27 @@ impl CopyJob<'_> {
             .transfers
             .turn(self.dst.registry(), &manifest.digest)
             .await;
-        let subject = self
-            .retry
-            .run(self.log, "pushing a manifest", || {
+        let put = || {
+            self.retry.run(self.log, "pushing a manifest", || {
                 self.dst.manifest_put(repo, reference, manifest)
             })
-            .await?;
+        };
+        let subject = match put().await {
+            // The turn above only orders this process; another replica or tool pushing
+            // the same bytes at that moment races the same way. Our bytes match their
+            // digest (checked when read), so the registry's refusal is that race: once
+            // more, after the other PUT has had time to land.
+            Err(e) if is_digest_invalid(&e) => {
+                self.log.info(format!(
+                    "{} refused manifest {} as DIGEST_INVALID (another push of the same manifest at that moment?); pushing it once more",
+                    self.target.name(),
+                    manifest.digest
+                ));
+                tokio::time::sleep(MANIFEST_RACE_PAUSE).await;
+                put().await?
+            }
+            other => other?,
+        };
         self.log.info(format!(
             "Put manifest to {}:{reference} ({})",
             self.target.name(),
@@ -899,6 +915,15 @@ impl CopyJob<'_> {
         ));
         Ok(subject)
     }
+}
+
+/// Wait before the one more PUT of a manifest the registry refused as DIGEST_INVALID.
+const MANIFEST_RACE_PAUSE: Duration = Duration::from_millis(500);
+
+/// A registry's 400 `DIGEST_INVALID`, which distribution answers a manifest PUT that
+/// raced another PUT of the same bytes.
+fn is_digest_invalid(err: &RegistryError) -> bool {
+    matches!(err, RegistryError::Status { status: 400, code: Some(code), .. } if code == "DIGEST_INVALID")
 }
 
 /// How many blobs an image copy may bring, as far as the top manifest tells without

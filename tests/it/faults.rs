@@ -1041,6 +1041,45 @@ async fn f20_manifest_blob_unknown_on_manifest_put_is_retried() {
     skopeo::assert_absent(&s.dst, &format!("{TARGET}:v2")).await;
 }
 
+/// distribution answers DIGEST_INVALID to a manifest PUT that raced another PUT of the
+/// same bytes (another replica or tool); the front here plays that registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn f20_digest_invalid_on_manifest_put_is_pushed_once_more() {
+    let s = Scene::start().await;
+    let img = image(Format::Oci, 128 * KIB);
+    let pushed = s.src.push_image(REPO, "v1", &img).await;
+    let raced = || {
+        Reply::json_error(
+            400,
+            "DIGEST_INVALID",
+            "provided digest did not match uploaded content",
+        )
+    };
+    let once =
+        s.dp.add(Rule::on("PUT", "/manifests/v1$").nth(1).respond(raced()));
+    let engine = s.engine(task(1));
+    let report = engine.sync(&s.source("v1"), &s.target("v1")).await;
+    assert_success(&report);
+    assert_eq!((once.fired(), once.matched()), (1, 2), "{}", s.dp.summary());
+    assert!(
+        report.log.contains("as DIGEST_INVALID") && report.log.contains("pushing it once more"),
+        "{}",
+        report.log
+    );
+    s.check(&report, "v1", &pushed).await;
+    skopeo::assert_landed(&s.dst, &format!("{TARGET}:v1"), &pushed).await;
+
+    // Refused every time: one more PUT only, then a clear error and no tag.
+    let always = s.dp.add(Rule::on("PUT", "/manifests/v2$").respond(raced()));
+    let report = engine.sync(&s.source("v1"), &s.target("v2")).await;
+    assert_failed(
+        &report,
+        &["400", "DIGEST_INVALID", &s.dp.host(), "pushing manifest"],
+    );
+    assert_eq!(always.fired(), 2, "the PUT and one more");
+    skopeo::assert_absent(&s.dst, &format!("{TARGET}:v2")).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn f21_oversize_source_manifest_is_refused() {
     let s = Scene::start().await;
