@@ -14,7 +14,7 @@ fn main() -> ExitCode {
 /// glibc gives each thread that allocates its own arena (up to 8 per core), and every
 /// arena keeps freed transfer buffers: ~3 MiB of peak memory measured in the `big`
 /// benchmark with the default, ~1 MiB more with two arenas than with one. Blob bytes
-/// pass in 16 KiB pieces (engine/rechunk.rs), few enough allocations that one arena's
+/// pass in 4 KiB pieces (engine/rechunk.rs), few enough allocations that one arena's
 /// lock costs no measurable CPU. An operator's own `MALLOC_ARENA_MAX` wins.
 ///
 /// The mmap threshold is fixed at 128 KiB (glibc's starting value) because glibc

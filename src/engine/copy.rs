@@ -822,7 +822,13 @@ impl CopyJob<'_> {
         });
         let upload = self
             .dst
-            .upload_put(dst_repo, &location, digest, blob.size, Rechunk::new(stream))
+            .upload_put(
+                dst_repo,
+                &location,
+                digest,
+                blob.size,
+                Rechunk::new(stream, self.transfers.budget()),
+            )
             .await;
         let source_err = source_failure.lock().expect("source failure lock").take();
         if source_err.is_some() || upload.is_err() {

@@ -1,38 +1,97 @@
 //! Copies a blob stream into small pieces of its own, so the HTTP client's read buffer is
-//! released as soon as a chunk is taken.
+//! released as soon as a chunk is taken, and bounds the bytes copied out but not yet taken
+//! by the upload, across every transfer of the service.
 //!
 //! hyper hands out body chunks as slices of its connection read buffer, which grows to
-//! about 400 KiB on a fast stream. While a chunk is still queued on the upload connection,
-//! the buffer is shared, so hyper's next read allocates a fresh ~400 KiB buffer, and an
-//! idle pooled connection keeps the last one. That churn, not the layer size, was most of
-//! the ~2 MiB of peak memory per concurrent transfer (found with valgrind's dhat in the
-//! `big` benchmark). Copying each chunk out at once (a memcpy, cheap next to hashing it)
-//! leaves the read buffer unshared, so hyper reuses it in place; and pieces of
-//! [`PIECE`] bytes bound what the upload connection queues (hyper queues at most 16
-//! buffers) to a few hundred KiB, in allocations small enough for malloc to recycle.
+//! about 500 KiB on a fast stream (reqwest does not let us cap it). While a chunk is still
+//! queued on the upload connection, the buffer is shared, so hyper's next read allocates a
+//! fresh buffer, and an idle pooled connection keeps the last one. That churn, not the
+//! layer size, was most of the ~2 MiB of peak memory per concurrent transfer (found with
+//! valgrind's dhat in the `big` benchmark). Copying each chunk out at once (a memcpy,
+//! cheap next to hashing it) leaves the read buffer unshared, so hyper reuses it in place;
+//! and pieces of [`PIECE`] bytes bound what the upload connection queues (hyper queues at
+//! most 16 buffers) to 64 KiB, in allocations small enough for malloc to recycle.
+//!
+//! A whole chunk is copied at once, so until the upload has taken its pieces a transfer
+//! holds two chunks: its copy and hyper's read-ahead of the next one, ~1 MiB. With six
+//! large transfers blocked on a slow target that was the larger part of the service's
+//! peak (doc/perf.md, issue 18). A [`Budget`] shared by all transfers caps the copied bytes
+//! not yet taken: a transfer takes its next chunk only once it has reserved room for it,
+//! and waits otherwise, its next chunk staying in hyper's buffer and its upload fed from
+//! the kernel's socket buffer meanwhile.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
 
 /// Size of the pieces a chunk is copied into.
-pub const PIECE: usize = 16 << 10;
+pub const PIECE: usize = 4 << 10;
+
+/// Room reserved before a chunk is taken: the largest chunk hyper's read buffer holds
+/// (it grows to 408 KiB, in a 512 KiB allocation). A larger chunk is taken all the same,
+/// over the budget, so a transfer never waits for room the budget cannot give.
+pub const CHUNK_RESERVE: usize = 512 << 10;
+
+/// Bytes copied out of source chunks and not yet taken by their upload, service-wide.
+#[derive(Clone)]
+pub struct Budget {
+    bytes: Arc<Semaphore>,
+    reserve: usize,
+}
+
+impl Budget {
+    /// A budget of `bytes` (at least one piece).
+    pub fn new(bytes: usize) -> Self {
+        let bytes = bytes.max(PIECE);
+        Self {
+            bytes: Arc::new(Semaphore::new(bytes)),
+            reserve: CHUNK_RESERVE.min(bytes),
+        }
+    }
+
+    /// Bytes of the budget free right now.
+    #[cfg(test)]
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
 
 /// A stream of `Bytes` re-cut into owned pieces of at most [`PIECE`] bytes.
 pub struct Rechunk<S> {
     inner: S,
     pending: VecDeque<Bytes>,
+    room: PollSemaphore,
+    reserve: u32,
+    /// Budget held for the pieces in `pending` (or reserved for the next chunk).
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl<S> Rechunk<S> {
-    /// Wraps `inner`; errors pass through unchanged.
-    pub fn new(inner: S) -> Self {
+    /// Wraps `inner`, copying within `budget`; errors pass through unchanged.
+    pub fn new(inner: S, budget: &Budget) -> Self {
         Self {
             inner,
             pending: VecDeque::new(),
+            room: PollSemaphore::new(budget.bytes.clone()),
+            reserve: u32::try_from(budget.reserve).unwrap_or(u32::MAX),
+            held: None,
+        }
+    }
+
+    /// Gives back the budget held for `n` bytes (all of it when fewer are held).
+    fn release(&mut self, n: usize) {
+        if let Some(held) = self.held.as_mut() {
+            if held.num_permits() > n {
+                drop(held.split(n));
+            } else {
+                self.held = None;
+            }
         }
     }
 }
@@ -47,15 +106,33 @@ where
         let this = &mut *self;
         loop {
             if let Some(piece) = this.pending.pop_front() {
+                this.release(piece.len());
+                if this.pending.is_empty() {
+                    this.held = None;
+                }
                 return Poll::Ready(Some(Ok(piece)));
+            }
+            if this.held.is_none() {
+                match this.room.poll_acquire_many(cx, this.reserve) {
+                    Poll::Ready(permit) => this.held = permit,
+                    Poll::Pending => return Poll::Pending,
+                }
             }
             match Pin::new(&mut this.inner).poll_next(cx) {
                 // Every piece is copied now, so `chunk` (and hyper's buffer) goes at once;
                 // an empty chunk yields nothing and the loop polls on.
-                Poll::Ready(Some(Ok(chunk))) => this
-                    .pending
-                    .extend(chunk.chunks(PIECE).map(Bytes::copy_from_slice)),
-                other => return other,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let unused = (this.reserve as usize).saturating_sub(chunk.len());
+                    this.release(unused);
+                    this.pending
+                        .extend(chunk.chunks(PIECE).map(Bytes::copy_from_slice));
+                }
+                other => {
+                    // Nothing to copy yet (or ever): the room goes back to others, so a
+                    // transfer waiting on its source holds none of the budget.
+                    this.held = None;
+                    return other;
+                }
             }
         }
     }
@@ -75,7 +152,8 @@ mod tests {
             Ok(Bytes::from_static(b"tail")),
             Err("cut"),
         ];
-        let out: Vec<_> = Rechunk::new(futures_util::stream::iter(items))
+        let budget = Budget::new(1 << 20);
+        let out: Vec<_> = Rechunk::new(futures_util::stream::iter(items), &budget)
             .collect()
             .await;
         let sizes: Vec<_> = out
@@ -89,5 +167,83 @@ mod tests {
             .flat_map(|r| r.as_ref().unwrap().to_vec())
             .collect();
         assert_eq!(joined, big);
+        assert_eq!(budget.available(), 1 << 20, "all the budget is given back");
+    }
+
+    #[tokio::test]
+    async fn budget_is_held_for_pieces_not_yet_taken_and_given_back_as_they_go() {
+        let budget = Budget::new(CHUNK_RESERVE * 2);
+        let chunk = Bytes::from(vec![7u8; PIECE * 3]);
+        let mut stream = Rechunk::new(
+            futures_util::stream::iter(vec![Ok::<_, ()>(chunk)]),
+            &budget,
+        );
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.len(), PIECE);
+        // Two pieces copied and not yet taken; the unused reserve went back at once.
+        assert_eq!(budget.available(), CHUNK_RESERVE * 2 - PIECE * 2);
+        stream.next().await.unwrap().unwrap();
+        stream.next().await.unwrap().unwrap();
+        assert_eq!(budget.available(), CHUNK_RESERVE * 2);
+        assert!(stream.next().await.is_none());
+        assert_eq!(budget.available(), CHUNK_RESERVE * 2);
+    }
+
+    #[tokio::test]
+    async fn a_transfer_waits_for_room_and_goes_on_when_another_gives_it_back() {
+        // Room for one reserve only: the second stream must not take its chunk (and so
+        // not copy it) until the first has handed its pieces on.
+        let budget = Budget::new(CHUNK_RESERVE);
+        let one = Bytes::from(vec![1u8; CHUNK_RESERVE]);
+        let mut a = Rechunk::new(futures_util::stream::iter(vec![Ok::<_, ()>(one)]), &budget);
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = taken.clone();
+        let b_source = futures_util::stream::once(async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(Bytes::from(vec![2u8; PIECE]))
+        });
+        let mut b = Rechunk::new(Box::pin(b_source), &budget);
+        a.next().await.unwrap().unwrap();
+        assert_eq!(
+            budget.available(),
+            PIECE,
+            "a holds the room of its pieces not yet taken"
+        );
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut b).poll_next(&mut cx).is_pending());
+        assert!(
+            !taken.load(std::sync::atomic::Ordering::SeqCst),
+            "b took its chunk without room for it"
+        );
+        // a's last pieces go; then b gets its room and its chunk. (a is not polled to
+        // its end: that would first reserve room again, now b's.)
+        for _ in 1..CHUNK_RESERVE / PIECE {
+            a.next().await.unwrap().unwrap();
+        }
+        drop(a);
+        let piece = tokio::time::timeout(std::time::Duration::from_secs(10), b.next())
+            .await
+            .expect("b got its room")
+            .unwrap()
+            .unwrap();
+        assert_eq!(piece.len(), PIECE);
+        assert!(taken.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(b.next().await.is_none());
+        assert_eq!(budget.available(), CHUNK_RESERVE);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_larger_than_the_reserve_is_taken_over_the_budget() {
+        let budget = Budget::new(PIECE);
+        let chunk = Bytes::from(vec![3u8; PIECE * 4]);
+        let out: Vec<_> = Rechunk::new(
+            futures_util::stream::iter(vec![Ok::<_, ()>(chunk)]),
+            &budget,
+        )
+        .collect()
+        .await;
+        assert_eq!(out.len(), 4);
+        assert_eq!(budget.available(), PIECE);
     }
 }
