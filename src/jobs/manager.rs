@@ -9,9 +9,12 @@
 //! more about it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -100,14 +103,37 @@ pub struct Submitted {
 /// What a job waits for before it asks for a sync slot (see [`JobManager::submit_held`]).
 pub type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
+/// A job's place in the queue for a sync slot; resolves with the slot.
+type Ticket = Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send + 'static>>;
+
 /// How a job gets its sync slot.
 enum Start {
     /// It has one already (a synchronous caller who found a free slot).
     Now(OwnedSemaphorePermit),
-    /// It waits in the queue.
-    Queue,
+    /// It waits in the queue, at the place its ticket took.
+    Queue(Ticket),
     /// It waits for the hold, then in the queue.
     Held(Hold),
+}
+
+/// Takes a place in the queue for one of `slots` now, in the caller's task, so that jobs
+/// start in the order they were created, not in the order their tasks first run (on a
+/// busy multi-threaded runtime a job's task can run before the one created just before
+/// it). tokio's semaphore queues a waiter at its first poll and serves waiters in order;
+/// the job's task polls the ticket again later with its own waker, which finds the permit
+/// handed over meanwhile or waits on. Unconstrained: a poll refused for the caller's
+/// cooperative budget would not queue it.
+fn ticket(slots: &Arc<Semaphore>) -> Ticket {
+    let acquire = slots
+        .clone()
+        .acquire_owned()
+        .map(|permit| permit.expect("slots never close"));
+    let mut ticket: Ticket = Box::pin(tokio::task::unconstrained(acquire));
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    match ticket.as_mut().poll(&mut cx) {
+        Poll::Ready(permit) => Box::pin(std::future::ready(permit)),
+        Poll::Pending => ticket,
+    }
 }
 
 /// Limits of the manager, from `rsyncserver`.
@@ -297,7 +323,7 @@ impl JobManager {
         let (done_tx, done) = oneshot::channel();
         let start = match hold {
             Some(hold) => Start::Held(hold),
-            None => permit.map_or(Start::Queue, Start::Now),
+            None => permit.map_or_else(|| Start::Queue(ticket(&self.inner.slots)), Start::Now),
         };
         self.spawn(job.clone(), fence, None, start, Some(done_tx), max_wait);
         Ok(Submitted { job, done })
@@ -369,7 +395,8 @@ impl JobManager {
             }
             self.inner.queued.fetch_add(1, Ordering::SeqCst);
             // Nobody waits for a resumed job's answer: no bound on its waits.
-            let live = self.spawn(job, fence, Some(because), Start::Queue, None, None);
+            let start = Start::Queue(ticket(&self.inner.slots));
+            let live = self.spawn(job, fence, Some(because), start, None, None);
             if let Some(by) = cancel_requested_by {
                 self.cancel_live(&live, &by);
             }
@@ -826,23 +853,23 @@ impl JobManager {
     ) -> Result<OwnedSemaphorePermit, Interrupted> {
         let permit = match start {
             Start::Now(permit) => permit,
-            Start::Queue | Start::Held(_) => {
-                let hold = match start {
-                    Start::Held(hold) => Some(hold),
-                    _ => None,
-                };
+            queued => {
                 let slots = self.inner.slots.clone();
                 let acquire = async move {
-                    if let Some(hold) = hold {
-                        hold.await;
+                    match queued {
+                        Start::Queue(ticket) => ticket.await,
+                        Start::Held(hold) => {
+                            hold.await;
+                            ticket(&slots).await
+                        }
+                        Start::Now(permit) => permit,
                     }
-                    slots.acquire_owned().await
                 };
                 tokio::select! {
                     biased;
                     _ = live.cancel.cancelled() => return Err(Interrupted::cancelled(live)),
                     _ = self.inner.stopping.cancelled() => return Err(Interrupted::Stopping),
-                    permit = acquire => permit.expect("slots never close"),
+                    permit = acquire => permit,
                 }
             }
         };
@@ -1154,4 +1181,50 @@ fn replica_id() -> String {
     let random = std::collections::hash_map::RandomState::new();
     let salt = std::hash::BuildHasher::hash_one(&random, std::time::SystemTime::now()) & 0xffff;
     format!("{host}-{}-{salt:04x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `ticket` once, as a task would.
+    fn poll(ticket: &mut Ticket) -> Option<OwnedSemaphorePermit> {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        match ticket.as_mut().poll(&mut cx) {
+            Poll::Ready(permit) => Some(permit),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn tickets_are_served_in_the_order_they_were_taken_not_polled() {
+        let slots = Arc::new(Semaphore::new(1));
+        let held = slots.clone().try_acquire_owned().expect("a free slot");
+        let mut first = ticket(&slots);
+        let mut second = ticket(&slots);
+        drop(held);
+        // The second job's task runs first: the slot is not its own.
+        assert!(
+            poll(&mut second).is_none(),
+            "the second ticket jumped the queue"
+        );
+        let slot = poll(&mut first).expect("the first ticket holds the freed slot");
+        assert!(poll(&mut second).is_none());
+        drop(slot);
+        assert!(poll(&mut second).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_ticket_taken_with_a_slot_free_holds_it_and_a_dropped_one_gives_it_back() {
+        let slots = Arc::new(Semaphore::new(1));
+        let mut first = ticket(&slots);
+        assert_eq!(slots.available_permits(), 0, "taken when the ticket was");
+        let mut second = ticket(&slots);
+        drop(first);
+        let slot = poll(&mut second).expect("the dropped ticket's slot went on");
+        drop(slot);
+        assert_eq!(slots.available_permits(), 1);
+        first = ticket(&slots);
+        assert!(poll(&mut first).is_some());
+    }
 }
