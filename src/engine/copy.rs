@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::platforms::PlatformFilter;
 use super::progress::{BlobKind, Observers, Step, SyncEvent};
-use super::rechunk::Rechunk;
+use super::rechunk::{Budget, Rechunk};
 use super::referrers::{ReferrerTags, SubjectLocks, Walk};
 use super::report::{ImageResult, ImageStatus};
 use super::retry::RetryPolicy;
@@ -62,6 +62,10 @@ pub(crate) struct CopyJob<'a> {
     pub retry: RetryPolicy,
     /// Service-wide transfer state (cap, one transfer per blob, known locations).
     pub transfers: &'a Transfers,
+    /// Bytes of this image's blobs copied out of the source and not yet taken by their
+    /// uploads (engine/rechunk.rs): one image's, so a target that stalls one sync's
+    /// uploads never holds back another sync's.
+    pub copy_budget: Budget,
     /// Push even when the target already holds the source's digest.
     pub force: bool,
     /// HEAD every blob before sending it, even into a new repository (a resumed sync,
@@ -827,7 +831,7 @@ impl CopyJob<'_> {
                 &location,
                 digest,
                 blob.size,
-                Rechunk::new(stream, self.transfers.budget()),
+                Rechunk::new(stream, &self.copy_budget),
             )
             .await;
         let source_err = source_failure.lock().expect("source failure lock").take();

@@ -30,6 +30,7 @@ use self::allow::AllowList;
 use self::copy::CopyJob;
 use self::platforms::PlatformFilter;
 use self::progress::Observers;
+use self::rechunk::{Budget, COPY_BUDGET};
 use self::referrers::{ReferrerTags, SubjectLocks};
 use self::retry::RetryPolicy;
 use self::rules::{RuleError, RuleSide, Selector};
@@ -530,6 +531,7 @@ impl Engine {
                         max_wait: options.max_wait,
                     },
                     transfers: &self.transfers,
+                    copy_budget: Budget::new(COPY_BUDGET),
                     force: options.force,
                     check_every_blob: options.check_every_blob,
                     platforms: options.platforms,

@@ -1,6 +1,6 @@
 //! Copies a blob stream into small pieces of its own, so the HTTP client's read buffer is
 //! released as soon as a chunk is taken, and bounds the bytes copied out but not yet taken
-//! by the upload, across every transfer of the service.
+//! by the uploads, across the transfers of one image copy.
 //!
 //! hyper hands out body chunks as slices of its connection read buffer, which grows to
 //! about 500 KiB on a fast stream (reqwest does not let us cap it). While a chunk is still
@@ -15,10 +15,12 @@
 //! A whole chunk is copied at once, so until the upload has taken its pieces a transfer
 //! holds two chunks: its copy and hyper's read-ahead of the next one, ~1 MiB. With six
 //! large transfers blocked on a slow target that was the larger part of the service's
-//! peak (doc/perf.md, issue 18). A [`Budget`] shared by all transfers caps the copied bytes
-//! not yet taken: a transfer takes its next chunk only once it has reserved room for it,
-//! and waits otherwise, its next chunk staying in hyper's buffer and its upload fed from
-//! the kernel's socket buffer meanwhile.
+//! peak (doc/perf.md, issue 18). A [`Budget`] shared by the transfers of one image copy
+//! caps the copied bytes not yet taken: a transfer takes its next chunk only once it has
+//! reserved room for it, and waits otherwise, its next chunk staying in hyper's buffer and
+//! its upload fed from the kernel's socket buffer meanwhile. One image's, not the
+//! service's: an upload stalled by a slow target holds its room until it moves, and that
+//! must hold back only the copy that goes to that target, never another sync.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,6 +31,12 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
+
+/// Blob bytes one image copy may hold copied out of its source chunks and not yet taken
+/// by the uploads: two of hyper's largest chunks. Above that, a transfer's next chunk
+/// waits in hyper's read buffer, and its upload is fed from the kernel's socket buffer,
+/// which holds far more than this on any real connection.
+pub const COPY_BUDGET: usize = 1 << 20;
 
 /// Size of the pieces a chunk is copied into.
 pub const PIECE: usize = 4 << 10;

@@ -1,20 +1,11 @@
 //! What every sync of the service shares about blob transfers: a global cap on streams at
-//! once and on the blob bytes they hold copied (engine/rechunk.rs), one transfer per
-//! (registry, blob) at a time, and where blobs are known to be, so a blob already in one
-//! repository of a registry is mounted instead of sent again.
+//! once, one transfer per (registry, blob) at a time, and where blobs are known to be, so a
+//! blob already in one repository of a registry is mounted instead of sent again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedMutexGuard, Semaphore, SemaphorePermit};
-
-use super::rechunk::Budget;
-
-/// Blob bytes copied out of the source connections and not yet taken by the uploads, at
-/// most, across the service (see engine/rechunk.rs): two of hyper's largest chunks. Above
-/// that, a transfer's next chunk waits in hyper's read buffer, and its upload is fed from
-/// the kernel's socket buffer, which holds far more than this on any real connection.
-pub(crate) const COPY_BUDGET: usize = 1 << 20;
 
 /// Known blob locations kept at most; the map is cleared when it grows past this.
 const MAX_KNOWN_LOCATIONS: usize = 100_000;
@@ -25,7 +16,6 @@ type Key = (String, String);
 pub(crate) struct Transfers {
     slots: Semaphore,
     max_streams: usize,
-    budget: Budget,
     in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     locations: Mutex<HashMap<Key, String>>,
 }
@@ -43,7 +33,6 @@ impl Transfers {
         Self {
             slots: Semaphore::new(max_streams.max(1)),
             max_streams: max_streams.max(1),
-            budget: Budget::new(COPY_BUDGET),
             in_flight: Mutex::default(),
             locations: Mutex::default(),
         }
@@ -55,11 +44,6 @@ impl Transfers {
             .acquire()
             .await
             .expect("transfer semaphore never closes")
-    }
-
-    /// The service-wide budget of blob bytes copied and not yet sent.
-    pub(crate) fn budget(&self) -> &Budget {
-        &self.budget
     }
 
     /// The service-wide cap of streams at once.
