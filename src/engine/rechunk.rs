@@ -46,7 +46,8 @@ pub const PIECE: usize = 4 << 10;
 /// over the budget, so a transfer never waits for room the budget cannot give.
 pub const CHUNK_RESERVE: usize = 512 << 10;
 
-/// Bytes copied out of source chunks and not yet taken by their upload, service-wide.
+/// Bytes copied out of source chunks and not yet taken by their uploads, shared by the
+/// transfers of one image copy.
 #[derive(Clone)]
 pub struct Budget {
     bytes: Arc<Semaphore>,
