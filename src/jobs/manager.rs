@@ -853,30 +853,36 @@ impl JobManager {
     ) -> Result<OwnedSemaphorePermit, Interrupted> {
         let permit = match start {
             Start::Now(permit) => permit,
-            queued => {
+            Start::Queue(ticket) => self.wait_in_queue(live, ticket).await?,
+            Start::Held(hold) => {
+                // Its place in the queue is taken only once the hold ends.
                 let slots = self.inner.slots.clone();
-                let acquire = async move {
-                    match queued {
-                        Start::Queue(ticket) => ticket.await,
-                        Start::Held(hold) => {
-                            hold.await;
-                            ticket(&slots).await
-                        }
-                        Start::Now(permit) => permit,
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    _ = live.cancel.cancelled() => return Err(Interrupted::cancelled(live)),
-                    _ = self.inner.stopping.cancelled() => return Err(Interrupted::Stopping),
-                    permit = acquire => permit,
-                }
+                let after_hold: Ticket = Box::pin(async move {
+                    hold.await;
+                    ticket(&slots).await
+                });
+                self.wait_in_queue(live, after_hold).await?
             }
         };
         if self.inner.store.shared() {
             self.shared_slot(live).await?;
         }
         Ok(permit)
+    }
+
+    /// Waits on `ticket` for this replica's slot, unless the job is cancelled or the
+    /// service stops first.
+    async fn wait_in_queue(
+        &self,
+        live: &Arc<LiveJob>,
+        ticket: Ticket,
+    ) -> Result<OwnedSemaphorePermit, Interrupted> {
+        tokio::select! {
+            biased;
+            _ = live.cancel.cancelled() => Err(Interrupted::cancelled(live)),
+            _ = self.inner.stopping.cancelled() => Err(Interrupted::Stopping),
+            permit = ticket => Ok(permit),
+        }
     }
 
     /// Waits until the store grants job `live` one of the service-wide slots (its row
